@@ -1,0 +1,112 @@
+//! Typed server configuration: every setting is a flag with an environment fallback, and `.env`
+//! is read at start (by `main`). Defaults live here and nowhere else.
+//!
+//! This module only describes settings; it never opens files or sockets.
+
+use clap::{Args, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// fsync on every commit: an acknowledged write survives power loss. The default.
+    Full,
+    /// fsync at WAL checkpoints only: an acknowledged write survives a process crash but not
+    /// power loss.
+    Normal,
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address for gRPC (and, later, plain HTTP) on one listener.
+    #[arg(long, env = "STREAMHUB_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// SQLite database; created and migrated at start.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/streamhub.db")]
+    pub database_url: String,
+
+    /// Directory for uploaded file bytes.
+    #[arg(long, env = "STREAMHUB_STORAGE_DIR", default_value = "data/files")]
+    pub storage_dir: PathBuf,
+
+    /// Base URL that download links are built on; defaults to http://<listen>.
+    #[arg(long, env = "STREAMHUB_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Commit durability. `full` makes every acknowledged write survive power loss.
+    #[arg(long, env = "STREAMHUB_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
+
+    /// Largest `data` payload of one event, in bytes (encoded Any).
+    #[arg(long, env = "STREAMHUB_MAX_EVENT_DATA_BYTES", default_value_t = 64 * 1024)]
+    pub max_event_data_bytes: usize,
+
+    /// Most records one ProcessDataBatch call may send; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMHUB_MAX_BATCH_RECORDS", default_value_t = 1_000_000)]
+    pub max_batch_records: u64,
+
+    /// Most bytes (encoded records) one ProcessDataBatch call may send; bounds its memory.
+    #[arg(long, env = "STREAMHUB_MAX_BATCH_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_batch_bytes: u64,
+
+    /// Records each live stream key buffers for a slow subscriber before it falls back to the
+    /// store. Smaller saves memory; larger saves store re-reads.
+    #[arg(long, env = "STREAMHUB_HUB_CAPACITY", default_value_t = 1024)]
+    pub hub_capacity: usize,
+
+    /// Appends waiting for the single writer; callers wait when it is full.
+    #[arg(long, env = "STREAMHUB_WRITER_QUEUE", default_value_t = 8192)]
+    pub writer_queue: usize,
+
+    /// Seconds between HTTP/2 keepalive pings to each client.
+    #[arg(long, env = "STREAMHUB_KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
+    pub keepalive_interval_secs: u64,
+
+    /// Seconds to wait for a ping's answer before the connection is dropped.
+    #[arg(long, env = "STREAMHUB_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10)]
+    pub keepalive_timeout_secs: u64,
+
+    /// Concurrent HTTP/2 streams (RPCs) one connection may open.
+    #[arg(long, env = "STREAMHUB_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
+    /// Largest single gRPC message the server decodes, in bytes.
+    #[arg(long, env = "STREAMHUB_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Seconds that in-flight calls get to finish after a shutdown signal.
+    #[arg(long, env = "STREAMHUB_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// The defaults, with the database and files under `dir`: what tests and embedders start from.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parse no flags: the built-in defaults, with the same environment fallback as the binary.
+        let mut config = <Defaults as clap::Parser>::try_parse_from(["streamhub"])
+            .map(|d| d.config)
+            .unwrap_or_else(|e| panic!("built-in defaults must parse: {e}"));
+        config.database_url = format!("sqlite://{}", dir.join("streamhub.db").display());
+        config.storage_dir = dir.join("files");
+        config
+    }
+
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}

@@ -1,0 +1,118 @@
+//! The one error type of the server, and the one place where it becomes a `tonic::Status`.
+//!
+//! Client-facing messages are written for the caller. Storage and I/O faults are logged here with
+//! their whole cause chain and reach the client only as a generic INTERNAL: never SQL text, never a
+//! file path.
+
+use std::sync::Arc;
+use tonic::Status;
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    DataLoss(String),
+    /// The server is shutting down; the client should retry elsewhere or later.
+    #[error("server is shutting down")]
+    Unavailable,
+    /// A database fault. `Arc` so that one failed group commit can answer every request in it.
+    #[error("storage failure")]
+    Storage(#[source] Arc<sqlx::Error>),
+    #[error("migration failure")]
+    Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
+    #[error("i/o failure")]
+    Io(#[source] Arc<std::io::Error>),
+    /// A broken invariant: a bug, never the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    /// True when SQLite reported a full disk or database, which the client sees as
+    /// RESOURCE_EXHAUSTED rather than INTERNAL.
+    fn is_disk_full(&self) -> bool {
+        const SQLITE_FULL: &str = "13";
+        match self {
+            Error::Storage(e) => matches!(
+                e.as_ref(),
+                sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_FULL)
+            ),
+            Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Storage(Arc::new(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Migrate(Arc::new(e))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+/// Renders an error and every `source()` below it on one line, for logs.
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Aborted(m) => Status::aborted(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::DataLoss(m) => Status::data_loss(m),
+            Error::Unavailable => Status::unavailable("server is shutting down"),
+            ref fault if fault.is_disk_full() => {
+                tracing::error!(error = %cause_chain(fault), "storage is full");
+                Status::resource_exhausted("server storage is full")
+            }
+            fault => {
+                tracing::error!(error = %cause_chain(&fault), "request failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! streamhub: a persistent, event-sourced gRPC streaming service.
+//!
+//! The layers point down only: `service` (one module per capability) → `log` (writer, hub,
+//! catch-up subscription) → `store` (every line of SQL). `server` wires them to a listener, and
+//! `cli` is the client side of the same binary, which talks to a server only through the
+//! generated gRPC client.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod log;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};

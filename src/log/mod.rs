@@ -1,0 +1,24 @@
+//! The log engine under every durable stream (events, notifications, chat rooms, collaboration
+//! documents): one writer with group commit, one hub for live fan-out, and one catch-up
+//! subscription. Services append and subscribe through [`Log`] and never touch SQL or channels.
+
+pub mod hub;
+pub mod subscribe;
+pub mod writer;
+
+pub use hub::Hub;
+pub use subscribe::{RecordView, Start, SubscribeOptions, Subscription, subscribe};
+pub use writer::{AppendOutcome, NewRecord, Writer};
+
+use crate::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a service needs to append to and read from the logs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Log {
+    pub store: Store,
+    pub hub: Hub,
+    pub writer: Writer,
+    /// Cancelled when the server begins shutting down: live streams end with UNAVAILABLE.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,226 @@
+//! The one catch-up subscription that serves every durable stream.
+//!
+//! 1. Subscribe to the hub first, so nothing committed from now on can be missed.
+//! 2. Replay the store in pages from the start position up to the head.
+//! 3. Go live: a hub record at `cursor + 1` is sent, one at or below `cursor` was already sent
+//!    by the replay and is skipped, and one further ahead (a gap) or a `Lagged` error makes the
+//!    task re-read the store from `cursor`. It never drops or skips a record and never ends a
+//!    stream because of lag.
+//!
+//! Records travel to the response in pages through a small bounded channel, so a slow client
+//! holds the task at `send`, its hub buffer overflows into `Lagged`, and memory stays bounded.
+//! The task ends as soon as the client goes away, which drops its hub receiver.
+
+use super::Log;
+use crate::error::{Error, Result};
+use crate::store::{LogRecord, StreamKey};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::Stream;
+use tonic::Status;
+
+/// Records per replay page.
+const PAGE: u32 = 1000;
+/// Pages in flight between the subscription task and the response.
+const PAGES_IN_FLIGHT: usize = 4;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Everything after this sequence (0 = from the beginning).
+    AfterSequence(u64),
+    /// The first record whose timestamp is at or after this time (microseconds).
+    AtTime(i64),
+}
+
+/// How a subscription behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    pub start: Start,
+    /// End with OK after the last record that existed when the call began.
+    pub history_only: bool,
+}
+
+/// The response side of a subscription: a stream of items that flattens the pages.
+pub struct Subscription<T> {
+    pages: mpsc::Receiver<Result<Vec<T>, Status>>,
+    current: std::vec::IntoIter<T>,
+}
+
+impl<T> Stream for Subscription<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.current.next() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match this.pages.poll_recv(cx) {
+                Poll::Ready(Some(Ok(page))) => this.current = page.into_iter(),
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T> Unpin for Subscription<T> {}
+
+/// Turns a stored record into the item a client sees, or `None` when a filter drops it.
+pub trait RecordView: Send + 'static {
+    type Item: Send + 'static;
+    fn view(&mut self, record: &LogRecord) -> Result<Option<Self::Item>>;
+}
+
+impl<T, F> RecordView for F
+where
+    F: FnMut(&LogRecord) -> Result<Option<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    type Item = T;
+    fn view(&mut self, record: &LogRecord) -> Result<Option<T>> {
+        self(record)
+    }
+}
+
+/// Subscribes to `stream` and returns the response stream; the work runs on its own task.
+pub fn subscribe<V: RecordView>(
+    log: &Log,
+    stream: StreamKey,
+    options: SubscribeOptions,
+    view: V,
+) -> Subscription<V::Item> {
+    let (tx, pages) = mpsc::channel(PAGES_IN_FLIGHT);
+    let mut task = Task {
+        log: log.clone(),
+        stream,
+        view,
+        tx,
+        cursor: 0,
+        min_ts: None,
+    };
+    tokio::spawn(async move {
+        if let Err(status) = task.run(options).await {
+            // The client may already be gone; then there is nobody to tell.
+            let _ = task.tx.send(Err(status)).await;
+        }
+    });
+    Subscription {
+        pages,
+        current: Vec::new().into_iter(),
+    }
+}
+
+struct Task<V: RecordView> {
+    log: Log,
+    stream: StreamKey,
+    view: V,
+    tx: mpsc::Sender<Result<Vec<V::Item>, Status>>,
+    /// The last sequence handled (sent or filtered out). Everything at or below it is done.
+    cursor: u64,
+    /// Records older than this are skipped (a `start_time` that is still in the future).
+    min_ts: Option<i64>,
+}
+
+/// Why the task stopped early without an error to report.
+enum Stop {
+    ClientGone,
+}
+
+impl<V: RecordView> Task<V> {
+    async fn run(&mut self, options: SubscribeOptions) -> Result<(), Status> {
+        // 1. Subscribe before reading the store.
+        let mut live = (!options.history_only).then(|| self.log.hub.subscribe(&self.stream));
+        let until = if options.history_only {
+            Some(self.log.store.head(&self.stream).await?)
+        } else {
+            None
+        };
+        self.cursor = match options.start {
+            Start::AfterSequence(after) => after,
+            Start::AtTime(ts) => {
+                self.min_ts = Some(ts);
+                self.log
+                    .store
+                    .first_sequence_at_or_after(&self.stream, ts)
+                    .await?
+                    - 1
+            }
+        };
+
+        // 2. Replay.
+        if let Err(Stop::ClientGone) = self.catch_up(until).await? {
+            return Ok(());
+        }
+        let Some(live) = live.as_mut() else {
+            return Ok(()); // history_only: done, the stream ends with OK.
+        };
+
+        // 3. Live.
+        let shutdown = self.log.shutdown.clone();
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(Error::Unavailable.into()),
+                _ = self.tx.closed() => return Ok(()),
+                received = live.recv() => received,
+            };
+            let step = match received {
+                Ok(record) if record.sequence <= self.cursor => continue,
+                Ok(record) if record.sequence == self.cursor + 1 => {
+                    self.deliver(std::slice::from_ref(&*record)).await?
+                }
+                // A gap (this receiver lagged, or joined between commits): the store has it.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up(None).await?,
+                Err(RecvError::Closed) => return Err(Error::Unavailable.into()),
+            };
+            if let Err(Stop::ClientGone) = step {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the store in pages from `cursor` to the head (or `until`) and sends what passes.
+    async fn catch_up(&mut self, until: Option<u64>) -> Result<Result<(), Stop>> {
+        loop {
+            let page = self
+                .log
+                .store
+                .read_page(&self.stream, self.cursor, until, PAGE)
+                .await?;
+            if let Err(stop) = self.deliver(&page).await? {
+                return Ok(Err(stop));
+            }
+            if page.len() < PAGE as usize {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    /// Sends the visible items of `records` (contiguous, starting at `cursor + 1`) as one page.
+    async fn deliver(&mut self, records: &[LogRecord]) -> Result<Result<(), Stop>> {
+        let mut items = Vec::with_capacity(records.len());
+        for record in records {
+            debug_assert_eq!(record.sequence, self.cursor + 1);
+            self.cursor = record.sequence;
+            if self.min_ts.is_some_and(|min| record.ts_micros < min) {
+                continue;
+            }
+            if let Some(item) = self.view.view(record)? {
+                items.push(item);
+            }
+        }
+        if items.is_empty() {
+            return Ok(Ok(()));
+        }
+        let shutdown = self.log.shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(Error::Unavailable),
+            sent = self.tx.send(Ok(items)) => Ok(sent.map_err(|_| Stop::ClientGone)),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The single writer: the only task that appends to any log.
+//!
+//! Appends arrive on a bounded queue. The writer takes one request, drains whatever else is
+//! already waiting (group commit), and commits them all in one transaction with multi-row
+//! statements: one fsync for many callers. For each record it resolves idempotency, assigns
+//! `head + 1` and a timestamp that never goes back, and only after COMMIT does it publish to the
+//! hub and answer the callers. It never answers OK before the data is durable, and never
+//! publishes a record that is not committed.
+
+use super::hub::Hub;
+use crate::error::{Error, Result};
+use crate::store::{Head, LogRecord, RowToInsert, StoreWriter, StreamKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most records that one group commit gathers from waiting requests. A single larger request
+/// (a bulk import) still commits whole.
+const MAX_GROUP_RECORDS: usize = 4096;
+/// Streams whose heads stay cached; past this the cache starts again from the store.
+const MAX_CACHED_HEADS: usize = 100_000;
+
+/// A record to append.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub stream: StreamKey,
+    /// The idempotency id. `None` means the server assigns a fresh UUID, which needs no lookup.
+    pub id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// What happened to one appended record.
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    /// Newly stored.
+    Stored(Arc<LogRecord>),
+    /// A record with this id already existed (or came earlier in the same request); this is
+    /// that record. The caller decides whether the content matches.
+    Duplicate(Arc<LogRecord>),
+}
+
+enum Command {
+    Append {
+        records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<Vec<AppendOutcome>>>,
+    },
+    /// Finish everything queued before this, close the connection, then stop.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Figures the writer keeps about itself, for tests and introspection.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub records: std::sync::atomic::AtomicU64,
+}
+
+/// The handle services append through. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    queue: mpsc::Sender<Command>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Starts the writer task on `store`.
+    pub fn spawn(store: StoreWriter, hub: Hub, queue_len: usize) -> Writer {
+        let (queue, rx) = mpsc::channel(queue_len.max(1));
+        let stats = Arc::new(WriterStats::default());
+        tokio::spawn(run(store, hub, rx, stats.clone()));
+        Writer { queue, stats }
+    }
+
+    /// Appends `records` atomically: all of them commit, or none. Returns one outcome each,
+    /// in order, once they are durable.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Command::Append { records, reply })
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// Lets every queued append finish, closes the database connection, and stops the task.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.queue.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+type Reply = oneshot::Sender<Result<Vec<AppendOutcome>>>;
+
+async fn run(
+    mut store: StoreWriter,
+    hub: Hub,
+    mut queue: mpsc::Receiver<Command>,
+    stats: Arc<WriterStats>,
+) {
+    let mut heads: HashMap<StreamKey, Head> = HashMap::new();
+    let mut shutdown = None;
+    while shutdown.is_none() {
+        let Some(first) = queue.recv().await else {
+            break;
+        };
+        let mut group: Vec<(Vec<NewRecord>, Reply)> = Vec::new();
+        let mut gathered = 0;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append { records, reply } => {
+                    gathered += records.len();
+                    group.push((records, reply));
+                }
+                Command::Shutdown { done } => {
+                    shutdown = Some(done);
+                    break;
+                }
+            }
+            if gathered < MAX_GROUP_RECORDS {
+                next = queue.try_recv().ok();
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        if heads.len() > MAX_CACHED_HEADS {
+            heads.clear();
+        }
+
+        let requests: Vec<&[NewRecord]> = group.iter().map(|(r, _)| r.as_slice()).collect();
+        match commit_group(&mut store, &mut heads, &requests).await {
+            Ok(outcomes) => {
+                let stored: Vec<Arc<LogRecord>> = outcomes
+                    .iter()
+                    .flatten()
+                    .filter_map(|o| match o {
+                        AppendOutcome::Stored(r) => Some(r.clone()),
+                        AppendOutcome::Duplicate(_) => None,
+                    })
+                    .collect();
+                stats
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.records.fetch_add(
+                    stored.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                hub.publish(&stored);
+                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %crate::error::cause_chain(&err), requests = group.len(), "group commit failed");
+                // The transaction rolled back: cached heads may be ahead of the store.
+                heads.clear();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+    if let Err(err) = store.close().await {
+        tracing::error!(error = %crate::error::cause_chain(&err), "closing the writer connection failed");
+    }
+    tracing::debug!("log writer stopped");
+    if let Some(done) = shutdown {
+        let _ = done.send(());
+    }
+}
+
+/// Commits one group in one transaction. On error nothing is kept and `heads` may be stale:
+/// the caller clears it.
+async fn commit_group(
+    store: &mut StoreWriter,
+    heads: &mut HashMap<StreamKey, Head>,
+    requests: &[&[NewRecord]],
+) -> Result<Vec<Vec<AppendOutcome>>> {
+    let mut tx = store.begin().await?;
+
+    // Idempotency: one lookup per kind for every client-given id in the group.
+    let mut existing: HashMap<(crate::store::StreamKind, String), Arc<LogRecord>> = HashMap::new();
+    let mut ids_by_kind: HashMap<crate::store::StreamKind, Vec<&str>> = HashMap::new();
+    for record in requests.iter().flat_map(|r| r.iter()) {
+        if let Some(id) = &record.id {
+            ids_by_kind.entry(record.stream.kind).or_default().push(id);
+        }
+    }
+    for (kind, ids) in ids_by_kind {
+        for (id, record) in tx.find_by_ids(kind, &ids).await? {
+            existing.insert((kind, id), Arc::new(record));
+        }
+    }
+
+    // Heads for streams not cached yet.
+    for record in requests.iter().flat_map(|r| r.iter()) {
+        if !heads.contains_key(&record.stream) {
+            let head = tx.head(&record.stream).await?;
+            heads.insert(record.stream.clone(), head);
+        }
+    }
+
+    let now = now_micros();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut fresh: Vec<Arc<LogRecord>> = Vec::new();
+    for request in requests {
+        let mut request_outcomes = Vec::with_capacity(request.len());
+        for record in request.iter() {
+            if let Some(id) = &record.id
+                && let Some(earlier) = existing.get(&(record.stream.kind, id.clone()))
+            {
+                request_outcomes.push(AppendOutcome::Duplicate(earlier.clone()));
+                continue;
+            }
+            let head = heads
+                .get_mut(&record.stream)
+                .ok_or_else(|| Error::Internal("head not loaded".into()))?;
+            head.sequence += 1;
+            head.ts_micros = head.ts_micros.max(now);
+            let stored = Arc::new(LogRecord {
+                stream: record.stream.clone(),
+                sequence: head.sequence,
+                id: record
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                ts_micros: head.ts_micros,
+                payload: record.payload.clone(),
+            });
+            if record.id.is_some() {
+                existing.insert((record.stream.kind, stored.id.clone()), stored.clone());
+            }
+            fresh.push(stored.clone());
+            request_outcomes.push(AppendOutcome::Stored(stored));
+        }
+        outcomes.push(request_outcomes);
+    }
+
+    let rows: Vec<RowToInsert<'_>> = fresh
+        .iter()
+        .map(|r| RowToInsert {
+            stream: &r.stream,
+            sequence: r.sequence,
+            id: &r.id,
+            ts_micros: r.ts_micros,
+            payload: &r.payload,
+        })
+        .collect();
+    tx.insert(&rows).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}

@@ -1,0 +1,48 @@
+//! The `streamhub` binary: parses flags, then runs the server or a client command.
+
+use clap::Parser;
+use streamhub::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    // `.env` first, so its values act as environment for the flags below. A missing file is fine.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let outcome = match cli.command {
+            None => serve(cli.serve).await,
+            Some(Command::Serve(config)) => serve(config).await,
+            Some(Command::Events(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::events::run(args).await.map_err(|e| e.to_string())
+            }
+            Some(Command::Bench(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::bench::run(args).await.map_err(|e| e.to_string())
+            }
+        };
+        match outcome {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn serve(config: streamhub::Config) -> Result<(), String> {
+    streamhub::telemetry::init("info,sqlx=warn");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    streamhub::server::run(listener, config, streamhub::server::shutdown_signal())
+        .await
+        .map_err(|e| streamhub::error::cause_chain(&e))
+}

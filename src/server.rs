@@ -1,0 +1,163 @@
+//! Builds and runs the server: opens the store, starts the log writer, and serves gRPC (with
+//! health and reflection) on one listener until shutdown.
+//!
+//! Shutdown order matters and lives only here: stop accepting, end live streams with
+//! UNAVAILABLE, let in-flight calls finish (bounded by a grace period), drain the writer, then
+//! close the database. Nothing here knows what an RPC does.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::log::{Hub, Log, Writer};
+use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
+use crate::service::Api;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+/// An opened server: its store is migrated and its writer runs, but it does not serve yet.
+/// Tests hold one to look inside (hub receivers, writer figures).
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    log: Log,
+}
+
+impl App {
+    pub async fn open(config: Config) -> Result<App> {
+        let (store, store_writer) = crate::store::open(&config).await?;
+        let hub = Hub::new(config.hub_capacity);
+        let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
+        let log = Log {
+            store,
+            hub,
+            writer,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(App { config, log })
+    }
+
+    /// The live fan-out, for introspection.
+    pub fn hub(&self) -> &Hub {
+        &self.log.hub
+    }
+
+    /// The log engine, for introspection.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let config = &self.config;
+        let addr = listener.local_addr()?;
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<StreamingServiceServer<Api>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let api = StreamingServiceServer::new(Api::new(self.log.clone(), config))
+            .max_decoding_message_size(config.max_message_bytes);
+
+        let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                Some(Ok::<_, std::io::Error>(stream))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                None
+            }
+        });
+
+        let token = self.log.shutdown.clone();
+        let signal = {
+            let token = token.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: ending live streams, finishing in-flight calls");
+                token.cancel();
+            }
+        };
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval()))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout()))
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, signal);
+
+        tracing::info!(%addr, database = %config.database_url, "streamhub serving");
+        let grace = config.shutdown_grace();
+        let grace_elapsed = async {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served.map_err(|e| Error::Internal(format!("transport: {e}")))?,
+            _ = grace_elapsed => tracing::warn!(?grace, "grace period over; dropping remaining calls"),
+        }
+        health_reporter
+            .set_not_serving::<StreamingServiceServer<Api>>()
+            .await;
+
+        self.log.writer.shutdown().await;
+        self.log.store.close().await;
+        tracing::info!("streamhub stopped; database closed");
+        Ok(())
+    }
+}
+
+/// Opens the store and serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    App::open(config).await?.serve(listener, shutdown).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

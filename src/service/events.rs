@@ -1,0 +1,243 @@
+//! User events: PublishUserEvent, StreamUserEvents and ProcessDataBatch.
+//!
+//! A user's events are the `events/<user_id>` log. This module validates requests, turns them
+//! into log records and back, and leaves ordering, durability and replay-then-tail to the log
+//! engine. It must never write SQL or keep its own subscription loop.
+
+use super::{validate_client_id, validate_key};
+use crate::error::{Error, Result};
+use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, Subscription};
+use crate::proto::{
+    BatchProcessingResult, DataRecord, PublishUserEventRequest, RecordError,
+    StreamUserEventsRequest, UserEvent, UserEventType, micros_from_timestamp,
+    timestamp_from_micros,
+};
+use crate::store::{LogRecord, StreamKey, StreamKind};
+use prost::Message;
+use std::collections::HashSet;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+/// The first this many rejected records of a batch are listed in `errors`; the rest are counted.
+const MAX_LISTED_ERRORS: usize = 100;
+
+/// Limits that apply to user events.
+#[derive(Debug, Clone)]
+pub struct EventLimits {
+    pub max_data_bytes: usize,
+    pub max_batch_records: u64,
+    pub max_batch_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Events {
+    log: Log,
+    limits: EventLimits,
+}
+
+fn stream_of(user_id: &str) -> StreamKey {
+    StreamKey::new(StreamKind::Events, user_id)
+}
+
+/// The stored body of an event: its type and data. The id, user, sequence and timestamp are the
+/// log record's own columns.
+fn body(event_type: UserEventType, data: Option<prost_types::Any>) -> Vec<u8> {
+    UserEvent {
+        r#type: event_type as i32,
+        data,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Rebuilds the full event from a log record.
+pub fn event_from_record(record: &LogRecord) -> Result<UserEvent> {
+    let mut event = UserEvent::decode(record.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("corrupt event {}: {e}", record.id)))?;
+    event.id = record.id.clone();
+    event.user_id = record.stream.key.to_string();
+    event.sequence = record.sequence;
+    event.timestamp = Some(timestamp_from_micros(record.ts_micros));
+    Ok(event)
+}
+
+fn event_type(value: i32, field: &str) -> Result<UserEventType> {
+    match UserEventType::try_from(value) {
+        Ok(UserEventType::Unspecified) => Err(Error::invalid(format!(
+            "{field} must not be USER_EVENT_TYPE_UNSPECIFIED"
+        ))),
+        Ok(t) => Ok(t),
+        Err(_) => Err(Error::invalid(format!(
+            "{field} has unknown value {value}"
+        ))),
+    }
+}
+
+impl Events {
+    pub fn new(log: Log, limits: EventLimits) -> Self {
+        Events { log, limits }
+    }
+
+    /// Validates one event and turns it into a record to append.
+    fn new_record(
+        &self,
+        id: &str,
+        user_id: &str,
+        event_type: i32,
+        data: Option<prost_types::Any>,
+    ) -> Result<NewRecord> {
+        validate_key("user_id", user_id)?;
+        let event_type = self::event_type(event_type, "type")?;
+        let id = validate_client_id(id)?;
+        if let Some(data) = &data {
+            let size = data.encoded_len();
+            if size > self.limits.max_data_bytes {
+                return Err(Error::ResourceExhausted(format!(
+                    "data is {size} bytes; the limit is {}",
+                    self.limits.max_data_bytes
+                )));
+            }
+        }
+        Ok(NewRecord {
+            stream: stream_of(user_id),
+            id,
+            payload: body(event_type, data),
+        })
+    }
+
+    /// PublishUserEvent: appends one event; a retry with the same id and content returns the
+    /// stored event, the same id with other content gets ALREADY_EXISTS.
+    pub async fn publish(&self, request: PublishUserEventRequest) -> Result<UserEvent> {
+        let record = self.new_record(
+            &request.id,
+            &request.user_id,
+            request.r#type,
+            request.data,
+        )?;
+        let outcome = self.log.writer.append(vec![record.clone()]).await?;
+        match outcome.into_iter().next() {
+            Some(AppendOutcome::Stored(stored)) => event_from_record(&stored),
+            Some(AppendOutcome::Duplicate(existing)) => {
+                if existing.stream == record.stream && existing.payload == record.payload {
+                    event_from_record(&existing)
+                } else {
+                    Err(Error::AlreadyExists(format!(
+                        "event id {} already exists with different content",
+                        existing.id
+                    )))
+                }
+            }
+            None => Err(Error::Internal("writer returned no outcome".into())),
+        }
+    }
+
+    /// StreamUserEvents: replays from the requested point, then tails live (or ends, with
+    /// `history_only`).
+    pub fn stream(
+        &self,
+        request: StreamUserEventsRequest,
+    ) -> Result<Subscription<UserEvent>> {
+        validate_key("user_id", &request.user_id)?;
+        let mut wanted = Vec::with_capacity(request.event_types.len());
+        for value in &request.event_types {
+            wanted.push(event_type(*value, "event_types")? as i32);
+        }
+        let start = if request.after_sequence > 0 {
+            Start::AfterSequence(request.after_sequence)
+        } else if let Some(start_time) = &request.start_time {
+            Start::AtTime(
+                micros_from_timestamp(start_time)
+                    .ok_or_else(|| Error::invalid("start_time is not a valid timestamp"))?,
+            )
+        } else {
+            Start::AfterSequence(0)
+        };
+        let options = SubscribeOptions {
+            start,
+            history_only: request.history_only,
+        };
+        let view = move |record: &LogRecord| -> Result<Option<UserEvent>> {
+            let event = event_from_record(record)?;
+            Ok((wanted.is_empty() || wanted.contains(&event.r#type)).then_some(event))
+        };
+        Ok(crate::log::subscribe(
+            &self.log,
+            stream_of(&request.user_id),
+            options,
+            view,
+        ))
+    }
+
+    /// ProcessDataBatch: reads the whole client stream, then commits every valid, new record in
+    /// one transaction. A client that cancels before half-closing commits nothing.
+    pub async fn import<S>(&self, mut records: S) -> Result<BatchProcessingResult, Status>
+    where
+        S: Stream<Item = Result<DataRecord, Status>> + Unpin,
+    {
+        let mut result = BatchProcessingResult {
+            batch_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        };
+        let mut bytes = 0u64;
+        let mut seen_ids = HashSet::new();
+        let mut batch = Vec::new();
+        while let Some(record) = records.next().await {
+            let record = record?;
+            let index = result.records_received;
+            result.records_received += 1;
+            bytes += record.encoded_len() as u64;
+            if result.records_received > self.limits.max_batch_records {
+                return Err(Error::ResourceExhausted(format!(
+                    "a batch may hold at most {} records",
+                    self.limits.max_batch_records
+                ))
+                .into());
+            }
+            if bytes > self.limits.max_batch_bytes {
+                return Err(Error::ResourceExhausted(format!(
+                    "a batch may hold at most {} bytes",
+                    self.limits.max_batch_bytes
+                ))
+                .into());
+            }
+            match self.new_record(&record.id, &record.user_id, record.r#type, record.data) {
+                Err(err) => {
+                    result.records_rejected += 1;
+                    if result.errors.len() < MAX_LISTED_ERRORS {
+                        result.errors.push(RecordError {
+                            index,
+                            record_id: record.id,
+                            message: err.to_string(),
+                        });
+                    }
+                }
+                Ok(new) => {
+                    if let Some(id) = &new.id
+                        && !seen_ids.insert(id.clone())
+                    {
+                        result.records_duplicate += 1;
+                        continue;
+                    }
+                    batch.push(new);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            for outcome in self.log.writer.append(batch).await? {
+                match outcome {
+                    AppendOutcome::Stored(_) => result.records_accepted += 1,
+                    AppendOutcome::Duplicate(_) => result.records_duplicate += 1,
+                }
+            }
+        }
+        tracing::info!(
+            batch_id = %result.batch_id,
+            received = result.records_received,
+            accepted = result.records_accepted,
+            duplicate = result.records_duplicate,
+            rejected = result.records_rejected,
+            "batch imported"
+        );
+        Ok(result)
+    }
+}

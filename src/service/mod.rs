@@ -1,0 +1,218 @@
+//! The gRPC surface: one `StreamingService` implementation that hands each RPC to its
+//! capability module (`events`, …). Capabilities that are not built yet answer UNIMPLEMENTED.
+//!
+//! This layer validates and translates; it never writes SQL and never runs its own
+//! replay-then-tail loop: both belong to the log engine.
+
+pub mod events;
+
+use crate::error::{Error, Result};
+use crate::log::{Log, Subscription};
+use crate::proto::{self, streaming_service_server::StreamingService};
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Longest stream key (user, room or document id), in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+/// Longest client-chosen idempotency id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// A stream key must be present, short and printable: it names a log.
+pub(crate) fn validate_key(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{field} is required")));
+    }
+    if value.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "{field} is longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An optional client-chosen id: empty means "the server assigns one".
+pub(crate) fn validate_client_id(id: &str) -> Result<Option<String>> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(format!(
+            "id is longer than {MAX_ID_BYTES} bytes"
+        )));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::invalid(
+            "id must not contain whitespace or control characters",
+        ));
+    }
+    Ok(Some(id.to_string()))
+}
+
+/// The service behind every RPC.
+#[derive(Debug, Clone)]
+pub struct Api {
+    events: events::Events,
+}
+
+impl Api {
+    pub fn new(log: Log, config: &crate::config::Config) -> Self {
+        Api {
+            events: events::Events::new(
+                log,
+                events::EventLimits {
+                    max_data_bytes: config.max_event_data_bytes,
+                    max_batch_records: config.max_batch_records,
+                    max_batch_bytes: config.max_batch_bytes,
+                },
+            ),
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{rpc} is not available in this version of streamhub"
+    )))
+}
+
+#[tonic::async_trait]
+impl StreamingService for Api {
+    type StreamUserEventsStream = Subscription<proto::UserEvent>;
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn stream_user_events(
+        &self,
+        request: Request<proto::StreamUserEventsRequest>,
+    ) -> Result<Response<Self::StreamUserEventsStream>, Status> {
+        Ok(Response::new(self.events.stream(request.into_inner())?))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn publish_user_event(
+        &self,
+        request: Request<proto::PublishUserEventRequest>,
+    ) -> Result<Response<proto::UserEvent>, Status> {
+        Ok(Response::new(
+            self.events.publish(request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn process_data_batch(
+        &self,
+        request: Request<Streaming<proto::DataRecord>>,
+    ) -> Result<Response<proto::BatchProcessingResult>, Status> {
+        Ok(Response::new(
+            self.events.import(request.into_inner()).await?,
+        ))
+    }
+
+    type DownloadFileStream = ResponseStream<proto::FileChunk>;
+
+    async fn download_file(
+        &self,
+        _request: Request<proto::DownloadFileRequest>,
+    ) -> Result<Response<Self::DownloadFileStream>, Status> {
+        unimplemented("DownloadFile")
+    }
+
+    type SubscribeToNotificationsStream = ResponseStream<proto::Notification>;
+
+    async fn subscribe_to_notifications(
+        &self,
+        _request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeToNotificationsStream>, Status> {
+        unimplemented("SubscribeToNotifications")
+    }
+
+    async fn upload_file(
+        &self,
+        _request: Request<Streaming<proto::FileChunk>>,
+    ) -> Result<Response<proto::UploadFileResponse>, Status> {
+        unimplemented("UploadFile")
+    }
+
+    async fn collect_metrics(
+        &self,
+        _request: Request<Streaming<proto::MetricData>>,
+    ) -> Result<Response<proto::MetricsCollectionResult>, Status> {
+        unimplemented("CollectMetrics")
+    }
+
+    type ChatStream = ResponseStream<proto::ChatMessage>;
+
+    async fn chat(
+        &self,
+        _request: Request<Streaming<proto::ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        unimplemented("Chat")
+    }
+
+    type CollaborateStream = ResponseStream<proto::CollaborationEvent>;
+
+    async fn collaborate(
+        &self,
+        _request: Request<Streaming<proto::CollaborationEvent>>,
+    ) -> Result<Response<Self::CollaborateStream>, Status> {
+        unimplemented("Collaborate")
+    }
+
+    type ProcessLiveDataStream = ResponseStream<proto::ProcessingResult>;
+
+    async fn process_live_data(
+        &self,
+        _request: Request<Streaming<proto::DataInput>>,
+    ) -> Result<Response<Self::ProcessLiveDataStream>, Status> {
+        unimplemented("ProcessLiveData")
+    }
+
+    async fn publish_notification(
+        &self,
+        _request: Request<proto::PublishNotificationRequest>,
+    ) -> Result<Response<proto::Notification>, Status> {
+        unimplemented("PublishNotification")
+    }
+
+    async fn acknowledge_notifications(
+        &self,
+        _request: Request<proto::AcknowledgeNotificationsRequest>,
+    ) -> Result<Response<proto::AcknowledgeNotificationsResponse>, Status> {
+        unimplemented("AcknowledgeNotifications")
+    }
+
+    async fn get_file_info(
+        &self,
+        _request: Request<proto::GetFileInfoRequest>,
+    ) -> Result<Response<proto::FileMetadata>, Status> {
+        unimplemented("GetFileInfo")
+    }
+
+    async fn get_upload_status(
+        &self,
+        _request: Request<proto::GetUploadStatusRequest>,
+    ) -> Result<Response<proto::GetUploadStatusResponse>, Status> {
+        unimplemented("GetUploadStatus")
+    }
+
+    async fn get_chat_history(
+        &self,
+        _request: Request<proto::GetChatHistoryRequest>,
+    ) -> Result<Response<proto::GetChatHistoryResponse>, Status> {
+        unimplemented("GetChatHistory")
+    }
+
+    async fn query_metrics(
+        &self,
+        _request: Request<proto::QueryMetricsRequest>,
+    ) -> Result<Response<proto::QueryMetricsResponse>, Status> {
+        unimplemented("QueryMetrics")
+    }
+}

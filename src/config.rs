@@ -76,8 +76,9 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
-    /// Seconds that in-flight calls get to finish after a shutdown signal.
-    #[arg(long, env = "STREAMHUB_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    /// Seconds that in-flight calls get to finish after a shutdown signal. Live streams end at
+    /// once with UNAVAILABLE; idle client connections that ignore GOAWAY are cut after this.
+    #[arg(long, env = "STREAMHUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
 }
 

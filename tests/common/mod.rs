@@ -1,0 +1,181 @@
+//! The integration-test harness: the real server on 127.0.0.1:0 with its own temporary database,
+//! reached through the generated client. Logs stay quiet unless TEST_LOG is set.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use streamhub::Config;
+use streamhub::log::Log;
+use streamhub::proto::streaming_service_client::StreamingServiceClient;
+use streamhub::server::App;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = StreamingServiceClient<Channel>;
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        streamhub::telemetry::init("debug,h2=info,hyper=info,tower=info");
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// The log engine inside the server: hub receiver counts, writer figures.
+    pub log: Log,
+    pub dir: Arc<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<streamhub::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, adjust).await
+    }
+
+    /// Starts on an existing directory (a restart keeps the database).
+    pub async fn start_in(dir: Arc<tempfile::TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
+        init_logs();
+        let mut config = Config::in_dir(dir.path());
+        config.shutdown_grace_secs = 1;
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = App::open(config).await.expect("open server");
+        let log = app.log().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            log,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url()).await
+    }
+
+    /// Graceful shutdown; returns the directory so the database can be reopened.
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran cleanly");
+        }
+        self.dir.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let channel = Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    StreamingServiceClient::new(channel)
+}
+
+/// The built `streamhub` binary running as a child process, so that `kill -9` is real.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn spawn(dir: &Path, extra_args: &[&str]) -> Self {
+        let db = format!("sqlite://{}", dir.join("streamhub.db").display());
+        let files: PathBuf = dir.join("files");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamhub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+            .arg("--storage-dir")
+            .arg(&files)
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .env_remove("STREAMHUB_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn streamhub");
+        let stderr = child.stderr.take().expect("stderr");
+        let (found, addr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("[child] {line}");
+                }
+                if !sent
+                    && line.contains("streamhub serving")
+                    && let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(addr) = rest.split_whitespace().next()
+                    && let Ok(addr) = addr.parse::<SocketAddr>()
+                {
+                    let _ = found.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = addr
+            .recv_timeout(Duration::from_secs(30))
+            .expect("child server announced its address");
+        ChildServer { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

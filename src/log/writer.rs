@@ -139,7 +139,15 @@ async fn run(
         }
 
         let requests: Vec<&[NewRecord]> = group.iter().map(|(r, _)| r.as_slice()).collect();
-        match commit_group(&mut store, &mut heads, &requests).await {
+        let started = std::time::Instant::now();
+        let committed = commit_group(&mut store, &mut heads, &requests).await;
+        tracing::trace!(
+            requests = group.len(),
+            records = gathered,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match committed {
             Ok(outcomes) => {
                 let stored: Vec<Arc<LogRecord>> = outcomes
                     .iter()
@@ -152,10 +160,9 @@ async fn run(
                 stats
                     .commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                stats.records.fetch_add(
-                    stored.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                stats
+                    .records
+                    .fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 hub.publish(&stored);
                 for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -180,15 +187,13 @@ async fn run(
     }
 }
 
-/// Commits one group in one transaction. On error nothing is kept and `heads` may be stale:
+/// Commits one group atomically. On error nothing is kept and `heads` may be stale:
 /// the caller clears it.
 async fn commit_group(
     store: &mut StoreWriter,
     heads: &mut HashMap<StreamKey, Head>,
     requests: &[&[NewRecord]],
 ) -> Result<Vec<Vec<AppendOutcome>>> {
-    let mut tx = store.begin().await?;
-
     // Idempotency: one lookup per kind for every client-given id in the group.
     let mut existing: HashMap<(crate::store::StreamKind, String), Arc<LogRecord>> = HashMap::new();
     let mut ids_by_kind: HashMap<crate::store::StreamKind, Vec<&str>> = HashMap::new();
@@ -198,7 +203,7 @@ async fn commit_group(
         }
     }
     for (kind, ids) in ids_by_kind {
-        for (id, record) in tx.find_by_ids(kind, &ids).await? {
+        for (id, record) in store.find_by_ids(kind, &ids).await? {
             existing.insert((kind, id), Arc::new(record));
         }
     }
@@ -206,7 +211,7 @@ async fn commit_group(
     // Heads for streams not cached yet.
     for record in requests.iter().flat_map(|r| r.iter()) {
         if !heads.contains_key(&record.stream) {
-            let head = tx.head(&record.stream).await?;
+            let head = store.head(&record.stream).await?;
             heads.insert(record.stream.clone(), head);
         }
     }
@@ -257,7 +262,6 @@ async fn commit_group(
             payload: &r.payload,
         })
         .collect();
-    tx.insert(&rows).await?;
-    tx.commit().await?;
+    store.insert_atomic(&rows).await?;
     Ok(outcomes)
 }

@@ -1,0 +1,1675 @@
+//! User events against the real server: handover under load, lag, crash durability, restart,
+//! filters, idempotency, batch import, bad input, cancellation, shutdown, and the RPCs that are
+//! not built yet. Every test talks to the server only through the generated gRPC client and
+//! asserts exact outcomes: sequences, ids, counts and status codes.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use prost_types::{Any, Timestamp};
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use streamhub::proto::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::Streaming;
+use tonic::{Code, Status};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
+async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), body).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: did not finish within {secs} s"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, failing after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so tests need no extra crate. The seed is printed;
+/// set STREAMHUB_TEST_SEED to replay one.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_time() -> Self {
+        let seed = std::env::var("STREAMHUB_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("STREAMHUB_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn any(type_url: &str, value: impl Into<Vec<u8>>) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: value.into(),
+    }
+}
+
+fn publish_req(user: &str, ty: i32, id: &str, data: Option<Any>) -> PublishUserEventRequest {
+    PublishUserEventRequest {
+        user_id: user.to_string(),
+        r#type: ty,
+        data,
+        id: id.to_string(),
+    }
+}
+
+async fn publish(
+    client: &mut Client,
+    user: &str,
+    ty: UserEventType,
+    id: &str,
+    data: Option<Any>,
+) -> UserEvent {
+    let request = publish_req(user, ty as i32, id, data);
+    client
+        .publish_user_event(request.clone())
+        .await
+        .unwrap_or_else(|s| panic!("publish {request:?} failed: {s:?}"))
+        .into_inner()
+}
+
+async fn publish_status(client: &mut Client, request: PublishUserEventRequest) -> Status {
+    match client.publish_user_event(request.clone()).await {
+        Ok(e) => panic!(
+            "publish {request:?} should fail, but stored {:?}",
+            e.into_inner()
+        ),
+        Err(status) => status,
+    }
+}
+
+fn record(id: &str, user: &str, ty: i32, data: Option<Any>) -> DataRecord {
+    DataRecord {
+        id: id.to_string(),
+        user_id: user.to_string(),
+        r#type: ty,
+        data,
+    }
+}
+
+async fn batch(
+    client: &mut Client,
+    records: Vec<DataRecord>,
+) -> Result<BatchProcessingResult, Status> {
+    client
+        .process_data_batch(tokio_stream::iter(records))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn live(user: &str) -> StreamUserEventsRequest {
+    StreamUserEventsRequest {
+        user_id: user.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn open(client: &mut Client, request: StreamUserEventsRequest) -> Streaming<UserEvent> {
+    client
+        .stream_user_events(request.clone())
+        .await
+        .unwrap_or_else(|s| panic!("StreamUserEvents {request:?} failed: {s:?}"))
+        .into_inner()
+}
+
+/// The next event of an open stream; fails on an error, an end, or 20 s of silence.
+async fn next_event(stream: &mut Streaming<UserEvent>) -> UserEvent {
+    match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+        Err(_) => panic!("no event within 20 s"),
+        Ok(Err(status)) => panic!("stream failed: {status:?}"),
+        Ok(Ok(None)) => panic!("stream ended early"),
+        Ok(Ok(Some(event))) => event,
+    }
+}
+
+/// Reads a `history_only` stream to its end, which must be OK.
+async fn read_history(client: &mut Client, mut request: StreamUserEventsRequest) -> Vec<UserEvent> {
+    request.history_only = true;
+    let mut stream = open(client, request.clone()).await;
+    let mut events = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+            Err(_) => panic!("history {request:?} stalled after {} events", events.len()),
+            Ok(Err(status)) => panic!("history {request:?} failed: {status:?}"),
+            Ok(Ok(None)) => return events,
+            Ok(Ok(Some(event))) => events.push(event),
+        }
+    }
+}
+
+async fn history(client: &mut Client, user: &str) -> Vec<UserEvent> {
+    read_history(client, live(user)).await
+}
+
+/// The status a bad StreamUserEvents call gets, whether it comes with the call or as the stream's
+/// first message.
+async fn stream_status(client: &mut Client, request: StreamUserEventsRequest) -> Status {
+    match client.stream_user_events(request.clone()).await {
+        Err(status) => status,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                Err(_) => panic!("StreamUserEvents {request:?} should fail, but it stays open"),
+                Ok(Err(status)) => status,
+                Ok(Ok(m)) => panic!("StreamUserEvents {request:?} should fail, got {m:?}"),
+            }
+        }
+    }
+}
+
+fn seqs(events: &[UserEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}
+
+fn nanos(ts: &Option<Timestamp>) -> i128 {
+    let ts = ts.as_ref().expect("event has a timestamp");
+    i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos)
+}
+
+/// Sequences are exactly 1..=N and timestamps never decrease.
+fn assert_contiguous(user: &str, events: &[UserEvent]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            i as u64 + 1,
+            "{user}: hole or disorder at index {i}"
+        );
+        assert_eq!(e.user_id, user);
+        assert!(!e.id.is_empty());
+    }
+    for pair in events.windows(2) {
+        assert!(
+            nanos(&pair[0].timestamp) <= nanos(&pair[1].timestamp),
+            "{user}: timestamp went back between #{} and #{}",
+            pair[0].sequence,
+            pair[1].sequence
+        );
+    }
+}
+
+fn hash_event(hasher: &mut DefaultHasher, event: &UserEvent) {
+    hasher.write(&event.encode_to_vec());
+}
+
+fn ts_plus_nanos(ts: &Option<Timestamp>, add: i64) -> Timestamp {
+    let total = nanos(ts) + i128::from(add);
+    Timestamp {
+        seconds: total.div_euclid(1_000_000_000) as i64,
+        nanos: total.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+fn now_plus(d: Duration) -> Timestamp {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + d;
+    Timestamp {
+        seconds: t.as_secs() as i64,
+        nanos: t.subsec_nanos() as i32,
+    }
+}
+
+const TYPES: [UserEventType; 4] = [
+    UserEventType::Login,
+    UserEventType::Logout,
+    UserEventType::ProfileUpdate,
+    UserEventType::PasswordChange,
+];
+
+// ---------------------------------------------------------------------------------------------
+// 1. Handover under load
+// ---------------------------------------------------------------------------------------------
+
+/// 8 writers append 2,000 events each to one user while 20 subscribers join from the beginning
+/// at random moments spread over the write period. Every subscriber receives exactly 1..=16,000,
+/// in order, and exactly the events the writers were answered with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
+    const WRITERS: u64 = 8;
+    const PER_WRITER: u64 = 2_000;
+    const TOTAL: u64 = WRITERS * PER_WRITER;
+    const SUBSCRIBERS: usize = 20;
+    const USER: &str = "hot-user";
+
+    let server = TestServer::start().await;
+    let mut rng = Rng::from_env_or_time();
+    within(120, "handover under load", async {
+        let acked = Arc::new(AtomicU64::new(0));
+        let answers: Arc<Mutex<Vec<Option<UserEvent>>>> =
+            Arc::new(Mutex::new(vec![None; TOTAL as usize]));
+
+        // Subscribers: each waits until a random number of appends has been acknowledged (the
+        // first one before any), then streams from the beginning.
+        let mut sub_clients = Vec::new();
+        for _ in 0..4 {
+            sub_clients.push(server.client().await);
+        }
+        let mut subscribers = Vec::new();
+        for i in 0..SUBSCRIBERS {
+            let threshold = if i == 0 { 0 } else { rng.below(TOTAL) };
+            let mut client = sub_clients[i % sub_clients.len()].clone();
+            let acked = acked.clone();
+            subscribers.push(tokio::spawn(async move {
+                while acked.load(Ordering::Relaxed) < threshold {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let mut stream = open(&mut client, live(USER)).await;
+                let mut hasher = DefaultHasher::new();
+                let mut last_ts = i128::MIN;
+                for expected in 1..=TOTAL {
+                    let event = next_event(&mut stream).await;
+                    assert_eq!(
+                        event.sequence, expected,
+                        "subscriber {i} (joined after {threshold} acks) got a gap or duplicate"
+                    );
+                    assert_eq!(event.user_id, USER);
+                    let ts = nanos(&event.timestamp);
+                    assert!(ts >= last_ts, "subscriber {i}: timestamp went back");
+                    last_ts = ts;
+                    hash_event(&mut hasher, &event);
+                }
+                (threshold, hasher.finish())
+            }));
+        }
+
+        // Writers: 8 concurrent callers over 8 connections.
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let mut client = server.client().await;
+            let acked = acked.clone();
+            let answers = answers.clone();
+            writers.push(tokio::spawn(async move {
+                let mut last_seq = 0;
+                for j in 0..PER_WRITER {
+                    let ty = TYPES[(j % 4) as usize];
+                    let data = any("test/handover", format!("{w}:{j}"));
+                    let event = publish(&mut client, USER, ty, "", Some(data.clone())).await;
+                    assert!(
+                        event.sequence > last_seq,
+                        "writer {w}: its own appends reordered"
+                    );
+                    assert!((1..=TOTAL).contains(&event.sequence));
+                    assert_eq!(event.r#type, ty as i32);
+                    assert_eq!(event.data, Some(data));
+                    last_seq = event.sequence;
+                    let slot = &mut answers.lock().unwrap()[event.sequence as usize - 1];
+                    assert!(slot.is_none(), "sequence {} answered twice", event.sequence);
+                    *slot = Some(event);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+
+        // The answers cover 1..=16,000 exactly once, with non-decreasing timestamps.
+        let answers: Vec<UserEvent> = answers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.clone().expect("every sequence answered"))
+            .collect();
+        assert_contiguous(USER, &answers);
+        let mut hasher = DefaultHasher::new();
+        for event in &answers {
+            hash_event(&mut hasher, event);
+        }
+        let expected_hash = hasher.finish();
+
+        let mut thresholds = Vec::new();
+        for subscriber in subscribers {
+            let (threshold, hash) = subscriber.await.expect("subscriber");
+            assert_eq!(
+                hash, expected_hash,
+                "subscriber that joined after {threshold} acks saw other events than were answered"
+            );
+            thresholds.push(threshold);
+        }
+        thresholds.sort_unstable();
+        eprintln!("subscribers joined after these many acks: {thresholds:?}");
+
+        // The store agrees with what was answered and streamed.
+        let mut client = server.client().await;
+        assert_eq!(history(&mut client, USER).await, answers);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Lag
+// ---------------------------------------------------------------------------------------------
+
+/// With a hub capacity of 2, a subscriber that stalls while 3,000 events (6 MB, far more than the
+/// HTTP/2 windows hold) are published still gets every one, in order, and stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_subscriber_catches_up_from_the_store_and_stays_live() {
+    const USER: &str = "lagging-user";
+    const BURST: u64 = 3_000;
+    let server = TestServer::start_with(|c| c.hub_capacity = 2).await;
+    within(90, "lag", async {
+        let mut client = server.client().await;
+        let first = publish(&mut client, USER, UserEventType::Login, "", None).await;
+        assert_eq!(first.sequence, 1);
+
+        let mut sub_client = server.client().await;
+        let mut stream = open(&mut sub_client, live(USER)).await;
+        assert_eq!(next_event(&mut stream).await, first);
+
+        // Stall (read nothing) while 3,000 events are published by 6 concurrent callers.
+        let mut publishers = Vec::new();
+        for p in 0..6u64 {
+            let mut client = server.client().await;
+            publishers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for j in 0..BURST / 6 {
+                    let data = any("test/lag", vec![(p * 31 + j) as u8; 2048]);
+                    let ty = TYPES[(j % 4) as usize];
+                    out.push(publish(&mut client, USER, ty, "", Some(data)).await);
+                }
+                out
+            }));
+        }
+        let mut published: Vec<UserEvent> = Vec::new();
+        for p in publishers {
+            published.extend(p.await.expect("publisher"));
+        }
+        published.sort_by_key(|e| e.sequence);
+        assert_eq!(seqs(&published), (2..=BURST + 1).collect::<Vec<_>>());
+
+        // Resume: every event, in order, exactly as answered.
+        for expected in &published {
+            let got = next_event(&mut stream).await;
+            assert_eq!(
+                got.sequence, expected.sequence,
+                "gap or duplicate after lag"
+            );
+            assert_eq!(&got, expected);
+        }
+
+        // Still open and live.
+        let after = publish(&mut client, USER, UserEventType::Logout, "after-lag", None).await;
+        assert_eq!(after.sequence, BURST + 2);
+        assert_eq!(next_event(&mut stream).await, after);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Crash durability
+// ---------------------------------------------------------------------------------------------
+
+/// Concurrent appends (unary and batched) to a built server binary, killed with SIGKILL mid-load.
+/// After a restart on the same database every acknowledged append is there with its sequence and
+/// id, batches are all-or-nothing, and each user's sequences are contiguous from 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
+    const USERS: [&str; 3] = ["crash-a", "crash-b", "crash-c"];
+    const BATCH: usize = 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let child = ChildServer::spawn(dir.path(), &[]);
+    let url = child.url();
+
+    // (user, id, sequence) of every unary append answered OK.
+    let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    // Every batch sent: its (user, id) records and whether it was answered OK.
+    let batches: Arc<Mutex<Vec<(Vec<(String, String)>, bool)>>> = Arc::default();
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+
+    let mut tasks = Vec::new();
+    for t in 0..5usize {
+        let mut client = connect(&url).await;
+        let acked = acked.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let user = USERS[(t + n) % USERS.len()];
+                let id = format!("crash-{t}-{n}");
+                let data = any("test/crash", format!("{t}/{n}"));
+                let request = publish_req(user, TYPES[n % 4] as i32, &id, Some(data));
+                match client.publish_user_event(request).await {
+                    Ok(event) => {
+                        let event = event.into_inner();
+                        assert_eq!((event.user_id.as_str(), event.id.as_str()), (user, &*id));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((user.to_string(), id, event.sequence));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    {
+        let mut client = connect(&url).await;
+        let batches = batches.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0.. {
+                let records: Vec<DataRecord> = (0..BATCH)
+                    .map(|i| {
+                        let user = USERS[(b + i) % USERS.len()];
+                        record(
+                            &format!("crash-batch-{b}-{i}"),
+                            user,
+                            1 + (i % 4) as i32,
+                            None,
+                        )
+                    })
+                    .collect();
+                let ids = records
+                    .iter()
+                    .map(|r| (r.user_id.clone(), r.id.clone()))
+                    .collect();
+                let slot = {
+                    let mut batches = batches.lock().unwrap();
+                    batches.push((ids, false));
+                    batches.len() - 1
+                };
+                match batch(&mut client, records).await {
+                    Ok(result) => {
+                        assert_eq!(result.records_accepted, BATCH as u64);
+                        batches.lock().unwrap()[slot].1 = true;
+                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+
+    // Kill mid-load: after about a second, and once a fair number of appends were acknowledged.
+    wait_for(
+        "acknowledged appends before the kill",
+        Duration::from_secs(60),
+        || started.elapsed() >= Duration::from_secs(1) && count.load(Ordering::Relaxed) >= 200,
+    )
+    .await;
+    child.kill9();
+    let killed_at = count.load(Ordering::Relaxed);
+    within(30, "publishers notice the kill", async {
+        for task in tasks {
+            task.await.expect("publisher task");
+        }
+    })
+    .await;
+
+    let child = ChildServer::spawn(dir.path(), &[]);
+    let mut client = connect(&child.url()).await;
+    within(60, "verify after restart", async {
+        let mut stored: HashMap<String, (String, u64)> = HashMap::new();
+        let mut heads = HashMap::new();
+        for user in USERS {
+            let events = history(&mut client, user).await;
+            assert_contiguous(user, &events);
+            heads.insert(user, events.len() as u64);
+            for e in events {
+                assert!(e.id.starts_with("crash-"), "unexpected id {}", e.id);
+                let old = stored.insert(e.id.clone(), (user.to_string(), e.sequence));
+                assert!(old.is_none(), "id {} stored twice", e.id);
+            }
+        }
+        let acked = acked.lock().unwrap().clone();
+        assert!(acked.len() as u64 + 20 >= 200.min(killed_at));
+        for (user, id, sequence) in &acked {
+            assert_eq!(
+                stored.get(id),
+                Some(&(user.clone(), *sequence)),
+                "acknowledged event {id} of {user} at #{sequence} is missing or moved"
+            );
+        }
+        let batches = batches.lock().unwrap().clone();
+        let mut acked_batches = 0;
+        for (records, ok) in &batches {
+            let present = records
+                .iter()
+                .filter(|(_, id)| stored.contains_key(id))
+                .count();
+            assert!(
+                present == 0 || present == records.len(),
+                "a batch was partly stored: {present} of {}",
+                records.len()
+            );
+            if *ok {
+                acked_batches += 1;
+                assert_eq!(present, records.len(), "an acknowledged batch is missing");
+                for (user, id) in records {
+                    assert_eq!(&stored[id].0, user);
+                }
+            }
+        }
+        eprintln!(
+            "killed after {killed_at} acks ({} unary, {acked_batches} batches); stored {}",
+            acked.len(),
+            stored.len()
+        );
+
+        // Sequences continue after the restart.
+        for user in USERS {
+            let next = publish(&mut client, user, UserEventType::Login, "", None).await;
+            assert_eq!(next.sequence, heads[user] + 1);
+        }
+    })
+    .await;
+    drop(client);
+    drop(child);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Restart
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_restart_and_sequences_continue() {
+    let server = TestServer::start().await;
+    let (before_a, before_b) = within(30, "before restart", async {
+        let mut client = server.client().await;
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..5 {
+            let id = if i % 2 == 0 {
+                format!("restart-a-{i}")
+            } else {
+                String::new()
+            };
+            let data = any("test/restart", format!("a{i}"));
+            a.push(publish(&mut client, "restart-a", TYPES[i % 4], &id, Some(data)).await);
+        }
+        for i in 0..3 {
+            b.push(publish(&mut client, "restart-b", TYPES[(i + 1) % 4], "", None).await);
+        }
+        assert_eq!(seqs(&a), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&b), [1, 2, 3]);
+        (a, b)
+    })
+    .await;
+    let dir = within(30, "stop", server.stop()).await;
+
+    let server = TestServer::start_in(dir, |_| {}).await;
+    within(30, "after restart", async {
+        let mut client = server.client().await;
+        assert_eq!(history(&mut client, "restart-a").await, before_a);
+        assert_eq!(history(&mut client, "restart-b").await, before_b);
+
+        let next_a = publish(&mut client, "restart-a", UserEventType::Logout, "", None).await;
+        assert_eq!(next_a.sequence, 6);
+        assert!(nanos(&next_a.timestamp) >= nanos(&before_a[4].timestamp));
+        let next_b = publish(&mut client, "restart-b", UserEventType::Login, "", None).await;
+        assert_eq!(next_b.sequence, 4);
+
+        // Idempotency ids survive too: a retry answers the stored event.
+        let retry = publish(
+            &mut client,
+            "restart-a",
+            TYPES[2],
+            "restart-a-2",
+            Some(any("test/restart", "a2")),
+        )
+        .await;
+        assert_eq!(retry, before_a[2]);
+        let status = publish_status(
+            &mut client,
+            publish_req("restart-a", TYPES[3] as i32, "restart-a-2", None),
+        )
+        .await;
+        assert_eq!(status.code(), Code::AlreadyExists);
+        assert_eq!(history(&mut client, "restart-a").await.len(), 6);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Filters
+// ---------------------------------------------------------------------------------------------
+
+/// The events of `all` that a request with these filters must return, by the contract:
+/// after_sequence wins over start_time; an empty type list means every type.
+fn expected(
+    all: &[UserEvent],
+    types: &[UserEventType],
+    after: u64,
+    start: Option<&Timestamp>,
+) -> Vec<UserEvent> {
+    all.iter()
+        .filter(|e| types.is_empty() || types.iter().any(|t| *t as i32 == e.r#type))
+        .filter(|e| {
+            if after > 0 {
+                e.sequence > after
+            } else if let Some(start) = start {
+                nanos(&e.timestamp) >= nanos(&Some(*start))
+            } else {
+                true
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+fn filtered(
+    user: &str,
+    types: &[UserEventType],
+    after: u64,
+    start: Option<Timestamp>,
+) -> StreamUserEventsRequest {
+    StreamUserEventsRequest {
+        user_id: user.to_string(),
+        event_types: types.iter().map(|t| *t as i32).collect(),
+        start_time: start,
+        after_sequence: after,
+        history_only: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_return_exactly_the_expected_events() {
+    use UserEventType::{Login, Logout, PasswordChange, ProfileUpdate};
+    const USER: &str = "filter-user";
+    let server = TestServer::start().await;
+    within(60, "filters", async {
+        let mut client = server.client().await;
+        let types = [
+            Login,
+            Logout,
+            ProfileUpdate,
+            PasswordChange,
+            Login,
+            Login,
+            Logout,
+            ProfileUpdate,
+            PasswordChange,
+            PasswordChange,
+            Login,
+            Logout,
+        ];
+        let mut all = Vec::new();
+        for (i, ty) in types.iter().enumerate() {
+            let data = any("test/filter", format!("{i}"));
+            all.push(publish(&mut client, USER, *ty, "", Some(data)).await);
+        }
+        assert_contiguous(USER, &all);
+        // Someone else's events never show up.
+        publish(&mut client, "filter-other", Login, "", None).await;
+
+        // --- history_only, each filter alone and combined ---
+        let h = |types: &[UserEventType], after: u64, start: Option<Timestamp>| {
+            filtered(USER, types, after, start)
+        };
+        assert_eq!(read_history(&mut client, h(&[], 0, None)).await, all);
+
+        let logins = read_history(&mut client, h(&[Login], 0, None)).await;
+        assert_eq!(seqs(&logins), [1, 5, 6, 11]);
+        assert_eq!(logins, expected(&all, &[Login], 0, None));
+        let two = read_history(&mut client, h(&[Logout, PasswordChange], 0, None)).await;
+        assert_eq!(seqs(&two), [2, 4, 7, 9, 10, 12]);
+        assert_eq!(two, expected(&all, &[Logout, PasswordChange], 0, None));
+        let every = h(&[Login, Logout, ProfileUpdate, PasswordChange], 0, None);
+        assert_eq!(read_history(&mut client, every).await, all);
+
+        let after4 = read_history(&mut client, h(&[], 4, None)).await;
+        assert_eq!(seqs(&after4), (5..=12).collect::<Vec<_>>());
+        assert_eq!(after4, all[4..]);
+        assert_eq!(read_history(&mut client, h(&[], 12, None)).await, []);
+        assert_eq!(read_history(&mut client, h(&[], 1000, None)).await, []);
+
+        // start_time: exactly an event's timestamp, 1 ns and 1 µs after it, before everything,
+        // and after everything.
+        let t5 = all[5].timestamp;
+        let starts = [
+            t5,
+            Some(ts_plus_nanos(&t5, 1)),
+            Some(ts_plus_nanos(&t5, 1_000)),
+            Some(ts_plus_nanos(&t5, -1)),
+            Some(Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            Some(Timestamp {
+                seconds: -100,
+                nanos: 5,
+            }),
+            Some(ts_plus_nanos(&all[11].timestamp, 1)),
+            Some(now_plus(Duration::from_secs(3600))),
+        ];
+        for start in starts {
+            let got = read_history(&mut client, h(&[], 0, start)).await;
+            assert_eq!(
+                got,
+                expected(&all, &[], 0, start.as_ref()),
+                "start_time {start:?} (event #6 is at {t5:?})"
+            );
+        }
+        let at5 = read_history(&mut client, h(&[], 0, t5)).await;
+        assert_eq!(
+            at5.first(),
+            Some(&all[5]),
+            "start_time equal to #6's timestamp starts at #6"
+        );
+        let after5 = read_history(&mut client, h(&[], 0, Some(ts_plus_nanos(&t5, 1)))).await;
+        assert!(
+            after5.iter().all(|e| e.sequence > 6),
+            "an event 1 ns before start_time was returned: {:?}",
+            seqs(&after5)
+        );
+
+        // Combinations.
+        let c = read_history(&mut client, h(&[Login], 5, None)).await;
+        assert_eq!(seqs(&c), [6, 11]);
+        let c = read_history(
+            &mut client,
+            h(&[ProfileUpdate, Logout], 0, all[6].timestamp),
+        )
+        .await;
+        assert_eq!(
+            c,
+            expected(&all, &[ProfileUpdate, Logout], 0, all[6].timestamp.as_ref())
+        );
+        assert_eq!(seqs(&c), [7, 8, 12]);
+        // after_sequence wins over start_time.
+        let c = read_history(&mut client, h(&[], 3, all[8].timestamp)).await;
+        assert_eq!(seqs(&c), (4..=12).collect::<Vec<_>>());
+        let c = read_history(&mut client, h(&[PasswordChange], 8, all[2].timestamp)).await;
+        assert_eq!(seqs(&c), [9, 10]);
+
+        // history_only ends after the head at the call's start: an event published while the
+        // call runs is not included.
+        let mut stream = open(
+            &mut client,
+            StreamUserEventsRequest {
+                history_only: true,
+                ..live(USER)
+            },
+        )
+        .await;
+        assert_eq!(next_event(&mut stream).await, all[0]);
+        let late = publish(&mut client, USER, Login, "", None).await;
+        assert_eq!(late.sequence, 13);
+        let mut rest = Vec::new();
+        while let Some(e) = within(20, "history end", stream.message())
+            .await
+            .expect("history")
+        {
+            rest.push(e);
+        }
+        assert_eq!(
+            rest,
+            all[1..],
+            "history_only must end with OK at the head it started with"
+        );
+        all.push(late);
+
+        // --- live: filters apply to the tail as well, with sequences preserved ---
+        let mut stream = open(&mut client, filtered(USER, &[Login], 4, None)).await;
+        for want in [6, 11, 13] {
+            assert_eq!(next_event(&mut stream).await, all[want - 1]);
+        }
+        let mut tail = Vec::new();
+        for ty in [Logout, Login, ProfileUpdate, PasswordChange, Login] {
+            tail.push(publish(&mut client, USER, ty, "", None).await);
+        }
+        assert_eq!(seqs(&tail), [14, 15, 16, 17, 18]);
+        assert_eq!(next_event(&mut stream).await, tail[1]);
+        assert_eq!(next_event(&mut stream).await, tail[4]);
+        // Nothing else was queued in between: the next one is the next Login.
+        let marker = publish(&mut client, USER, Login, "", None).await;
+        assert_eq!(marker.sequence, 19);
+        assert_eq!(next_event(&mut stream).await, marker);
+        drop(stream);
+
+        // Live from a start_time in the past: the history from it, then the tail.
+        all.extend(tail);
+        all.push(marker);
+        let mut stream = open(&mut client, filtered(USER, &[], 0, all[16].timestamp)).await;
+        for want in 16..19 {
+            assert_eq!(next_event(&mut stream).await, all[want]);
+        }
+        let next = publish(&mut client, USER, Logout, "", None).await;
+        assert_eq!(next_event(&mut stream).await, next);
+        drop(stream);
+
+        // Live from a start_time in the future: events stamped before it never arrive; the first
+        // that arrives is the first one stamped at or after it.
+        const FUTURE_USER: &str = "filter-future";
+        let old = publish(&mut client, FUTURE_USER, Login, "", None).await;
+        let start = now_plus(Duration::from_millis(800));
+        let mut stream = open(&mut client, filtered(FUTURE_USER, &[], 0, Some(start))).await;
+        let mut before_start = vec![old];
+        let first_after = loop {
+            let e = publish(&mut client, FUTURE_USER, Logout, "", None).await;
+            if nanos(&e.timestamp) >= nanos(&Some(start)) {
+                break e;
+            }
+            before_start.push(e);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            before_start.len() >= 2,
+            "the future start_time passed too soon to test"
+        );
+        assert_eq!(
+            next_event(&mut stream).await,
+            first_after,
+            "events stamped before start_time ({} of them) must not arrive",
+            before_start.len()
+        );
+        let again = publish(&mut client, FUTURE_USER, PasswordChange, "", None).await;
+        assert_eq!(next_event(&mut stream).await, again);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Idempotency
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_ids_store_once_and_conflicts_get_already_exists() {
+    use UserEventType::{Login, Logout};
+    let server = TestServer::start().await;
+    within(30, "idempotency", async {
+        let mut client = server.client().await;
+        let data = || Some(any("test/idem", "payload"));
+
+        let first = publish(&mut client, "idem-1", Login, "idem-id-1", data()).await;
+        assert_eq!((first.sequence, first.id.as_str()), (1, "idem-id-1"));
+        let retry = publish(&mut client, "idem-1", Login, "idem-id-1", data()).await;
+        assert_eq!(
+            retry, first,
+            "a retry answers the stored event, timestamp included"
+        );
+        assert_eq!(history(&mut client, "idem-1").await, [first.clone()]);
+
+        // Same id, other content.
+        let conflicts = [
+            publish_req("idem-1", Logout as i32, "idem-id-1", data()),
+            publish_req(
+                "idem-1",
+                Login as i32,
+                "idem-id-1",
+                Some(any("test/idem", "other")),
+            ),
+            publish_req(
+                "idem-1",
+                Login as i32,
+                "idem-id-1",
+                Some(any("test/other", "payload")),
+            ),
+            publish_req("idem-1", Login as i32, "idem-id-1", None),
+            publish_req("idem-2", Login as i32, "idem-id-1", data()),
+        ];
+        for request in conflicts {
+            let status = publish_status(&mut client, request.clone()).await;
+            assert_eq!(
+                status.code(),
+                Code::AlreadyExists,
+                "{request:?}: {status:?}"
+            );
+        }
+        // Nothing moved: one event, and the heads are where they were.
+        assert_eq!(history(&mut client, "idem-1").await, [first.clone()]);
+        assert_eq!(history(&mut client, "idem-2").await, []);
+        let next = publish(&mut client, "idem-1", Logout, "", None).await;
+        assert_eq!(next.sequence, 2);
+        assert_ne!(next.id, first.id);
+        let other = publish(&mut client, "idem-2", Login, "", None).await;
+        assert_eq!(other.sequence, 1);
+
+        // Without an id every publish is new, with a fresh server-assigned UUID.
+        let a = publish(&mut client, "idem-3", Login, "", data()).await;
+        let b = publish(&mut client, "idem-3", Login, "", data()).await;
+        assert_eq!(seqs(&[a.clone(), b.clone()]), [1, 2]);
+        assert_ne!(a.id, b.id);
+        uuid::Uuid::parse_str(&a.id).expect("server ids are UUIDs");
+
+        // Concurrent retries of one id (they share group commits): one event, every answer equal.
+        let mut calls = Vec::new();
+        for _ in 0..16 {
+            let mut client = client.clone();
+            calls.push(tokio::spawn(async move {
+                publish(&mut client, "idem-4", Login, "idem-concurrent", data()).await
+            }));
+        }
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.expect("call"));
+        }
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+        assert_eq!(answers[0].sequence, 1);
+        assert_eq!(history(&mut client, "idem-4").await, [answers[0].clone()]);
+
+        // Concurrent, different content: exactly one wins, the rest get ALREADY_EXISTS.
+        let mut calls = Vec::new();
+        for i in 0..8 {
+            let mut client = client.clone();
+            calls.push(tokio::spawn(async move {
+                let request = publish_req(
+                    "idem-5",
+                    Login as i32,
+                    "idem-race",
+                    Some(any("test/idem", format!("{i}"))),
+                );
+                client
+                    .publish_user_event(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }));
+        }
+        let mut won = Vec::new();
+        for call in calls {
+            match call.await.expect("call") {
+                Ok(event) => won.push(event),
+                Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "{status:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one of the racing contents is stored");
+        assert_eq!(history(&mut client, "idem-5").await, won);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Batch
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_commits_atomically_and_live_subscribers_see_it() {
+    let server = TestServer::start().await;
+    within(60, "batch commit", async {
+        let mut client = server.client().await;
+        let users = ["batch-a", "batch-b", "batch-c"];
+        let pre1 = publish(&mut client, "batch-a", UserEventType::Login, "", None).await;
+        let pre2 = publish(&mut client, "batch-a", UserEventType::Logout, "", None).await;
+
+        // A live subscriber on batch-a, already caught up.
+        let mut sub_client = server.client().await;
+        let mut stream = open(&mut sub_client, live("batch-a")).await;
+        assert_eq!(next_event(&mut stream).await, pre1);
+        assert_eq!(next_event(&mut stream).await, pre2);
+        wait_for("the subscriber to go live", Duration::from_secs(10), || {
+            server.log.hub.receiver_count() == 1
+        })
+        .await;
+
+        // 3,000 records interleaved over three users, half with client ids.
+        let records: Vec<DataRecord> = (0..3_000usize)
+            .map(|i| {
+                let id = if i % 2 == 0 {
+                    format!("batch-{i}")
+                } else {
+                    String::new()
+                };
+                let data = Some(any("test/batch", format!("{i}")));
+                record(&id, users[i % 3], 1 + (i % 4) as i32, data)
+            })
+            .collect();
+        let result = batch(&mut client, records.clone()).await.expect("batch");
+        uuid::Uuid::parse_str(&result.batch_id).expect("batch_id is a UUID");
+        assert_eq!(
+            (
+                result.records_received,
+                result.records_accepted,
+                result.records_duplicate,
+                result.records_rejected
+            ),
+            (3_000, 3_000, 0, 0)
+        );
+        assert!(result.errors.is_empty());
+
+        for (u, user) in users.iter().enumerate() {
+            let events = history(&mut client, user).await;
+            assert_contiguous(user, &events);
+            let offset = if u == 0 { 2 } else { 0 };
+            let mine: Vec<&DataRecord> = records.iter().filter(|r| r.user_id == *user).collect();
+            assert_eq!(events.len(), offset + mine.len());
+            for (event, rec) in events[offset..].iter().zip(&mine) {
+                assert_eq!(event.r#type, rec.r#type);
+                assert_eq!(event.data, rec.data);
+                if !rec.id.is_empty() {
+                    assert_eq!(event.id, rec.id);
+                }
+            }
+            if u == 0 {
+                // The live subscriber gets the imported events like any others.
+                for event in &events[2..] {
+                    assert_eq!(&next_event(&mut stream).await, event);
+                }
+            }
+        }
+        let after = publish(&mut client, "batch-a", UserEventType::Login, "", None).await;
+        assert_eq!(after.sequence, 1_003);
+        assert_eq!(next_event(&mut stream).await, after);
+
+        // An empty batch is fine and stores nothing.
+        let empty = batch(&mut client, vec![]).await.expect("empty batch");
+        assert_eq!((empty.records_received, empty.records_accepted), (0, 0));
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_cancelled_before_half_close_commits_nothing() {
+    let server = TestServer::start().await;
+    within(30, "batch cancel", async {
+        let mut client = server.client().await;
+        let (tx, rx) = mpsc::channel::<DataRecord>(1);
+        let mut call_client = client.clone();
+        let call = tokio::spawn(async move {
+            call_client
+                .process_data_batch(ReceiverStream::new(rx))
+                .await
+                .map(|r| r.into_inner())
+        });
+        // With a channel of one, each send returns only once the client has taken the one before.
+        for i in 0..50 {
+            let user = if i % 2 == 0 { "cancel-a" } else { "cancel-b" };
+            tx.send(record(&format!("cancel-{i}"), user, 1, None))
+                .await
+                .expect("the call takes records");
+        }
+        // Let the records reach the server, then cancel the call without half-closing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        // Give the server a moment to see the reset. Only then end the record stream (which,
+        // had the cancel not reset the HTTP/2 stream, would half-close it and commit).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        assert_eq!(history(&mut client, "cancel-a").await, []);
+        assert_eq!(history(&mut client, "cancel-b").await, []);
+        // The ids were not stored: reusing one with other content is a fresh event at #1.
+        let e = publish(
+            &mut client,
+            "cancel-a",
+            UserEventType::Logout,
+            "cancel-0",
+            None,
+        )
+        .await;
+        assert_eq!(e.sequence, 1);
+        let e = publish(
+            &mut client,
+            "cancel-b",
+            UserEventType::Logout,
+            "cancel-1",
+            None,
+        )
+        .await;
+        assert_eq!(e.sequence, 1);
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_counts_duplicates_and_lists_rejects() {
+    use UserEventType::{Login, Logout};
+    let server = TestServer::start().await;
+    within(30, "batch duplicates and rejects", async {
+        let mut client = server.client().await;
+        const USER: &str = "dup-user";
+        let stored_a = publish(&mut client, USER, Login, "dup-a", None).await;
+        let stored_b = publish(&mut client, USER, Login, "dup-b", None).await;
+
+        // Duplicates: ids already stored (same or other content) and ids repeated in the batch.
+        let records = vec![
+            record("new-1", USER, 1, None),                    // accepted
+            record("dup-a", USER, 1, None),                    // stored, same content
+            record("new-1", USER, 1, None),                    // repeat in batch
+            record("", USER, 2, None),                         // accepted (no id)
+            record("dup-b", USER, 3, Some(any("x", "other"))), // stored, other content
+            record("new-2", USER, 2, None),                    // accepted
+            record("new-2", USER, 2, None),                    // repeat
+            record("new-2", USER, 4, None),                    // repeat, other content
+            record("dup-a", "dup-other-user", 1, None),        // stored, other user
+        ];
+        let result = batch(&mut client, records).await.expect("batch");
+        assert_eq!(
+            (
+                result.records_received,
+                result.records_accepted,
+                result.records_duplicate,
+                result.records_rejected
+            ),
+            (9, 3, 6, 0)
+        );
+        assert!(result.errors.is_empty());
+        let events = history(&mut client, USER).await;
+        assert_contiguous(USER, &events);
+        assert_eq!(events[..2], [stored_a, stored_b]);
+        assert_eq!(events[2].id, "new-1");
+        assert_eq!(events[3].r#type, Logout as i32);
+        assert_eq!(
+            (events[4].id.as_str(), events[4].r#type),
+            ("new-2", Logout as i32)
+        );
+        assert_eq!(events.len(), 5);
+        assert_eq!(history(&mut client, "dup-other-user").await, []);
+
+        // Rejects: listed with their index and record id; the valid records still commit.
+        const R: &str = "rej-user";
+        let long_user = "u".repeat(129);
+        let records = vec![
+            record("ok-0", R, 1, None),
+            record("r1", "", 1, None),
+            record("r2", R, 0, None),
+            record("r3", R, 99, None),
+            record("r4", R, 1, Some(any("test/big", vec![0u8; 64 * 1024]))),
+            record("ok-5", R, 2, None),
+            record("r6", "bad\u{1}user", 1, None),
+            record("bad id", R, 1, None),
+            record("r8", &long_user, 1, None),
+            record("r9", R, -1, None),
+            record("", R, 3, Some(any("test/ok", vec![1u8; 1000]))),
+        ];
+        let result = batch(&mut client, records).await.expect("batch");
+        assert_eq!(
+            (
+                result.records_received,
+                result.records_accepted,
+                result.records_duplicate,
+                result.records_rejected
+            ),
+            (11, 3, 0, 8)
+        );
+        let listed: Vec<(u64, &str)> = result
+            .errors
+            .iter()
+            .map(|e| (e.index, e.record_id.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (1, "r1"),
+                (2, "r2"),
+                (3, "r3"),
+                (4, "r4"),
+                (6, "r6"),
+                (7, "bad id"),
+                (8, "r8"),
+                (9, "r9")
+            ]
+        );
+        assert!(result.errors.iter().all(|e| !e.message.is_empty()));
+        let events = history(&mut client, R).await;
+        assert_contiguous(R, &events);
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            (events[0].id.as_str(), events[1].id.as_str()),
+            ("ok-0", "ok-5")
+        );
+        // A rejected record's id was not stored.
+        let e = publish(&mut client, R, Logout, "r2", None).await;
+        assert_eq!(e.sequence, 4);
+
+        // Past 100 rejects, all are counted and the first 100 are listed.
+        let mut records: Vec<DataRecord> = (0..150)
+            .map(|i| record(&format!("many-{i}"), "many-user", 0, None))
+            .collect();
+        records.push(record("many-ok", "many-user", 1, None));
+        let result = batch(&mut client, records).await.expect("batch");
+        assert_eq!(
+            (
+                result.records_received,
+                result.records_accepted,
+                result.records_rejected
+            ),
+            (151, 1, 150)
+        );
+        assert_eq!(result.errors.len(), 100);
+        assert!(
+            result
+                .errors
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.index == i as u64 && e.record_id == format!("many-{i}"))
+        );
+        assert_eq!(seqs(&history(&mut client, "many-user").await), [1]);
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_over_the_cap_gets_resource_exhausted_and_commits_nothing() {
+    let server = TestServer::start_with(|c| c.max_batch_records = 10).await;
+    within(30, "batch cap", async {
+        let mut client = server.client().await;
+        let over: Vec<DataRecord> = (0..11)
+            .map(|i| record(&format!("cap-{i}"), "cap-user", 1, None))
+            .collect();
+        let status = batch(&mut client, over).await.expect_err("over the cap");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(history(&mut client, "cap-user").await, []);
+
+        // Exactly at the cap is fine, and the ids of the refused batch were never stored.
+        let at: Vec<DataRecord> = (0..10)
+            .map(|i| record(&format!("cap-{i}"), "cap-user", 2, None))
+            .collect();
+        let result = batch(&mut client, at).await.expect("at the cap");
+        assert_eq!((result.records_accepted, result.records_duplicate), (10, 0));
+        assert_eq!(
+            seqs(&history(&mut client, "cap-user").await),
+            (1..=10).collect::<Vec<_>>()
+        );
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Bad input
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_exact_status_and_stores_nothing() {
+    use UserEventType::Login;
+    const USER: &str = "bad-input-user";
+    let server = TestServer::start().await;
+    within(30, "bad input", async {
+        let mut client = server.client().await;
+        let long = "x".repeat(129);
+        let big = Some(any("test/big", vec![7u8; 64 * 1024]));
+
+        let publish_table: Vec<(&str, PublishUserEventRequest, Code)> = vec![
+            (
+                "empty user_id",
+                publish_req("", 1, "bad-1", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "user_id of 129 bytes",
+                publish_req(&long, 1, "bad-2", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "user_id with a control char",
+                publish_req("bad\u{7}user", 1, "bad-3", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "user_id with a newline",
+                publish_req("bad\nuser", 1, "bad-3b", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "type UNSPECIFIED",
+                publish_req(USER, 0, "bad-4", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "type 99",
+                publish_req(USER, 99, "bad-5", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "type -1",
+                publish_req(USER, -1, "bad-5b", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "data over 64 KiB",
+                publish_req(USER, 1, "bad-6", big.clone()),
+                Code::ResourceExhausted,
+            ),
+            (
+                "id with whitespace",
+                publish_req(USER, 1, "bad id", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "id with a tab",
+                publish_req(USER, 1, "bad\tid", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "id of 129 bytes",
+                publish_req(USER, 1, &long, None),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (what, request, code) in publish_table {
+            let status = publish_status(&mut client, request).await;
+            assert_eq!(
+                status.code(),
+                code,
+                "PublishUserEvent with {what}: {status:?}"
+            );
+            assert!(!status.message().is_empty(), "{what}: the status says why");
+        }
+
+        let stream_table: Vec<(&str, StreamUserEventsRequest, Code)> = vec![
+            ("empty user_id", live(""), Code::InvalidArgument),
+            ("user_id of 129 bytes", live(&long), Code::InvalidArgument),
+            (
+                "user_id with a control char",
+                live("bad\u{1b}user"),
+                Code::InvalidArgument,
+            ),
+            (
+                "UNSPECIFIED in event_types",
+                StreamUserEventsRequest {
+                    event_types: vec![1, 0],
+                    ..live(USER)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown value in event_types",
+                StreamUserEventsRequest {
+                    event_types: vec![2, 99],
+                    ..live(USER)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "start_time with nanos -1",
+                StreamUserEventsRequest {
+                    start_time: Some(Timestamp {
+                        seconds: 1,
+                        nanos: -1,
+                    }),
+                    ..live(USER)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "start_time with nanos 2e9",
+                StreamUserEventsRequest {
+                    start_time: Some(Timestamp {
+                        seconds: 1,
+                        nanos: 2_000_000_000,
+                    }),
+                    ..live(USER)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "history_only with UNSPECIFIED in event_types",
+                StreamUserEventsRequest {
+                    event_types: vec![0],
+                    history_only: true,
+                    ..live(USER)
+                },
+                Code::InvalidArgument,
+            ),
+        ];
+        for (what, request, code) in stream_table {
+            let status = stream_status(&mut client, request).await;
+            assert_eq!(
+                status.code(),
+                code,
+                "StreamUserEvents with {what}: {status:?}"
+            );
+        }
+
+        // Nothing was stored by any of them.
+        assert_eq!(history(&mut client, USER).await, []);
+        wait_for(
+            "failed streams to release the hub",
+            Duration::from_secs(10),
+            || server.log.hub.receiver_count() == 0,
+        )
+        .await;
+        // The valid ids of the refused requests were never stored: reusing them is a fresh event.
+        for (i, id) in ["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6"]
+            .iter()
+            .enumerate()
+        {
+            let e = publish(&mut client, USER, Login, id, None).await;
+            assert_eq!((e.sequence, e.id.as_str()), (i as u64 + 1, *id));
+        }
+
+        // The limits are inclusive: 128-byte keys and ids, and data just under 64 KiB, are fine.
+        let key = "k".repeat(128);
+        let e = publish(&mut client, &key, Login, &"i".repeat(128), None).await;
+        assert_eq!((e.sequence, e.user_id.len(), e.id.len()), (1, 128, 128));
+        let data = Some(any("", vec![0u8; 64 * 1024 - 8]));
+        let e = publish(&mut client, USER, Login, "", data.clone()).await;
+        assert_eq!(e.data, data);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Cancellation
+// ---------------------------------------------------------------------------------------------
+
+/// 100 subscribers (80 idle and live on 8 users, 20 stalled in the middle of a 6 MB replay)
+/// hold 100 hub receivers; once they are dropped the hub holds none and no stream channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_subscribers_release_their_hub_receivers() {
+    let server = TestServer::start().await;
+    within(60, "cancellation", async {
+        let mut client = server.client().await;
+        // A backlog on which replays stall once the client stops reading.
+        let backlog: Vec<DataRecord> = (0..3_000)
+            .map(|i| record("", "cancel-backlog", 1, Some(any("t", vec![i as u8; 2048]))))
+            .collect();
+        let result = batch(&mut client, backlog).await.expect("backlog");
+        assert_eq!(result.records_accepted, 3_000);
+
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            conns.push(server.client().await);
+        }
+        let mut streams = Vec::new();
+        for i in 0..100usize {
+            let client = &mut conns[i % 4];
+            let stream = if i < 80 {
+                open(client, live(&format!("cancel-user-{}", i % 8))).await
+            } else {
+                let mut s = open(client, live("cancel-backlog")).await;
+                assert_eq!(next_event(&mut s).await.sequence, 1);
+                s
+            };
+            streams.push(stream);
+        }
+        wait_for("100 hub receivers", Duration::from_secs(20), || {
+            server.log.hub.receiver_count() == 100
+        })
+        .await;
+        assert_eq!(server.log.hub.stream_count(), 9);
+
+        drop(streams);
+        wait_for(
+            "the hub to release every receiver",
+            Duration::from_secs(10),
+            || server.log.hub.receiver_count() == 0 && server.log.hub.stream_count() == 0,
+        )
+        .await;
+
+        // The server is fine afterwards, and a new subscriber takes exactly one receiver.
+        let mut stream = open(&mut client, live("cancel-user-0")).await;
+        let e = publish(&mut client, "cancel-user-0", UserEventType::Login, "", None).await;
+        assert_eq!(next_event(&mut stream).await, e);
+        assert_eq!(server.log.hub.receiver_count(), 1);
+        drop(stream);
+        wait_for("the last receiver to go", Duration::from_secs(10), || {
+            server.log.hub.receiver_count() == 0 && server.log.hub.stream_count() == 0
+        })
+        .await;
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_ends_live_streams_with_unavailable() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let e = within(
+        10,
+        "publish",
+        publish(&mut client, "shutdown-user", UserEventType::Login, "", None),
+    )
+    .await;
+    let mut stream = within(10, "open", open(&mut client, live("shutdown-user"))).await;
+    assert_eq!(within(10, "first event", next_event(&mut stream)).await, e);
+    wait_for("the subscriber to go live", Duration::from_secs(10), || {
+        server.log.hub.receiver_count() == 1
+    })
+    .await;
+
+    let stopping = tokio::spawn(server.stop());
+    let ended = within(10, "the stream to end", stream.message()).await;
+    match ended {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(other) => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    drop(stream);
+    drop(client);
+    within(15, "the stop to complete", stopping)
+        .await
+        .expect("stop");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Not built yet
+// ---------------------------------------------------------------------------------------------
+
+fn code<T>(result: Result<tonic::Response<T>, Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_not_built_yet_answer_unimplemented() {
+    let server = TestServer::start().await;
+    within(30, "unimplemented", async {
+        let mut c = server.client().await;
+        let mut codes: Vec<(&str, Code)> = Vec::new();
+        codes.push((
+            "GetFileInfo",
+            code(c.get_file_info(GetFileInfoRequest::default()).await),
+        ));
+        codes.push((
+            "GetUploadStatus",
+            code(c.get_upload_status(GetUploadStatusRequest::default()).await),
+        ));
+        codes.push((
+            "GetChatHistory",
+            code(c.get_chat_history(GetChatHistoryRequest::default()).await),
+        ));
+        codes.push((
+            "QueryMetrics",
+            code(c.query_metrics(QueryMetricsRequest::default()).await),
+        ));
+        codes.push((
+            "PublishNotification",
+            code(
+                c.publish_notification(PublishNotificationRequest::default())
+                    .await,
+            ),
+        ));
+        codes.push((
+            "AcknowledgeNotifications",
+            code(
+                c.acknowledge_notifications(AcknowledgeNotificationsRequest::default())
+                    .await,
+            ),
+        ));
+        codes.push((
+            "DownloadFile",
+            code(c.download_file(DownloadFileRequest::default()).await),
+        ));
+        codes.push((
+            "SubscribeToNotifications",
+            code(
+                c.subscribe_to_notifications(SubscribeRequest::default())
+                    .await,
+            ),
+        ));
+        codes.push((
+            "UploadFile",
+            code(
+                c.upload_file(tokio_stream::iter(Vec::<FileChunk>::new()))
+                    .await,
+            ),
+        ));
+        codes.push((
+            "CollectMetrics",
+            code(
+                c.collect_metrics(tokio_stream::iter(Vec::<MetricData>::new()))
+                    .await,
+            ),
+        ));
+        codes.push((
+            "Chat",
+            code(c.chat(tokio_stream::iter(Vec::<ChatMessage>::new())).await),
+        ));
+        codes.push((
+            "Collaborate",
+            code(
+                c.collaborate(tokio_stream::iter(Vec::<CollaborationEvent>::new()))
+                    .await,
+            ),
+        ));
+        codes.push((
+            "ProcessLiveData",
+            code(
+                c.process_live_data(tokio_stream::iter(Vec::<DataInput>::new()))
+                    .await,
+            ),
+        ));
+        for (rpc, got) in codes {
+            assert_eq!(got, Code::Unimplemented, "{rpc}");
+        }
+    })
+    .await;
+    server.stop().await;
+}

@@ -24,7 +24,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// SQLite database; created and migrated at start.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/streamhub.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/streamhub.db"
+    )]
     pub database_url: String,
 
     /// Directory for uploaded file bytes.

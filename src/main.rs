@@ -20,11 +20,15 @@ fn main() -> std::process::ExitCode {
             Some(Command::Serve(config)) => serve(config).await,
             Some(Command::Events(args)) => {
                 streamhub::telemetry::init("warn");
-                streamhub::cli::events::run(args).await.map_err(|e| e.to_string())
+                streamhub::cli::events::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Some(Command::Bench(args)) => {
                 streamhub::telemetry::init("warn");
-                streamhub::cli::bench::run(args).await.map_err(|e| e.to_string())
+                streamhub::cli::bench::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         };
         match outcome {

@@ -142,7 +142,15 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {
-        for micros in [0, 1, 999_999, 1_000_000, -1, -1_000_001, 1_764_000_000_123_456] {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            -1,
+            -1_000_001,
+            1_764_000_000_123_456,
+        ] {
             let ts = timestamp_from_micros(micros);
             assert!((0..1_000_000_000).contains(&ts.nanos));
             assert_eq!(micros_from_timestamp(&ts), Some(micros));
@@ -162,7 +170,10 @@ mod tests {
 
     #[test]
     fn event_type_names_parse() {
-        assert_eq!(UserEventType::parse_name("login"), Some(UserEventType::Login));
+        assert_eq!(
+            UserEventType::parse_name("login"),
+            Some(UserEventType::Login)
+        );
         assert_eq!(
             UserEventType::parse_name("USER_EVENT_TYPE_PASSWORD_CHANGE"),
             Some(UserEventType::PasswordChange)

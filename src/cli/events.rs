@@ -192,12 +192,19 @@ pub async fn run(args: EventsArgs) -> CliResult<()> {
 
 /// Follows a stream, reconnecting after UNAVAILABLE or a lost connection and resuming after the
 /// last printed sequence, so nothing is printed twice or skipped.
-async fn tail(connect: &Connect, mut request: StreamUserEventsRequest, json: bool) -> CliResult<()> {
+async fn tail(
+    connect: &Connect,
+    mut request: StreamUserEventsRequest,
+    json: bool,
+) -> CliResult<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
             let mut client = connect.client().await?;
-            let mut stream = client.stream_user_events(request.clone()).await?.into_inner();
+            let mut stream = client
+                .stream_user_events(request.clone())
+                .await?
+                .into_inner();
             while let Some(event) = stream.message().await? {
                 print_event(&event, json);
                 // Resume point for a reconnect: after this event, whatever filter applies.
@@ -252,8 +259,8 @@ async fn import(connect: &Connect, path: PathBuf, quiet: bool) -> CliResult<()> 
             if line.trim().is_empty() {
                 continue;
             }
-            let record = record_from_line(&line)
-                .map_err(|e| fail(format!("line {line_no}: {e}")))?;
+            let record =
+                record_from_line(&line).map_err(|e| fail(format!("line {line_no}: {e}")))?;
             if tx.send(record).await.is_err() {
                 break; // The call failed; its error is reported below.
             }

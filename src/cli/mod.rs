@@ -38,7 +38,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
     /// gRPC endpoint of the server.
-    #[arg(long, env = "STREAMHUB_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "STREAMHUB_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
 }
 

@@ -67,9 +67,7 @@ fn event_type(value: i32, field: &str) -> Result<UserEventType> {
             "{field} must not be USER_EVENT_TYPE_UNSPECIFIED"
         ))),
         Ok(t) => Ok(t),
-        Err(_) => Err(Error::invalid(format!(
-            "{field} has unknown value {value}"
-        ))),
+        Err(_) => Err(Error::invalid(format!("{field} has unknown value {value}"))),
     }
 }
 
@@ -108,12 +106,8 @@ impl Events {
     /// PublishUserEvent: appends one event; a retry with the same id and content returns the
     /// stored event, the same id with other content gets ALREADY_EXISTS.
     pub async fn publish(&self, request: PublishUserEventRequest) -> Result<UserEvent> {
-        let record = self.new_record(
-            &request.id,
-            &request.user_id,
-            request.r#type,
-            request.data,
-        )?;
+        let record =
+            self.new_record(&request.id, &request.user_id, request.r#type, request.data)?;
         let outcome = self.log.writer.append(vec![record.clone()]).await?;
         match outcome.into_iter().next() {
             Some(AppendOutcome::Stored(stored)) => event_from_record(&stored),
@@ -133,10 +127,7 @@ impl Events {
 
     /// StreamUserEvents: replays from the requested point, then tails live (or ends, with
     /// `history_only`).
-    pub fn stream(
-        &self,
-        request: StreamUserEventsRequest,
-    ) -> Result<Subscription<UserEvent>> {
+    pub fn stream(&self, request: StreamUserEventsRequest) -> Result<Subscription<UserEvent>> {
         validate_key("user_id", &request.user_id)?;
         let mut wanted = Vec::with_capacity(request.event_types.len());
         for value in &request.event_types {
@@ -145,8 +136,12 @@ impl Events {
         let start = if request.after_sequence > 0 {
             Start::AfterSequence(request.after_sequence)
         } else if let Some(start_time) = &request.start_time {
+            // Stored timestamps are whole microseconds: a start_time inside a microsecond
+            // rounds up, so no event stamped before it is returned.
+            let sub_micro = start_time.nanos % 1000 != 0;
             Start::AtTime(
                 micros_from_timestamp(start_time)
+                    .and_then(|micros| micros.checked_add(i64::from(sub_micro)))
                     .ok_or_else(|| Error::invalid("start_time is not a valid timestamp"))?,
             )
         } else {
@@ -222,6 +217,10 @@ impl Events {
                 }
             }
         }
+        // tonic ends a request stream that the client cancelled (RST_STREAM CANCEL) exactly like
+        // a half-close. hyper drops a call whose client reset its stream, but only when it sees
+        // the call pending: yield once, so a cancelled batch is dropped here, before the commit.
+        tokio::task::yield_now().await;
         if !batch.is_empty() {
             for outcome in self.log.writer.append(batch).await? {
                 match outcome {

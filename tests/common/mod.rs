@@ -83,7 +83,9 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server ran cleanly");
+            task.await
+                .expect("server task")
+                .expect("server ran cleanly");
         }
         self.dir.clone()
     }

@@ -59,6 +59,10 @@ pub struct EventsBench {
     /// Events in the stream that the replay phase reads with history_only.
     #[arg(long, default_value_t = 1_000_000)]
     pub replay: u64,
+    /// Replay this existing user's stream instead of filling a new one (for example on a freshly
+    /// restarted server, so that its peak RSS is the replay's alone).
+    #[arg(long)]
+    pub replay_user: Option<String>,
     /// Subscriptions in the fan-out (one per user) and hot-user (all on one user) phases.
     #[arg(long, default_value_t = 1000)]
     pub subs: usize,
@@ -387,20 +391,26 @@ async fn replay_phase(
     bench: &EventsBench,
     rss: &RssProbe,
 ) -> CliResult<Row> {
-    let user = format!("bench-{run_id}-replay");
-    eprintln!(
-        "  filling {} events for the replay…",
-        thousands(bench.replay)
-    );
-    import_records(
-        pool,
-        std::slice::from_ref(&user),
-        &format!("bench-{run_id}-replay"),
-        bench.replay,
-        bench.batch,
-        bench.data_bytes,
-    )
-    .await?;
+    let user = match &bench.replay_user {
+        Some(user) => user.clone(),
+        None => {
+            let user = format!("bench-{run_id}-replay");
+            eprintln!(
+                "  filling {} events for the replay…",
+                thousands(bench.replay)
+            );
+            import_records(
+                pool,
+                std::slice::from_ref(&user),
+                &format!("bench-{run_id}-replay"),
+                bench.replay,
+                bench.batch,
+                bench.data_bytes,
+            )
+            .await?;
+            user
+        }
+    };
     rss.reset();
     let mut client = pool[0].clone();
     let start = Instant::now();
@@ -426,7 +436,7 @@ async fn replay_phase(
         received += 1;
     }
     let elapsed = start.elapsed();
-    if received != bench.replay {
+    if bench.replay_user.is_none() && received != bench.replay {
         return Err(fail(format!(
             "replay returned {received} events, expected {}",
             bench.replay
@@ -435,7 +445,7 @@ async fn replay_phase(
     Ok(Row {
         figure: format!(
             "history_only replay, {} events, 1 client",
-            thousands(bench.replay)
+            thousands(received)
         ),
         result: format!("{} events/s", thousands(rate(received, elapsed))),
         detail: format!("{:.2} s, order checked", elapsed.as_secs_f64()),

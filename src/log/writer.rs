@@ -9,9 +9,10 @@
 
 use super::hub::Hub;
 use crate::error::{Error, Result};
-use crate::store::{Head, LogRecord, RowToInsert, StoreWriter, StreamKey};
+use crate::store::{Head, LogRecord, RowToInsert, StoreWriter, StreamKey, StreamKind};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,8 +53,10 @@ enum Command {
 /// Figures the writer keeps about itself, for tests and introspection.
 #[derive(Debug, Default)]
 pub struct WriterStats {
-    pub commits: std::sync::atomic::AtomicU64,
-    pub records: std::sync::atomic::AtomicU64,
+    /// Group commits done.
+    pub commits: AtomicU64,
+    /// Records stored by them.
+    pub records: AtomicU64,
 }
 
 /// The handle services append through. Cheap to clone.
@@ -113,14 +116,17 @@ async fn run(
         let Some(first) = queue.recv().await else {
             break;
         };
-        let mut group: Vec<(Vec<NewRecord>, Reply)> = Vec::new();
+        // Group commit: everything already waiting joins this transaction.
+        let mut requests: Vec<Vec<NewRecord>> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         let mut gathered = 0;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Append { records, reply } => {
                     gathered += records.len();
-                    group.push((records, reply));
+                    requests.push(records);
+                    replies.push(reply);
                 }
                 Command::Shutdown { done } => {
                     shutdown = Some(done);
@@ -131,48 +137,40 @@ async fn run(
                 next = queue.try_recv().ok();
             }
         }
-        if group.is_empty() {
+        if requests.is_empty() {
             continue;
         }
         if heads.len() > MAX_CACHED_HEADS {
             heads.clear();
         }
 
-        let requests: Vec<&[NewRecord]> = group.iter().map(|(r, _)| r.as_slice()).collect();
         let started = std::time::Instant::now();
-        let committed = commit_group(&mut store, &mut heads, &requests).await;
-        tracing::trace!(
-            requests = group.len(),
-            records = gathered,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "group commit"
-        );
-        match committed {
-            Ok(outcomes) => {
-                let stored: Vec<Arc<LogRecord>> = outcomes
-                    .iter()
-                    .flatten()
-                    .filter_map(|o| match o {
-                        AppendOutcome::Stored(r) => Some(r.clone()),
-                        AppendOutcome::Duplicate(_) => None,
-                    })
-                    .collect();
-                stats
-                    .commits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match commit_group(&mut store, &mut heads, requests).await {
+            Ok((outcomes, stored)) => {
+                tracing::trace!(
+                    requests = replies.len(),
+                    records = stored.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "group committed"
+                );
+                stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .records
-                    .fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(stored.len() as u64, Ordering::Relaxed);
                 hub.publish(&stored);
-                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(err) => {
-                tracing::error!(error = %crate::error::cause_chain(&err), requests = group.len(), "group commit failed");
-                // The transaction rolled back: cached heads may be ahead of the store.
+                tracing::error!(
+                    error = %crate::error::cause_chain(&err),
+                    requests = replies.len(),
+                    "group commit failed"
+                );
+                // Nothing was kept: cached heads may be ahead of the store.
                 heads.clear();
-                for (_, reply) in group {
+                for reply in replies {
                     let _ = reply.send(Err(err.clone()));
                 }
             }
@@ -187,29 +185,29 @@ async fn run(
     }
 }
 
-/// Commits one group atomically. On error nothing is kept and `heads` may be stale:
-/// the caller clears it.
+/// Commits one group atomically. Returns each request's outcomes and the newly stored records
+/// in commit order. On error nothing is kept and `heads` may be stale: the caller clears it.
 async fn commit_group(
     store: &mut StoreWriter,
     heads: &mut HashMap<StreamKey, Head>,
-    requests: &[&[NewRecord]],
-) -> Result<Vec<Vec<AppendOutcome>>> {
+    requests: Vec<Vec<NewRecord>>,
+) -> Result<(Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>)> {
     // Idempotency: one lookup per kind for every client-given id in the group.
-    let mut existing: HashMap<(crate::store::StreamKind, String), Arc<LogRecord>> = HashMap::new();
-    let mut ids_by_kind: HashMap<crate::store::StreamKind, Vec<&str>> = HashMap::new();
-    for record in requests.iter().flat_map(|r| r.iter()) {
+    let mut ids_by_kind: HashMap<StreamKind, Vec<&str>> = HashMap::new();
+    for record in requests.iter().flatten() {
         if let Some(id) = &record.id {
             ids_by_kind.entry(record.stream.kind).or_default().push(id);
         }
     }
+    let mut known: HashMap<(StreamKind, String), Arc<LogRecord>> = HashMap::new();
     for (kind, ids) in ids_by_kind {
         for (id, record) in store.find_by_ids(kind, &ids).await? {
-            existing.insert((kind, id), Arc::new(record));
+            known.insert((kind, id), Arc::new(record));
         }
     }
 
-    // Heads for streams not cached yet.
-    for record in requests.iter().flat_map(|r| r.iter()) {
+    // Heads of streams not cached yet.
+    for record in requests.iter().flatten() {
         if !heads.contains_key(&record.stream) {
             let head = store.head(&record.stream).await?;
             heads.insert(record.stream.clone(), head);
@@ -218,12 +216,12 @@ async fn commit_group(
 
     let now = now_micros();
     let mut outcomes = Vec::with_capacity(requests.len());
-    let mut fresh: Vec<Arc<LogRecord>> = Vec::new();
+    let mut stored = Vec::with_capacity(requests.iter().map(Vec::len).sum());
     for request in requests {
         let mut request_outcomes = Vec::with_capacity(request.len());
-        for record in request.iter() {
+        for record in request {
             if let Some(id) = &record.id
-                && let Some(earlier) = existing.get(&(record.stream.kind, id.clone()))
+                && let Some(earlier) = known.get(&(record.stream.kind, id.clone()))
             {
                 request_outcomes.push(AppendOutcome::Duplicate(earlier.clone()));
                 continue;
@@ -233,26 +231,27 @@ async fn commit_group(
                 .ok_or_else(|| Error::Internal("head not loaded".into()))?;
             head.sequence += 1;
             head.ts_micros = head.ts_micros.max(now);
-            let stored = Arc::new(LogRecord {
-                stream: record.stream.clone(),
+            let client_id = record.id.is_some();
+            let new = Arc::new(LogRecord {
                 sequence: head.sequence,
+                ts_micros: head.ts_micros,
+                // Time-ordered ids keep the id index's inserts at its right edge.
                 id: record
                     .id
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                ts_micros: head.ts_micros,
-                payload: record.payload.clone(),
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                stream: record.stream,
+                payload: record.payload,
             });
-            if record.id.is_some() {
-                existing.insert((record.stream.kind, stored.id.clone()), stored.clone());
+            if client_id {
+                known.insert((new.stream.kind, new.id.clone()), new.clone());
             }
-            fresh.push(stored.clone());
-            request_outcomes.push(AppendOutcome::Stored(stored));
+            stored.push(new.clone());
+            request_outcomes.push(AppendOutcome::Stored(new));
         }
         outcomes.push(request_outcomes);
     }
 
-    let rows: Vec<RowToInsert<'_>> = fresh
+    let mut rows: Vec<RowToInsert<'_>> = stored
         .iter()
         .map(|r| RowToInsert {
             stream: &r.stream,
@@ -262,6 +261,6 @@ async fn commit_group(
             payload: &r.payload,
         })
         .collect();
-    store.insert_atomic(&rows).await?;
-    Ok(outcomes)
+    store.insert_atomic(&mut rows).await?;
+    Ok((outcomes, stored))
 }

@@ -169,6 +169,7 @@ impl Events {
     where
         S: Stream<Item = Result<DataRecord, Status>> + Unpin,
     {
+        let started = std::time::Instant::now();
         let mut result = BatchProcessingResult {
             batch_id: uuid::Uuid::new_v4().to_string(),
             ..Default::default()
@@ -221,6 +222,7 @@ impl Events {
         // a half-close. hyper drops a call whose client reset its stream, but only when it sees
         // the call pending: yield once, so a cancelled batch is dropped here, before the commit.
         tokio::task::yield_now().await;
+        let received_in = started.elapsed();
         if !batch.is_empty() {
             for outcome in self.log.writer.append(batch).await? {
                 match outcome {
@@ -235,6 +237,8 @@ impl Events {
             accepted = result.records_accepted,
             duplicate = result.records_duplicate,
             rejected = result.records_rejected,
+            receive_ms = received_in.as_millis() as u64,
+            commit_ms = (started.elapsed() - received_in).as_millis() as u64,
             "batch imported"
         );
         Ok(result)

@@ -3,6 +3,12 @@
 use clap::Parser;
 use streamhub::cli::{Cli, Command};
 
+/// mimalloc instead of the system allocator: replays, imports and fan-out allocate many small,
+/// short-lived buffers, and glibc's allocator both spends more time on them and holds on to
+/// freed memory after a large import.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // `.env` first, so its values act as environment for the flags below. A missing file is fine.
     let _ = dotenvy::dotenv();

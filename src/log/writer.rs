@@ -185,6 +185,15 @@ async fn run(
     }
 }
 
+/// What an appended record turns out to be, decided before anything is built.
+enum Fate {
+    New,
+    /// Its id is already stored.
+    Stored(Arc<LogRecord>),
+    /// Its id came earlier in this group: (request, record) of that first copy.
+    RepeatOf(usize, usize),
+}
+
 /// Commits one group atomically. Returns each request's outcomes and the newly stored records
 /// in commit order. On error nothing is kept and `heads` may be stale: the caller clears it.
 async fn commit_group(
@@ -199,12 +208,43 @@ async fn commit_group(
             ids_by_kind.entry(record.stream.kind).or_default().push(id);
         }
     }
-    let mut known: HashMap<(StreamKind, String), Arc<LogRecord>> = HashMap::new();
+    let mut already_stored: HashMap<StreamKind, HashMap<String, Arc<LogRecord>>> = HashMap::new();
     for (kind, ids) in ids_by_kind {
-        for (id, record) in store.find_by_ids(kind, &ids).await? {
-            known.insert((kind, id), Arc::new(record));
-        }
+        let found = store.find_by_ids(kind, &ids).await?;
+        already_stored.insert(
+            kind,
+            found.into_iter().map(|(id, r)| (id, Arc::new(r))).collect(),
+        );
     }
+
+    // Each record's fate, borrowing ids rather than copying them: a bulk import can bring a
+    // million of them.
+    let fates: Vec<Vec<Fate>> = {
+        let mut first_copy: HashMap<(StreamKind, &str), (usize, usize)> = HashMap::new();
+        let mut fates = Vec::with_capacity(requests.len());
+        for (r, request) in requests.iter().enumerate() {
+            let mut request_fates = Vec::with_capacity(request.len());
+            for (i, record) in request.iter().enumerate() {
+                let kind = record.stream.kind;
+                let fate = match record.id.as_deref() {
+                    None => Fate::New,
+                    Some(id) => {
+                        if let Some(stored) = already_stored.get(&kind).and_then(|m| m.get(id)) {
+                            Fate::Stored(stored.clone())
+                        } else if let Some(&(fr, fi)) = first_copy.get(&(kind, id)) {
+                            Fate::RepeatOf(fr, fi)
+                        } else {
+                            first_copy.insert((kind, id), (r, i));
+                            Fate::New
+                        }
+                    }
+                };
+                request_fates.push(fate);
+            }
+            fates.push(request_fates);
+        }
+        fates
+    };
 
     // Heads of streams not cached yet.
     for record in requests.iter().flatten() {
@@ -215,38 +255,47 @@ async fn commit_group(
     }
 
     let now = now_micros();
-    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(requests.len());
     let mut stored = Vec::with_capacity(requests.iter().map(Vec::len).sum());
-    for request in requests {
+    for (r, (request, request_fates)) in requests.into_iter().zip(fates).enumerate() {
         let mut request_outcomes = Vec::with_capacity(request.len());
-        for record in request {
-            if let Some(id) = &record.id
-                && let Some(earlier) = known.get(&(record.stream.kind, id.clone()))
-            {
-                request_outcomes.push(AppendOutcome::Duplicate(earlier.clone()));
-                continue;
-            }
-            let head = heads
-                .get_mut(&record.stream)
-                .ok_or_else(|| Error::Internal("head not loaded".into()))?;
-            head.sequence += 1;
-            head.ts_micros = head.ts_micros.max(now);
-            let client_id = record.id.is_some();
-            let new = Arc::new(LogRecord {
-                sequence: head.sequence,
-                ts_micros: head.ts_micros,
-                // Time-ordered ids keep the id index's inserts at its right edge.
-                id: record
-                    .id
-                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                stream: record.stream,
-                payload: record.payload,
-            });
-            if client_id {
-                known.insert((new.stream.kind, new.id.clone()), new.clone());
-            }
-            stored.push(new.clone());
-            request_outcomes.push(AppendOutcome::Stored(new));
+        for (record, fate) in request.into_iter().zip(request_fates) {
+            let outcome = match fate {
+                Fate::Stored(existing) => AppendOutcome::Duplicate(existing),
+                Fate::RepeatOf(fr, fi) => {
+                    let first = if fr == r {
+                        &request_outcomes[fi]
+                    } else {
+                        &outcomes[fr][fi]
+                    };
+                    match first {
+                        AppendOutcome::Stored(first) => AppendOutcome::Duplicate(first.clone()),
+                        AppendOutcome::Duplicate(_) => {
+                            return Err(Error::Internal("first copy of an id not stored".into()));
+                        }
+                    }
+                }
+                Fate::New => {
+                    let head = heads
+                        .get_mut(&record.stream)
+                        .ok_or_else(|| Error::Internal("head not loaded".into()))?;
+                    head.sequence += 1;
+                    head.ts_micros = head.ts_micros.max(now);
+                    let new = Arc::new(LogRecord {
+                        sequence: head.sequence,
+                        ts_micros: head.ts_micros,
+                        // Time-ordered ids keep the id index's inserts at its right edge.
+                        id: record
+                            .id
+                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                        stream: record.stream,
+                        payload: record.payload,
+                    });
+                    stored.push(new.clone());
+                    AppendOutcome::Stored(new)
+                }
+            };
+            request_outcomes.push(outcome);
         }
         outcomes.push(request_outcomes);
     }

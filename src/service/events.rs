@@ -14,7 +14,6 @@ use crate::proto::{
 };
 use crate::store::{LogRecord, StreamKey, StreamKind};
 use prost::Message;
-use std::collections::HashSet;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
@@ -175,7 +174,6 @@ impl Events {
             ..Default::default()
         };
         let mut bytes = 0u64;
-        let mut seen_ids = HashSet::new();
         let mut batch = Vec::new();
         while let Some(record) = records.next().await {
             let record = record?;
@@ -207,15 +205,8 @@ impl Events {
                         });
                     }
                 }
-                Ok(new) => {
-                    if let Some(id) = &new.id
-                        && !seen_ids.insert(id.clone())
-                    {
-                        result.records_duplicate += 1;
-                        continue;
-                    }
-                    batch.push(new);
-                }
+                // An id repeated within the batch comes back from the writer as a duplicate.
+                Ok(new) => batch.push(new),
             }
         }
         // tonic ends a request stream that the client cancelled (RST_STREAM CANCEL) exactly like

@@ -72,6 +72,10 @@ fn json_from_value(value: &prost_types::Value) -> serde_json::Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        // Whole numbers print as integers, as they were most likely written.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            serde_json::Value::Number((*n as i64).into())
+        }
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -164,7 +168,8 @@ mod tests {
 
     #[test]
     fn json_any_round_trips() {
-        let json = serde_json::json!({"ip": "10.0.0.1", "n": 3.5, "ok": true, "tags": ["a"]});
+        let json =
+            serde_json::json!({"ip": "10.0.0.1", "n": 3.5, "count": 7, "ok": true, "tags": ["a"]});
         assert_eq!(describe_any(&any_from_json(&json)), json.to_string());
     }
 

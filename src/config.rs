@@ -43,6 +43,19 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
 
+    /// Largest file an upload may declare, in bytes; a larger `total_size` gets
+    /// RESOURCE_EXHAUSTED before any byte is written.
+    #[arg(long, env = "STREAMHUB_MAX_UPLOAD_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Seconds an interrupted resumable upload keeps its bytes before the sweep removes them.
+    #[arg(long, env = "STREAMHUB_UPLOAD_EXPIRY_SECS", default_value_t = 24 * 60 * 60)]
+    pub upload_expiry_secs: u64,
+
+    /// Seconds between sweeps for expired uploads (one also runs at start).
+    #[arg(long, env = "STREAMHUB_UPLOAD_SWEEP_SECS", default_value_t = 300)]
+    pub upload_sweep_secs: u64,
+
     /// Largest `data` payload of one event, in bytes (encoded Any).
     #[arg(long, env = "STREAMHUB_MAX_EVENT_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_event_data_bytes: usize,

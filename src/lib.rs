@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod files;
+pub mod http;
 pub mod log;
 pub mod proto;
 pub mod server;

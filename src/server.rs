@@ -7,13 +7,17 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::files::BlobStore;
 use crate::log::{Hub, Log, Writer};
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
+use crate::service::files::{FileSettings, Files};
 use std::future::Future;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 /// An opened server: its store is migrated and its writer runs, but it does not serve yet.
@@ -71,8 +75,37 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-        let api = StreamingServiceServer::new(Api::new(self.log.clone(), config))
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_string();
+        let files = Files::new(
+            self.log.store.clone(),
+            BlobStore::open(&config.storage_dir)?,
+            FileSettings {
+                max_upload_bytes: config.max_upload_bytes,
+                upload_expiry: Duration::from_secs(config.upload_expiry_secs),
+                public_url,
+            },
+        );
+        let report = files.sweep(true).await?;
+        tracing::info!(?report, "startup sweep of uploads done");
+        let sweeper = tokio::spawn(sweep_periodically(
+            files.clone(),
+            Duration::from_secs(config.upload_sweep_secs.max(1)),
+        ));
+
+        let api = StreamingServiceServer::new(Api::new(self.log.clone(), files.clone(), config))
             .max_decoding_message_size(config.max_message_bytes);
+        // gRPC and plain HTTP (download URLs) share the listener.
+        let routes = Routes::new(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(api)
+            .into_axum_router()
+            .merge(crate::http::router(files));
 
         let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
             Ok(stream) => {
@@ -95,13 +128,11 @@ impl App {
             }
         };
         let server = Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))
             .max_concurrent_streams(Some(config.max_concurrent_streams))
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(api)
+            .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, signal);
 
         tracing::info!(%addr, database = %config.database_url, "streamhub serving");
@@ -118,10 +149,26 @@ impl App {
             .set_not_serving::<StreamingServiceServer<Api>>()
             .await;
 
+        sweeper.abort();
         self.log.writer.shutdown().await;
         self.log.store.close().await;
         tracing::info!("streamhub stopped; database closed");
         Ok(())
+    }
+}
+
+/// Removes expired uploads every `interval`, for as long as the server runs.
+async fn sweep_periodically(files: Files, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await; // The startup sweep already ran.
+    loop {
+        tick.tick().await;
+        match files.sweep(false).await {
+            Ok(report) => tracing::debug!(?report, "upload sweep done"),
+            Err(e) => {
+                tracing::error!(error = %crate::error::cause_chain(&e), "upload sweep failed")
+            }
+        }
     }
 }
 

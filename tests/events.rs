@@ -1651,14 +1651,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
         let mut c = server.client().await;
         let mut codes: Vec<(&str, Code)> = Vec::new();
         codes.push((
-            "GetFileInfo",
-            code(c.get_file_info(GetFileInfoRequest::default()).await),
-        ));
-        codes.push((
-            "GetUploadStatus",
-            code(c.get_upload_status(GetUploadStatusRequest::default()).await),
-        ));
-        codes.push((
             "GetChatHistory",
             code(c.get_chat_history(GetChatHistoryRequest::default()).await),
         ));
@@ -1681,20 +1673,9 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             ),
         ));
         codes.push((
-            "DownloadFile",
-            code(c.download_file(DownloadFileRequest::default()).await),
-        ));
-        codes.push((
             "SubscribeToNotifications",
             code(
                 c.subscribe_to_notifications(SubscribeRequest::default())
-                    .await,
-            ),
-        ));
-        codes.push((
-            "UploadFile",
-            code(
-                c.upload_file(tokio_stream::iter(Vec::<FileChunk>::new()))
                     .await,
             ),
         ));

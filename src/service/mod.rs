@@ -5,6 +5,7 @@
 //! replay-then-tail loop: both belong to the log engine.
 
 pub mod events;
+pub mod files;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Subscription};
@@ -58,11 +59,13 @@ pub(crate) fn validate_client_id(id: &str) -> Result<Option<String>> {
 #[derive(Debug, Clone)]
 pub struct Api {
     events: events::Events,
+    files: files::Files,
 }
 
 impl Api {
-    pub fn new(log: Log, config: &crate::config::Config) -> Self {
+    pub fn new(log: Log, files: files::Files, config: &crate::config::Config) -> Self {
         Api {
+            files,
             events: events::Events::new(
                 log,
                 events::EventLimits {
@@ -115,13 +118,18 @@ impl StreamingService for Api {
         ))
     }
 
-    type DownloadFileStream = ResponseStream<proto::FileChunk>;
+    type DownloadFileStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::FileChunk, Status>>;
 
+    #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]
     async fn download_file(
         &self,
-        _request: Request<proto::DownloadFileRequest>,
+        request: Request<proto::DownloadFileRequest>,
     ) -> Result<Response<Self::DownloadFileStream>, Status> {
-        unimplemented("DownloadFile")
+        let chunks = self.files.download(request.into_inner()).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            chunks,
+        )))
     }
 
     type SubscribeToNotificationsStream = ResponseStream<proto::Notification>;
@@ -133,11 +141,22 @@ impl StreamingService for Api {
         unimplemented("SubscribeToNotifications")
     }
 
+    #[tracing::instrument(skip_all)]
     async fn upload_file(
         &self,
-        _request: Request<Streaming<proto::FileChunk>>,
+        request: Request<Streaming<proto::FileChunk>>,
     ) -> Result<Response<proto::UploadFileResponse>, Status> {
-        unimplemented("UploadFile")
+        // The upload runs on its own task so that its cleanup always completes, even when hyper
+        // drops this future because the client reset the call; dropping `alive` tells the task.
+        let (alive, handler_gone) = tokio::sync::oneshot::channel::<()>();
+        let files = self.files.clone();
+        let upload =
+            tokio::spawn(async move { files.upload(request.into_inner(), handler_gone).await });
+        let outcome = upload
+            .await
+            .map_err(|e| Status::from(Error::Internal(format!("upload task failed: {e}"))))?;
+        drop(alive);
+        Ok(Response::new(outcome?))
     }
 
     async fn collect_metrics(
@@ -188,18 +207,24 @@ impl StreamingService for Api {
         unimplemented("AcknowledgeNotifications")
     }
 
+    #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]
     async fn get_file_info(
         &self,
-        _request: Request<proto::GetFileInfoRequest>,
+        request: Request<proto::GetFileInfoRequest>,
     ) -> Result<Response<proto::FileMetadata>, Status> {
-        unimplemented("GetFileInfo")
+        Ok(Response::new(
+            self.files.info(&request.into_inner().file_id).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]
     async fn get_upload_status(
         &self,
-        _request: Request<proto::GetUploadStatusRequest>,
+        request: Request<proto::GetUploadStatusRequest>,
     ) -> Result<Response<proto::GetUploadStatusResponse>, Status> {
-        unimplemented("GetUploadStatus")
+        Ok(Response::new(
+            self.files.status(&request.into_inner().file_id).await?,
+        ))
     }
 
     async fn get_chat_history(

@@ -1,0 +1,641 @@
+//! Files: UploadFile, DownloadFile, GetFileInfo and GetUploadStatus, plus the expiry sweep.
+//!
+//! An upload is metadata, then chunks. Bytes go to a temp part through the blob store while
+//! SHA-256 is computed; the commit order is fsync, verify, rename, fsync the directory, and only
+//! then the row is marked complete. Every failure keeps nothing, except that a resumable upload
+//! (a client-chosen UUID) keeps the bytes it durably received when it is interrupted. This module
+//! never builds a path from client input and never buffers a whole file.
+
+use crate::error::{Error, Result};
+use crate::files::BlobStore;
+use crate::proto::{
+    DownloadFileRequest, FileChunk, FileMetadata, GetUploadStatusResponse, UploadFileResponse,
+    file_chunk, timestamp_from_micros,
+};
+use crate::store::{FileRow, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use uuid::Uuid;
+
+/// Largest chunk a download sends over gRPC.
+pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
+/// Longest filename, in bytes.
+const MAX_FILENAME_BYTES: usize = 255;
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Settings of the file capability.
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    pub max_upload_bytes: u64,
+    pub upload_expiry: Duration,
+    /// Base of download URLs, without a trailing slash.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Files {
+    store: Store,
+    blobs: BlobStore,
+    settings: FileSettings,
+    /// Uploads in progress, by id, with their live byte count. Holding an entry is the right to
+    /// write that id's part.
+    active: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
+}
+
+/// Parses a file id: a UUID in any of its usual spellings.
+pub fn parse_file_id(id: &str) -> Result<Uuid> {
+    if id.is_empty() {
+        return Err(Error::invalid("file_id is required"));
+    }
+    Uuid::parse_str(id).map_err(|_| Error::invalid("file_id must be a UUID"))
+}
+
+/// A filename is metadata only, but it still has to be one name: no separators, no control
+/// characters, not `.` or `..`, at most 255 bytes. Empty is allowed.
+fn validate_filename(name: &str) -> Result<()> {
+    if name.len() > MAX_FILENAME_BYTES {
+        return Err(Error::invalid(format!(
+            "filename is longer than {MAX_FILENAME_BYTES} bytes"
+        )));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            "filename must not contain control characters",
+        ));
+    }
+    if name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(Error::invalid(
+            "filename must be a single name, without path separators",
+        ));
+    }
+    Ok(())
+}
+
+/// `type/subtype` with optional parameters, printable ASCII, at most 255 bytes.
+fn validate_content_type(value: &str) -> Result<String> {
+    if value.is_empty() {
+        return Ok(DEFAULT_CONTENT_TYPE.to_string());
+    }
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let well_formed = value.len() <= 255
+        && value.chars().all(|c| c.is_ascii() && !c.is_ascii_control())
+        && essence
+            .split_once('/')
+            .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && !s.contains('/'));
+    if !well_formed {
+        return Err(Error::invalid("content_type must look like type/subtype"));
+    }
+    Ok(value.to_string())
+}
+
+/// Empty, or 64 hex digits (normalized to lowercase).
+fn validate_checksum(value: &str) -> Result<String> {
+    if value.is_empty() || (value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit())) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(Error::invalid(
+            "checksum must be the hex SHA-256 of the file (64 digits) or empty",
+        ))
+    }
+}
+
+/// The metadata message, validated.
+struct Plan {
+    id: Uuid,
+    resumable: bool,
+    filename: String,
+    content_type: String,
+    total_size: u64,
+    /// Declared SHA-256, empty when the client gave none.
+    checksum: String,
+}
+
+/// Releases an upload's claim on its id when the upload ends, however it ends.
+struct Claim {
+    id: Uuid,
+    active: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
+    progress: Arc<AtomicU64>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn metadata_of(row: &FileRow) -> FileMetadata {
+    FileMetadata {
+        filename: row.filename.clone(),
+        total_size: row.total_size as i64,
+        content_type: row.content_type.clone(),
+        checksum: row.checksum.clone(),
+        file_id: row.file_id.clone(),
+        created_at: Some(timestamp_from_micros(row.created_at_micros)),
+    }
+}
+
+impl Files {
+    pub fn new(store: Store, blobs: BlobStore, settings: FileSettings) -> Self {
+        Files {
+            store,
+            blobs,
+            settings,
+            active: Arc::default(),
+        }
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    fn plan(&self, metadata: FileMetadata) -> Result<Plan> {
+        if metadata.total_size < 0 {
+            return Err(Error::invalid("total_size must be 0 or more"));
+        }
+        let total_size = metadata.total_size as u64;
+        if total_size > self.settings.max_upload_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "total_size {total_size} is over the limit of {} bytes",
+                self.settings.max_upload_bytes
+            )));
+        }
+        validate_filename(&metadata.filename)?;
+        let content_type = validate_content_type(&metadata.content_type)?;
+        let checksum = validate_checksum(&metadata.checksum)?;
+        let (id, resumable) = if metadata.file_id.is_empty() {
+            (Uuid::new_v4(), false)
+        } else {
+            (parse_file_id(&metadata.file_id)?, true)
+        };
+        Ok(Plan {
+            id,
+            resumable,
+            filename: metadata.filename,
+            content_type,
+            total_size,
+            checksum,
+        })
+    }
+
+    fn claim(&self, id: Uuid) -> Result<Claim> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.contains_key(&id) {
+            return Err(Error::Aborted(
+                "another upload to this file_id is in progress".into(),
+            ));
+        }
+        let progress = Arc::new(AtomicU64::new(0));
+        active.insert(id, progress.clone());
+        Ok(Claim {
+            id,
+            active: self.active.clone(),
+            progress,
+        })
+    }
+
+    /// The public URL of a file.
+    pub fn download_url(&self, id: &Uuid) -> String {
+        format!("{}/files/{}", self.settings.public_url, id.hyphenated())
+    }
+
+    /// UploadFile. `handler_gone` resolves when the RPC's own future was dropped (the client
+    /// reset the call); the upload then counts as interrupted even if its stream looked complete.
+    pub async fn upload<S>(
+        &self,
+        mut messages: S,
+        handler_gone: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<UploadFileResponse, Status>
+    where
+        S: Stream<Item = Result<FileChunk, Status>> + Unpin,
+    {
+        let metadata = match messages.next().await {
+            None => return Err(Error::invalid("an upload starts with a metadata message").into()),
+            Some(Err(status)) => return Err(status),
+            Some(Ok(FileChunk {
+                data: Some(file_chunk::Data::Metadata(metadata)),
+                ..
+            })) => metadata,
+            Some(Ok(_)) => {
+                return Err(
+                    Error::invalid("the first message must be metadata, not a chunk").into(),
+                );
+            }
+        };
+        let plan = self.plan(metadata)?;
+        let claim = self.claim(plan.id)?;
+
+        let now = now_micros();
+        let resume_from = match self.store.file(&plan.id.to_string()).await? {
+            Some(row) if row.complete => {
+                return Err(Error::AlreadyExists(format!(
+                    "file {} is already complete",
+                    row.file_id
+                ))
+                .into());
+            }
+            Some(row) => {
+                if row.filename != plan.filename
+                    || row.total_size != plan.total_size
+                    || row.content_type != plan.content_type
+                    || row.checksum != plan.checksum
+                {
+                    return Err(Error::FailedPrecondition(
+                        "metadata differs from the interrupted upload with this file_id".into(),
+                    )
+                    .into());
+                }
+                row.bytes_received
+            }
+            None => {
+                self.store
+                    .insert_upload(&FileRow {
+                        file_id: plan.id.to_string(),
+                        filename: plan.filename.clone(),
+                        content_type: plan.content_type.clone(),
+                        total_size: plan.total_size,
+                        checksum: plan.checksum.clone(),
+                        resumable: plan.resumable,
+                        bytes_received: 0,
+                        complete: false,
+                        created_at_micros: now,
+                        updated_at_micros: now,
+                    })
+                    .await?;
+                0
+            }
+        };
+
+        let (part, received) = match self.blobs.start_part(plan.id, resume_from).await {
+            Ok(started) => started,
+            Err(e) => {
+                self.discard(plan.id).await;
+                return Err(Error::from(e).into());
+            }
+        };
+        claim.progress.store(received, Ordering::Relaxed);
+        let outcome = self
+            .receive(&plan, part, received, &claim, messages, handler_gone)
+            .await;
+        match outcome {
+            Ok(response) => Ok(response),
+            Err(Failure { error, part }) => {
+                let keep = plan.resumable && !matches!(error, Error::DataLoss(_));
+                match part {
+                    Some(part) if keep => self.keep_interrupted(plan.id, part).await,
+                    other => {
+                        // Stop the writing thread before its part is removed.
+                        if let Some(part) = other {
+                            let _ = part.finish().await;
+                        }
+                        self.discard(plan.id).await
+                    }
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn receive<S>(
+        &self,
+        plan: &Plan,
+        mut part: crate::files::PartWriter,
+        mut received: u64,
+        claim: &Claim,
+        mut messages: S,
+        mut handler_gone: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<UploadFileResponse, Failure>
+    where
+        S: Stream<Item = Result<FileChunk, Status>> + Unpin,
+    {
+        macro_rules! fail {
+            ($error:expr) => {
+                return Err(Failure {
+                    error: $error,
+                    part: Some(part),
+                })
+            };
+        }
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(status) => {
+                    tracing::info!(file_id = %plan.id, code = ?status.code(), "upload interrupted");
+                    fail!(Error::invalid("the upload stream broke off"))
+                }
+            };
+            match message.data {
+                Some(file_chunk::Data::Chunk(bytes)) => {
+                    if message.offset != 0 && message.offset as u64 != received {
+                        fail!(Error::FailedPrecondition(format!(
+                            "chunk offset {} does not match the {received} bytes received",
+                            message.offset
+                        )))
+                    }
+                    if bytes.len() as u64 > plan.total_size - received {
+                        fail!(Error::invalid(format!(
+                            "more bytes than the declared total_size of {}",
+                            plan.total_size
+                        )))
+                    }
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    let len = bytes.len() as u64;
+                    if let Err(e) = part.write(bytes).await {
+                        // The writing thread failed; finishing it reports the real error.
+                        let error = match part.finish().await {
+                            Err(io) => Error::from(io),
+                            Ok(_) => Error::from(e),
+                        };
+                        return Err(Failure { error, part: None });
+                    }
+                    received += len;
+                    claim.progress.store(received, Ordering::Relaxed);
+                }
+                Some(file_chunk::Data::Metadata(_)) => {
+                    fail!(Error::invalid("metadata may only be sent once, first"))
+                }
+                None => fail!(Error::invalid("a message must carry metadata or a chunk")),
+            }
+        }
+
+        // hyper reports a client's cancel as the end of the stream, and drops the RPC's future
+        // when it next sees it waiting: give it that moment, then check.
+        tokio::task::yield_now().await;
+        if !matches!(
+            handler_gone.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ) {
+            fail!(Error::invalid("the upload was cancelled"))
+        }
+        if received < plan.total_size {
+            fail!(Error::invalid(format!(
+                "the stream ended after {received} of {} bytes",
+                plan.total_size
+            )))
+        }
+
+        let summary = match part.finish().await {
+            Ok(summary) => summary,
+            Err(e) => {
+                return Err(Failure {
+                    error: e.into(),
+                    part: None,
+                });
+            }
+        };
+        if summary.bytes != plan.total_size {
+            return Err(Failure {
+                error: Error::Internal(format!(
+                    "part holds {} bytes, expected {}",
+                    summary.bytes, plan.total_size
+                )),
+                part: None,
+            });
+        }
+        let verified = !plan.checksum.is_empty();
+        if verified && summary.sha256 != plan.checksum {
+            return Err(Failure {
+                error: Error::DataLoss(format!(
+                    "checksum mismatch: declared {}, received bytes hash to {}",
+                    plan.checksum, summary.sha256
+                )),
+                part: None,
+            });
+        }
+        let commit = async {
+            self.blobs.publish(plan.id).await?;
+            self.store
+                .complete_upload(&plan.id.to_string(), &summary.sha256, now_micros())
+                .await
+        };
+        if let Err(error) = commit.await {
+            // The file may be in place without its row; the discard removes both.
+            let _ = self.blobs.remove_file(plan.id).await;
+            return Err(Failure { error, part: None });
+        }
+        tracing::info!(file_id = %plan.id, bytes = summary.bytes, verified, "upload complete");
+        Ok(UploadFileResponse {
+            file_id: plan.id.to_string(),
+            bytes_uploaded: summary.bytes as i64,
+            download_url: self.download_url(&plan.id),
+            checksum_verified: verified,
+        })
+    }
+
+    /// Keeps an interrupted resumable upload's durable bytes and records how many there are.
+    async fn keep_interrupted(&self, id: Uuid, part: crate::files::PartWriter) {
+        match part.finish().await {
+            Ok(summary) => {
+                if let Err(e) = self
+                    .store
+                    .set_upload_progress(&id.to_string(), summary.bytes, now_micros())
+                    .await
+                {
+                    tracing::error!(file_id = %id, error = %crate::error::cause_chain(&e), "cannot record upload progress");
+                }
+                tracing::info!(file_id = %id, bytes = summary.bytes, "kept interrupted upload for resume");
+            }
+            Err(e) => {
+                tracing::error!(file_id = %id, error = %e, "cannot keep interrupted upload; discarding it");
+                self.discard(id).await;
+            }
+        }
+    }
+
+    /// Removes everything of an upload: its part, its file and its row.
+    async fn discard(&self, id: Uuid) {
+        let removed = async {
+            self.blobs.remove_part(id).await?;
+            self.blobs.remove_file(id).await?;
+            self.store.delete_file(&id.to_string()).await
+        };
+        if let Err(e) = removed.await {
+            tracing::error!(file_id = %id, error = %crate::error::cause_chain(&e), "cannot remove a failed upload");
+        }
+    }
+
+    /// A complete file's row, or NOT_FOUND.
+    pub async fn complete_file(&self, id: &Uuid) -> Result<FileRow> {
+        match self.store.file(&id.to_string()).await? {
+            Some(row) if row.complete => Ok(row),
+            _ => Err(Error::NotFound(format!("no file {id}"))),
+        }
+    }
+
+    /// GetFileInfo.
+    pub async fn info(&self, file_id: &str) -> Result<FileMetadata> {
+        let id = parse_file_id(file_id)?;
+        Ok(metadata_of(&self.complete_file(&id).await?))
+    }
+
+    /// GetUploadStatus: live progress of a running upload, or the durable bytes of an
+    /// interrupted one.
+    pub async fn status(&self, file_id: &str) -> Result<GetUploadStatusResponse> {
+        let id = parse_file_id(file_id)?;
+        let row = self
+            .store
+            .file(&id.to_string())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no upload {id}")))?;
+        let live = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|p| p.load(Ordering::Relaxed));
+        Ok(GetUploadStatusResponse {
+            file_id: row.file_id,
+            bytes_received: live.unwrap_or(row.bytes_received) as i64,
+            total_size: row.total_size as i64,
+            complete: row.complete,
+        })
+    }
+
+    /// DownloadFile: the metadata, then chunks of at most 64 KiB from `offset`.
+    pub async fn download(
+        &self,
+        request: DownloadFileRequest,
+    ) -> Result<mpsc::Receiver<Result<FileChunk, Status>>> {
+        let id = parse_file_id(&request.file_id)?;
+        let row = self.complete_file(&id).await?;
+        if request.offset < 0 || request.offset as u64 > row.total_size {
+            return Err(Error::OutOfRange(format!(
+                "offset {} is outside the file's {} bytes",
+                request.offset, row.total_size
+            )));
+        }
+        let offset = request.offset as u64;
+        let (tx, rx) = mpsc::channel(4);
+        let mut chunks = self
+            .blobs
+            .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK);
+        tokio::spawn(async move {
+            let first = FileChunk {
+                data: Some(file_chunk::Data::Metadata(metadata_of(&row))),
+                offset: offset as i64,
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut position = offset;
+            while let Some(chunk) = chunks.recv().await {
+                let message = match chunk {
+                    Ok(bytes) => {
+                        let message = FileChunk {
+                            offset: position as i64,
+                            data: Some(file_chunk::Data::Chunk(bytes)),
+                        };
+                        position += match &message.data {
+                            Some(file_chunk::Data::Chunk(b)) => b.len() as u64,
+                            _ => 0,
+                        };
+                        Ok(message)
+                    }
+                    Err(e) => Err(Status::from(Error::from(e))),
+                };
+                if tx.send(message).await.is_err() {
+                    return; // The client went away; dropping `chunks` stops the reader.
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Removes what a crash or an abandoned upload left behind. At start (`startup`) every
+    /// incomplete non-resumable upload is a crash leftover; at any time, resumable uploads
+    /// untouched for longer than the expiry are removed, as are parts and files with no row and
+    /// complete rows whose file is missing.
+    pub async fn sweep(&self, startup: bool) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let expired_before = now_micros() - self.settings.upload_expiry.as_micros() as i64;
+        let rows: HashMap<String, FileRow> = self
+            .store
+            .all_files()
+            .await?
+            .into_iter()
+            .map(|r| (r.file_id.clone(), r))
+            .collect();
+        let active: Vec<Uuid> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+
+        for row in rows.values() {
+            let Ok(id) = Uuid::parse_str(&row.file_id) else {
+                continue;
+            };
+            if active.contains(&id) {
+                continue;
+            }
+            let stale = if row.complete {
+                // A stat per file: only at start, where a crash may have lost one.
+                startup && !self.blobs.file_exists(id).await
+            } else {
+                (startup && !row.resumable) || row.updated_at_micros < expired_before
+            };
+            if stale {
+                self.discard(id).await;
+                report.rows_removed += 1;
+            }
+        }
+        let inventory = self.blobs.inventory().await?;
+        for id in inventory.parts {
+            let owned = rows.get(&id.to_string()).is_some_and(|r| !r.complete);
+            if !owned && !active.contains(&id) {
+                self.blobs.remove_part(id).await?;
+                report.parts_removed += 1;
+            }
+        }
+        for id in inventory.files {
+            let owned = rows.get(&id.to_string()).is_some_and(|r| r.complete);
+            if !owned && !active.contains(&id) {
+                self.blobs.remove_file(id).await?;
+                report.files_removed += 1;
+            }
+        }
+        for stray in inventory.strays {
+            tracing::warn!(path = %stray.display(), "unexpected entry in the storage directory; left alone");
+        }
+        Ok(report)
+    }
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub rows_removed: u64,
+    pub parts_removed: u64,
+    pub files_removed: u64,
+}
+
+/// A failed upload, with the part writer when it is still usable (to keep an interrupted
+/// resumable upload).
+struct Failure {
+    error: Error,
+    part: Option<crate::files::PartWriter>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { error, part: None }
+    }
+}

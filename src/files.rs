@@ -87,6 +87,41 @@ impl BlobStore {
         remove_if_present(&self.file_path(&id)).await
     }
 
+    /// The size of `id`'s part after making its bytes durable, or `None` without a part.
+    pub async fn sync_part(&self, id: Uuid) -> io::Result<Option<u64>> {
+        let path = self.part_path(&id);
+        tokio::task::spawn_blocking(move || match File::open(&path) {
+            Ok(file) => {
+                file.sync_all()?;
+                Ok(Some(file.metadata()?.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// The lowercase hex SHA-256 of `id`'s published file.
+    pub async fn hash_file(&self, id: Uuid) -> io::Result<String> {
+        let path = self.file_path(&id);
+        tokio::task::spawn_blocking(move || {
+            let mut file = File::open(&path)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(format!("{:x}", hasher.finalize()))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Whether `id`'s published file exists.
     pub async fn file_exists(&self, id: Uuid) -> bool {
         tokio::fs::try_exists(self.file_path(&id))

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cancel;
 pub mod error;
 pub mod files;
 pub mod http;

@@ -105,7 +105,7 @@ impl App {
             .add_service(reflection_alpha)
             .add_service(api)
             .into_axum_router()
-            .merge(crate::http::router(files));
+            .merge(crate::http::router(files.clone()));
 
         let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
             Ok(stream) => {
@@ -128,6 +128,7 @@ impl App {
             }
         };
         let server = Server::builder()
+            .layer(crate::cancel::CancelLayer)
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))
@@ -150,6 +151,13 @@ impl App {
             .await;
 
         sweeper.abort();
+        // Interrupted uploads record their durable bytes before the database closes.
+        if tokio::time::timeout(grace, files.wait_for_uploads())
+            .await
+            .is_err()
+        {
+            tracing::warn!("uploads still running after the grace period");
+        }
         self.log.writer.shutdown().await;
         self.log.store.close().await;
         tracing::info!("streamhub stopped; database closed");

@@ -503,7 +503,7 @@ impl Store {
 
     /// Marks an upload complete with its verified checksum, once its file is in place.
     pub async fn complete_upload(&self, file_id: &str, checksum: &str, now: i64) -> Result<()> {
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
              updated_at_micros = ?3 WHERE file_id = ?1",
         )
@@ -512,6 +512,9 @@ impl Store {
         .bind(now)
         .execute(&self.meta)
         .await?;
+        if done.rows_affected() != 1 {
+            return Err(Error::Internal(format!("upload {file_id} has no row")));
+        }
         Ok(())
     }
 

@@ -164,7 +164,11 @@ impl Events {
 
     /// ProcessDataBatch: reads the whole client stream, then commits every valid, new record in
     /// one transaction. A client that cancels before half-closing commits nothing.
-    pub async fn import<S>(&self, mut records: S) -> Result<BatchProcessingResult, Status>
+    pub async fn import<S>(
+        &self,
+        mut records: S,
+        cancelled: crate::cancel::ClientCancelled,
+    ) -> Result<BatchProcessingResult, Status>
     where
         S: Stream<Item = Result<DataRecord, Status>> + Unpin,
     {
@@ -209,10 +213,12 @@ impl Events {
                 Ok(new) => batch.push(new),
             }
         }
-        // tonic ends a request stream that the client cancelled (RST_STREAM CANCEL) exactly like
-        // a half-close. hyper drops a call whose client reset its stream, but only when it sees
-        // the call pending: yield once, so a cancelled batch is dropped here, before the commit.
-        tokio::task::yield_now().await;
+        // A client's cancel also ends the stream; only the flag tells it from a half-close.
+        if cancelled.is_set() {
+            return Err(Status::cancelled(
+                "the batch was cancelled; nothing was committed",
+            ));
+        }
         let received_in = started.elapsed();
         if !batch.is_empty() {
             for outcome in self.log.writer.append(batch).await? {

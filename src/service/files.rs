@@ -6,6 +6,7 @@
 //! (a client-chosen UUID) keeps the bytes it durably received when it is interrupted. This module
 //! never builds a path from client input and never buffers a whole file.
 
+use crate::cancel::ClientCancelled;
 use crate::error::{Error, Result};
 use crate::files::BlobStore;
 use crate::proto::{
@@ -52,6 +53,9 @@ pub struct Files {
     /// Uploads in progress, by id, with their live byte count. Holding an entry is the right to
     /// write that id's part.
     active: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
+    /// Upload tasks, so that shutdown can let each one finish or record its progress before
+    /// the database closes.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Parses a file id: a UUID in any of its usual spellings.
@@ -156,7 +160,31 @@ impl Files {
             blobs,
             settings,
             active: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Runs an upload on its own task, so that its cleanup completes even when the RPC's future
+    /// is dropped because the client reset the call.
+    pub async fn upload_in_task<S>(
+        &self,
+        messages: S,
+        cancelled: ClientCancelled,
+    ) -> Result<UploadFileResponse, Status>
+    where
+        S: Stream<Item = Result<FileChunk, Status>> + Unpin + Send + 'static,
+    {
+        let files = self.clone();
+        self.tasks
+            .spawn(async move { files.upload(messages, cancelled).await })
+            .await
+            .map_err(|e| Status::from(Error::Internal(format!("upload task failed: {e}"))))?
+    }
+
+    /// Waits for running upload tasks to finish (at shutdown, after the listener closed).
+    pub async fn wait_for_uploads(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -213,12 +241,12 @@ impl Files {
         format!("{}/files/{}", self.settings.public_url, id.hyphenated())
     }
 
-    /// UploadFile. `handler_gone` resolves when the RPC's own future was dropped (the client
-    /// reset the call); the upload then counts as interrupted even if its stream looked complete.
+    /// UploadFile. `cancelled` is raised when the client reset the call: the upload then counts
+    /// as interrupted even though its stream looked complete.
     pub async fn upload<S>(
         &self,
         mut messages: S,
-        handler_gone: tokio::sync::oneshot::Receiver<()>,
+        cancelled: ClientCancelled,
     ) -> Result<UploadFileResponse, Status>
     where
         S: Stream<Item = Result<FileChunk, Status>> + Unpin,
@@ -289,7 +317,7 @@ impl Files {
         };
         claim.progress.store(received, Ordering::Relaxed);
         let outcome = self
-            .receive(&plan, part, received, &claim, messages, handler_gone)
+            .receive(&plan, part, received, &claim, messages, cancelled)
             .await;
         match outcome {
             Ok(response) => Ok(response),
@@ -317,7 +345,7 @@ impl Files {
         mut received: u64,
         claim: &Claim,
         mut messages: S,
-        mut handler_gone: tokio::sync::oneshot::Receiver<()>,
+        cancelled: ClientCancelled,
     ) -> Result<UploadFileResponse, Failure>
     where
         S: Stream<Item = Result<FileChunk, Status>> + Unpin,
@@ -374,13 +402,8 @@ impl Files {
             }
         }
 
-        // hyper reports a client's cancel as the end of the stream, and drops the RPC's future
-        // when it next sees it waiting: give it that moment, then check.
-        tokio::task::yield_now().await;
-        if !matches!(
-            handler_gone.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        ) {
+        // A client's cancel also ends the stream; only the flag tells it from a half-close.
+        if cancelled.is_set() {
             fail!(Error::invalid("the upload was cancelled"))
         }
         if received < plan.total_size {
@@ -557,65 +580,103 @@ impl Files {
         Ok(rx)
     }
 
-    /// Removes what a crash or an abandoned upload left behind. At start (`startup`) every
-    /// incomplete non-resumable upload is a crash leftover; at any time, resumable uploads
-    /// untouched for longer than the expiry are removed, as are parts and files with no row and
-    /// complete rows whose file is missing.
+    /// Removes what an abandoned upload or a crash left behind.
+    ///
+    /// Every run removes resumable uploads untouched for longer than the expiry. The run at
+    /// start (`startup`), before any upload can begin, also repairs what a crash can leave:
+    /// incomplete one-shot uploads and parts, files or rows that have lost their other half go;
+    /// a resumable upload whose verified file was already renamed into place is completed; and
+    /// a resumable upload's recorded bytes are set to what its part durably holds.
+    ///
+    /// Each id is examined under its upload claim and re-read, so a sweep never races an upload.
     pub async fn sweep(&self, startup: bool) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let expired_before = now_micros() - self.settings.upload_expiry.as_micros() as i64;
-        let rows: HashMap<String, FileRow> = self
-            .store
-            .all_files()
-            .await?
-            .into_iter()
-            .map(|r| (r.file_id.clone(), r))
-            .collect();
-        let active: Vec<Uuid> = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-
-        for row in rows.values() {
-            let Ok(id) = Uuid::parse_str(&row.file_id) else {
+        let candidates = if startup {
+            self.store.all_files().await?
+        } else {
+            self.store.stale_uploads(expired_before).await?
+        };
+        let mut known = std::collections::HashSet::new();
+        for candidate in candidates {
+            let Ok(id) = Uuid::parse_str(&candidate.file_id) else {
                 continue;
             };
-            if active.contains(&id) {
+            known.insert(id);
+            let Ok(_claim) = self.claim(id) else {
+                continue; // An upload is running; it is not abandoned.
+            };
+            let Some(row) = self.store.file(&candidate.file_id).await? else {
+                continue;
+            };
+            if row.complete {
+                if startup && !self.blobs.file_exists(id).await {
+                    tracing::warn!(file_id = %id, "file missing for a complete row; removing the row");
+                    self.discard(id).await;
+                    report.rows_removed += 1;
+                }
                 continue;
             }
-            let stale = if row.complete {
-                // A stat per file: only at start, where a crash may have lost one.
-                startup && !self.blobs.file_exists(id).await
-            } else {
-                (startup && !row.resumable) || row.updated_at_micros < expired_before
-            };
-            if stale {
+            if row.updated_at_micros < expired_before || (startup && !row.resumable) {
                 self.discard(id).await;
                 report.rows_removed += 1;
+                continue;
+            }
+            if startup {
+                self.repair_resumable(id, &row, &mut report).await?;
             }
         }
-        let inventory = self.blobs.inventory().await?;
-        for id in inventory.parts {
-            let owned = rows.get(&id.to_string()).is_some_and(|r| !r.complete);
-            if !owned && !active.contains(&id) {
-                self.blobs.remove_part(id).await?;
-                report.parts_removed += 1;
+        if startup {
+            let inventory = self.blobs.inventory().await?;
+            for id in inventory.parts {
+                if !known.contains(&id) {
+                    self.blobs.remove_part(id).await?;
+                    report.parts_removed += 1;
+                }
             }
-        }
-        for id in inventory.files {
-            let owned = rows.get(&id.to_string()).is_some_and(|r| r.complete);
-            if !owned && !active.contains(&id) {
-                self.blobs.remove_file(id).await?;
-                report.files_removed += 1;
+            for id in inventory.files {
+                if !known.contains(&id) {
+                    self.blobs.remove_file(id).await?;
+                    report.files_removed += 1;
+                }
             }
-        }
-        for stray in inventory.strays {
-            tracing::warn!(path = %stray.display(), "unexpected entry in the storage directory; left alone");
+            for stray in inventory.strays {
+                tracing::warn!(path = %stray.display(), "unexpected entry in the storage directory; left alone");
+            }
         }
         Ok(report)
+    }
+
+    /// After a crash: completes a resumable upload whose file is already in place (it was
+    /// verified before its rename), or records what its part durably holds.
+    async fn repair_resumable(
+        &self,
+        id: Uuid,
+        row: &FileRow,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        if self.blobs.file_exists(id).await {
+            let sha256 = self.blobs.hash_file(id).await?;
+            if !row.checksum.is_empty() && row.checksum != sha256 {
+                self.discard(id).await;
+                report.rows_removed += 1;
+                return Ok(());
+            }
+            self.blobs.remove_part(id).await?;
+            self.store
+                .complete_upload(&row.file_id, &sha256, now_micros())
+                .await?;
+            report.uploads_completed += 1;
+            return Ok(());
+        }
+        let durable = self.blobs.sync_part(id).await?.unwrap_or(0);
+        if durable != row.bytes_received {
+            let bytes = durable.min(row.total_size);
+            self.store
+                .set_upload_progress(&row.file_id, bytes, row.updated_at_micros)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -623,6 +684,8 @@ impl Files {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub rows_removed: u64,
+    /// Resumable uploads found verified and in place after a crash, and marked complete.
+    pub uploads_completed: u64,
     pub parts_removed: u64,
     pub files_removed: u64,
 }

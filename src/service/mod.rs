@@ -113,8 +113,9 @@ impl StreamingService for Api {
         &self,
         request: Request<Streaming<proto::DataRecord>>,
     ) -> Result<Response<proto::BatchProcessingResult>, Status> {
+        let cancelled = crate::cancel::flag_of(&request);
         Ok(Response::new(
-            self.events.import(request.into_inner()).await?,
+            self.events.import(request.into_inner(), cancelled).await?,
         ))
     }
 
@@ -146,17 +147,12 @@ impl StreamingService for Api {
         &self,
         request: Request<Streaming<proto::FileChunk>>,
     ) -> Result<Response<proto::UploadFileResponse>, Status> {
-        // The upload runs on its own task so that its cleanup always completes, even when hyper
-        // drops this future because the client reset the call; dropping `alive` tells the task.
-        let (alive, handler_gone) = tokio::sync::oneshot::channel::<()>();
-        let files = self.files.clone();
-        let upload =
-            tokio::spawn(async move { files.upload(request.into_inner(), handler_gone).await });
-        let outcome = upload
-            .await
-            .map_err(|e| Status::from(Error::Internal(format!("upload task failed: {e}"))))?;
-        drop(alive);
-        Ok(Response::new(outcome?))
+        let cancelled = crate::cancel::flag_of(&request);
+        Ok(Response::new(
+            self.files
+                .upload_in_task(request.into_inner(), cancelled)
+                .await?,
+        ))
     }
 
     async fn collect_metrics(

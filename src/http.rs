@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 
 /// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most a few of
 /// them are in flight per response.
-const HTTP_CHUNK: usize = 512 * 1024;
+const HTTP_CHUNK: usize = 2 * 1024 * 1024;
 
 pub fn router(files: Files) -> Router {
     Router::new()

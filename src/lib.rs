@@ -5,9 +5,9 @@
 //! `cli` is the client side of the same binary, which talks to a server only through the
 //! generated gRPC client.
 
+pub mod cancel;
 pub mod cli;
 pub mod config;
-pub mod cancel;
 pub mod error;
 pub mod files;
 pub mod http;

@@ -30,6 +30,24 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Some(Command::Upload(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::files::upload(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Command::Download(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::files::download(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Command::Files(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::files::run_files(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Some(Command::Bench(args)) => {
                 streamhub::telemetry::init("warn");
                 streamhub::cli::bench::run(args)

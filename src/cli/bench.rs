@@ -29,6 +29,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// User events: append, import, replay and append→receive latency.
     Events(EventsBench),
+    /// Files: upload, download over gRPC and download over plain HTTP of one generated file.
+    Files(FilesBench),
 }
 
 /// Which phases to run, and how big each is.
@@ -80,9 +82,30 @@ pub struct EventsBench {
     pub connections: usize,
 }
 
+/// Which file phases to run, and on how much data.
+#[derive(Debug, Args)]
+pub struct FilesBench {
+    /// Size of the generated file: bytes, or a number with a unit (1GiB, 512MiB, 100MB, 64KiB).
+    /// The data is pseudo-random, generated on the fly: nothing is read from or written to disk.
+    #[arg(long, default_value = "1GiB", value_parser = super::files::parse_size)]
+    pub size: u64,
+    /// Bytes per UploadFile chunk message (at most 4 MiB).
+    #[arg(long, default_value = "64KiB", value_parser = super::files::parse_size)]
+    pub chunk: u64,
+    /// Phases to run, comma separated: upload, download (gRPC DownloadFile), http (GET of the
+    /// download_url). download and http fetch the file that upload stored in the same run.
+    #[arg(long, value_delimiter = ',', default_value = "upload,download,http")]
+    pub phases: Vec<String>,
+    /// Also hash the HTTP body with SHA-256. Off by default, so that the figure is the server's
+    /// rather than the client's hashing speed; the body's length and ETag are checked either way.
+    #[arg(long)]
+    pub http_sha256: bool,
+}
+
 pub async fn run(args: BenchArgs) -> CliResult<()> {
     match args.command {
         BenchCommand::Events(bench) => events(&args.connect, args.pid, bench).await,
+        BenchCommand::Files(bench) => files(&args.connect, args.pid, bench).await,
     }
 }
 
@@ -109,8 +132,18 @@ impl RssProbe {
 
     /// Peak RSS in bytes since the last reset.
     fn peak(&self) -> Option<u64> {
+        self.status_field("VmHWM:")
+    }
+
+    /// Current RSS in bytes.
+    fn current(&self) -> Option<u64> {
+        self.status_field("VmRSS:")
+    }
+
+    /// A `… kB` line of /proc/<pid>/status, in bytes.
+    fn status_field(&self, name: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(name))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }
@@ -157,7 +190,7 @@ fn latency_summary(mut samples: Vec<Duration>) -> String {
 }
 
 /// 1234567 → "1,234,567".
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -206,17 +239,20 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
         eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
         rows.push(row);
     }
-    print_table(connect, pid, &rows);
+    print_table(
+        &format!(
+            "streamhub bench events: server {}{}",
+            connect.server,
+            pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        ),
+        &rows,
+    );
     Ok(())
 }
 
-fn print_table(connect: &Connect, pid: Option<u32>, rows: &[Row]) {
+fn print_table(title: &str, rows: &[Row]) {
     println!();
-    println!(
-        "streamhub bench events: server {}{}",
-        connect.server,
-        pid.map(|p| format!(", pid {p}")).unwrap_or_default()
-    );
+    println!("{title}");
     let width = rows
         .iter()
         .map(|r| r.figure.len())
@@ -582,4 +618,503 @@ async fn latency_phase(
         ),
         peak_rss: None,
     })
+}
+
+// ------------------------------------------------------------------------------------- files
+
+/// Deterministic pseudo-random bytes (SplitMix64 words, little-endian). The same seed gives the
+/// same bytes however the output is sliced into buffers, so the checksum pass and the upload
+/// see identical data without either holding it.
+struct DataGen {
+    state: u64,
+    spare: [u8; 8],
+    spare_at: usize,
+}
+
+impl DataGen {
+    fn new(seed: u64) -> Self {
+        DataGen {
+            state: seed,
+            spare: [0; 8],
+            spare_at: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut start = 0;
+        while start < out.len() && self.spare_at < 8 {
+            out[start] = self.spare[self.spare_at];
+            self.spare_at += 1;
+            start += 1;
+        }
+        let mut words = out[start..].chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.next_word().to_le_bytes());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            self.spare = self.next_word().to_le_bytes();
+            tail.copy_from_slice(&self.spare[..tail.len()]);
+            self.spare_at = tail.len();
+        }
+    }
+}
+
+/// SHA-256 of the first `size` bytes of `DataGen::new(seed)`.
+fn generated_checksum(seed: u64, size: u64) -> String {
+    let mut generator = DataGen::new(seed);
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buffer.len() as u64) as usize;
+        generator.fill(&mut buffer[..n]);
+        sha2::Digest::update(&mut hasher, &buffer[..n]);
+        left -= n as u64;
+    }
+    super::files::hex_digest(hasher)
+}
+
+use sha2::Digest as _;
+
+/// A size as given: binary units when it is a whole number of KiB, decimal otherwise.
+fn size_label(bytes: u64) -> String {
+    if bytes.is_multiple_of(1024) {
+        indicatif::HumanBytes(bytes).to_string()
+    } else {
+        indicatif::DecimalBytes(bytes).to_string()
+    }
+}
+
+/// MB/s with MB = 10^6 bytes.
+fn megabytes_per_sec(bytes: u64, elapsed: Duration) -> String {
+    format!(
+        "{} MB/s",
+        thousands((bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)).round() as u64)
+    )
+}
+
+/// What the upload phase stored, for the download phases.
+struct Uploaded {
+    file_id: String,
+    checksum: String,
+    download_url: String,
+}
+
+async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliResult<()> {
+    const MAX_CHUNK: u64 = 4 * 1024 * 1024;
+    if bench.chunk == 0 || bench.chunk > MAX_CHUNK {
+        return Err(fail(format!(
+            "--chunk must be between 1 byte and 4 MiB, not {}",
+            size_label(bench.chunk)
+        )));
+    }
+    for phase in &bench.phases {
+        if !["upload", "download", "http"].contains(&phase.as_str()) {
+            return Err(fail(format!(
+                "unknown phase {phase:?}; use upload, download or http"
+            )));
+        }
+    }
+    if !bench.phases.iter().any(|p| p == "upload") {
+        return Err(fail(
+            "the download and http phases fetch the file that the upload phase stores: \
+             include upload in --phases",
+        ));
+    }
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let seed = u64::from_str_radix(run_id, 16).unwrap_or(0x5eed);
+    let mut client = connect.client().await?;
+    let rss = RssProbe { pid };
+    let idle_rss = rss.current();
+    eprintln!(
+        "bench run {run_id} against {}: {} bytes",
+        connect.server,
+        thousands(bench.size)
+    );
+    let mut rows = Vec::new();
+    let mut uploaded: Option<Uploaded> = None;
+    for phase in &bench.phases {
+        let row = match (phase.as_str(), &uploaded) {
+            ("upload", _) => {
+                let (row, stored) =
+                    file_upload_phase(&mut client, run_id, seed, &bench, &rss).await?;
+                uploaded = Some(stored);
+                row
+            }
+            ("download", Some(stored)) => {
+                rss.reset();
+                file_download_phase(&mut client, stored, bench.size).await?
+            }
+            ("http", Some(stored)) => {
+                rss.reset();
+                file_http_phase(stored, bench.size, bench.http_sha256).await?
+            }
+            (other, _) => {
+                return Err(fail(format!(
+                    "phase {other} needs the upload phase to run before it"
+                )));
+            }
+        };
+        let row = Row {
+            peak_rss: rss.peak(),
+            ..row
+        };
+        eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
+        rows.push(row);
+    }
+    print_table(
+        &format!(
+            "streamhub bench files: server {}{}{}; MB = 10^6 bytes",
+            connect.server,
+            pid.map(|p| format!(", pid {p}")).unwrap_or_default(),
+            idle_rss
+                .map(|b| format!(
+                    ", server RSS before the run {:.1} MiB",
+                    b as f64 / (1024.0 * 1024.0)
+                ))
+                .unwrap_or_default()
+        ),
+        &rows,
+    );
+    if let Some(stored) = uploaded {
+        println!("(the file stays on the server: {})", stored.download_url);
+    }
+    Ok(())
+}
+
+/// UploadFile of `size` generated bytes in `chunk`-byte messages, with the checksum computed in
+/// a first pass over the same generator (not timed). Timed from the call to the verified,
+/// durable answer.
+async fn file_upload_phase(
+    client: &mut Client,
+    run_id: &str,
+    seed: u64,
+    bench: &FilesBench,
+    rss: &RssProbe,
+) -> CliResult<(Row, Uploaded)> {
+    let size = bench.size;
+    let total_size =
+        i64::try_from(size).map_err(|_| fail(format!("--size {size} is too large")))?;
+    eprintln!("  hashing the generated data first (not timed)…");
+    let checksum = tokio::task::spawn_blocking(move || generated_checksum(seed, size))
+        .await
+        .map_err(|e| fail(format!("checksum task failed: {e}")))?;
+
+    let metadata = crate::proto::FileChunk {
+        data: Some(crate::proto::file_chunk::Data::Metadata(
+            crate::proto::FileMetadata {
+                filename: format!("bench-{run_id}.bin"),
+                total_size,
+                content_type: "application/octet-stream".into(),
+                checksum: checksum.clone(),
+                file_id: String::new(),
+                created_at: None,
+            },
+        )),
+        offset: 0,
+    };
+    let chunk = bench.chunk;
+    let mut generator = DataGen::new(seed);
+    let mut position = 0u64;
+    let chunks = std::iter::from_fn(move || {
+        if position >= size {
+            return None;
+        }
+        let n = chunk.min(size - position) as usize;
+        let mut bytes = vec![0u8; n];
+        generator.fill(&mut bytes);
+        let message = crate::proto::FileChunk {
+            data: Some(crate::proto::file_chunk::Data::Chunk(bytes)),
+            offset: position as i64,
+        };
+        position += n as u64;
+        Some(message)
+    });
+    let messages = tokio_stream::iter(std::iter::once(metadata).chain(chunks));
+
+    rss.reset();
+    let start = Instant::now();
+    let response = client
+        .upload_file(messages)
+        .await
+        .map_err(|s| fail(format!("upload failed: {:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let elapsed = start.elapsed();
+    if response.bytes_uploaded != total_size || !response.checksum_verified {
+        return Err(fail(format!(
+            "upload answered {} bytes, checksum_verified={}; expected {size} bytes, verified",
+            response.bytes_uploaded, response.checksum_verified
+        )));
+    }
+    let row = Row {
+        figure: format!(
+            "UploadFile, {} in {} chunks",
+            size_label(size),
+            size_label(chunk)
+        ),
+        result: megabytes_per_sec(size, elapsed),
+        detail: format!(
+            "{:.2} s to a verified, durable answer",
+            elapsed.as_secs_f64()
+        ),
+        peak_rss: None,
+    };
+    Ok((
+        row,
+        Uploaded {
+            file_id: response.file_id,
+            checksum,
+            download_url: response.download_url,
+        },
+    ))
+}
+
+/// DownloadFile of the whole file; the client checks offsets and the SHA-256, and writes
+/// nothing to disk.
+async fn file_download_phase(client: &mut Client, stored: &Uploaded, size: u64) -> CliResult<Row> {
+    use crate::proto::file_chunk::Data;
+    let start = Instant::now();
+    let mut stream = client
+        .download_file(crate::proto::DownloadFileRequest {
+            file_id: stored.file_id.clone(),
+            offset: 0,
+        })
+        .await?
+        .into_inner();
+    // Hashed inline: on this 2-core machine a separate hashing thread measured no faster.
+    let mut hasher = sha2::Sha256::new();
+    let mut received = 0u64;
+    let mut chunks = 0u64;
+    let mut largest = 0usize;
+    let mut saw_metadata = false;
+    while let Some(message) = stream.message().await? {
+        match message.data {
+            Some(Data::Metadata(_)) if !saw_metadata && chunks == 0 => saw_metadata = true,
+            Some(Data::Metadata(_)) => return Err(fail("download sent metadata twice or late")),
+            Some(Data::Chunk(bytes)) => {
+                if message.offset != received as i64 {
+                    return Err(fail(format!(
+                        "download chunk at offset {} where {received} was expected",
+                        message.offset
+                    )));
+                }
+                received += bytes.len() as u64;
+                largest = largest.max(bytes.len());
+                chunks += 1;
+                hasher.update(&bytes);
+            }
+            None => {}
+        }
+    }
+    let digest = super::files::hex_digest(hasher);
+    let elapsed = start.elapsed();
+    if !saw_metadata || received != size || digest != stored.checksum {
+        return Err(fail(format!(
+            "download did not match the upload: metadata {saw_metadata}, {received} of {size} \
+             bytes, sha256 {digest}"
+        )));
+    }
+    Ok(Row {
+        figure: format!("DownloadFile (gRPC), {}", size_label(size)),
+        result: megabytes_per_sec(size, elapsed),
+        detail: format!(
+            "{:.2} s, sha256 verified, {} chunks of ≤ {}",
+            elapsed.as_secs_f64(),
+            thousands(chunks),
+            indicatif::HumanBytes(largest as u64)
+        ),
+        peak_rss: None,
+    })
+}
+
+/// GET of the download_url with a minimal HTTP/1.1 client; the body is counted (and hashed with
+/// `hash`) and discarded.
+async fn file_http_phase(stored: &Uploaded, size: u64, hash: bool) -> CliResult<Row> {
+    let start = Instant::now();
+    let body = http_get(&stored.download_url, hash).await?;
+    let elapsed = start.elapsed();
+    if body.length != size {
+        return Err(fail(format!(
+            "GET {} returned {} bytes, expected {size}",
+            stored.download_url, body.length
+        )));
+    }
+    if let Some(digest) = &body.sha256
+        && *digest != stored.checksum
+    {
+        return Err(fail(format!(
+            "GET {} body hashes to {digest}, expected {}",
+            stored.download_url, stored.checksum
+        )));
+    }
+    let etag = match &body.etag {
+        Some(etag) if etag.contains(&stored.checksum) => "ETag carries the sha256",
+        Some(_) => "ETag does NOT carry the sha256",
+        None => "no ETag",
+    };
+    Ok(Row {
+        figure: format!("HTTP GET download_url, {}", size_label(size)),
+        result: megabytes_per_sec(size, elapsed),
+        detail: format!(
+            "{:.2} s, length checked, {}, {etag}",
+            elapsed.as_secs_f64(),
+            if body.sha256.is_some() {
+                "sha256 verified"
+            } else {
+                "body not hashed"
+            }
+        ),
+        peak_rss: None,
+    })
+}
+
+/// What [`http_get`] learned of a response.
+struct HttpBody {
+    length: u64,
+    etag: Option<String>,
+    sha256: Option<String>,
+}
+
+/// A minimal HTTP/1.1 GET over a plain TCP connection: sends the request, reads the head,
+/// requires 200 and a Content-Length, then reads (and hashes, with `hash`) exactly that many
+/// bytes of body into a reused buffer.
+async fn http_get(url: &str, hash: bool) -> CliResult<HttpBody> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        fail(format!(
+            "download_url {url:?} is not http://; the bench's HTTP client speaks plain HTTP only"
+        ))
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let address = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| fail(format!("cannot connect to {address} for {url}: {e}")))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: streamhub-bench\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await?;
+
+    // The head: everything up to the blank line, capped.
+    const MAX_HEAD: usize = 64 * 1024;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut filled = 0;
+    let head_end = loop {
+        if let Some(at) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if filled >= MAX_HEAD {
+            return Err(fail(format!("GET {url}: response head over 64 KiB")));
+        }
+        let n = socket.read(&mut buffer[filled..MAX_HEAD]).await?;
+        if n == 0 {
+            return Err(fail(format!(
+                "GET {url}: connection closed before a response"
+            )));
+        }
+        filled += n;
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if code != "200" {
+        return Err(fail(format!("GET {url}: {status_line}")));
+    }
+    let mut content_length = None;
+    let mut etag = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => content_length = value.parse::<u64>().ok(),
+            "etag" => etag = Some(value.to_string()),
+            "transfer-encoding" if !value.eq_ignore_ascii_case("identity") => {
+                return Err(fail(format!(
+                    "GET {url}: Transfer-Encoding {value} instead of a Content-Length"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let length = content_length
+        .ok_or_else(|| fail(format!("GET {url}: the response has no Content-Length")))?;
+
+    let mut hasher = hash.then(sha2::Sha256::new);
+    let body_start = head_end + 4;
+    let mut received = (filled - body_start) as u64;
+    if let Some(hasher) = hasher.as_mut() {
+        hasher.update(&buffer[body_start..filled]);
+    }
+    while received < length {
+        let want = (length - received).min(buffer.len() as u64) as usize;
+        let n = socket.read(&mut buffer[..want]).await?;
+        if n == 0 {
+            return Err(fail(format!(
+                "GET {url}: connection closed after {received} of {length} body bytes"
+            )));
+        }
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&buffer[..n]);
+        }
+        received += n as u64;
+    }
+    if received > length {
+        return Err(fail(format!(
+            "GET {url}: {received} body bytes, more than the Content-Length {length}"
+        )));
+    }
+    Ok(HttpBody {
+        length: received,
+        etag,
+        sha256: hasher.map(super::files::hex_digest),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_data_does_not_depend_on_how_it_is_sliced() {
+        let mut whole = vec![0u8; 1000];
+        DataGen::new(7).fill(&mut whole);
+        let mut sliced = vec![0u8; 1000];
+        let mut generator = DataGen::new(7);
+        let mut at = 0;
+        for n in [3, 5, 8, 13, 1, 64, 906] {
+            generator.fill(&mut sliced[at..at + n]);
+            at += n;
+        }
+        assert_eq!(whole, sliced);
+        assert_ne!(whole[..8], whole[8..16]);
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod events;
+pub mod files;
 
 use crate::config::Config;
 use crate::proto::streaming_service_client::StreamingServiceClient;
@@ -30,6 +31,12 @@ pub enum Command {
     Serve(Config),
     /// Publish, tail and import user events.
     Events(events::EventsArgs),
+    /// Upload a file, checksummed with SHA-256; with --id it is resumable.
+    Upload(files::UploadArgs),
+    /// Download a file by id, verify its SHA-256, then move it into place.
+    Download(files::DownloadArgs),
+    /// Look up a stored file, or how far an upload has come.
+    Files(files::FilesArgs),
     /// Measure throughput and latency against a running server.
     Bench(bench::BenchArgs),
 }

@@ -358,6 +358,8 @@ impl Files {
                 })
             };
         }
+        let resumed_from = received;
+        let mut first_chunk = true;
         while let Some(message) = messages.next().await {
             let message = match message {
                 Ok(message) => message,
@@ -368,7 +370,12 @@ impl Files {
             };
             match message.data {
                 Some(file_chunk::Data::Chunk(bytes)) => {
-                    if message.offset != 0 && message.offset as u64 != received {
+                    // `offset` 0 means "not set", except on the first chunk of a call that
+                    // continues an interrupted upload: a client that restarts from byte 0
+                    // would otherwise have its bytes appended in the wrong place.
+                    let continuing = first_chunk && resumed_from > 0;
+                    first_chunk = false;
+                    if (message.offset != 0 || continuing) && message.offset as u64 != received {
                         fail!(Error::FailedPrecondition(format!(
                             "chunk offset {} does not match the {received} bytes received",
                             message.offset

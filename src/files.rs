@@ -180,10 +180,18 @@ impl BlobStore {
                 file.seek(SeekFrom::Start(offset))?;
                 let mut left = len;
                 while left > 0 {
-                    let want = left.min(chunk as u64) as usize;
-                    let mut buf = vec![0u8; want];
-                    file.read_exact(&mut buf)?;
-                    left -= want as u64;
+                    let want = left.min(chunk as u64);
+                    // `read_to_end` fills spare capacity without zeroing it first: a memset of
+                    // every buffer cost ~9 % of an HTTP download.
+                    let mut buf = Vec::with_capacity(want as usize);
+                    (&mut file).take(want).read_to_end(&mut buf)?;
+                    if (buf.len() as u64) < want {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file is shorter than its recorded size",
+                        ));
+                    }
+                    left -= want;
                     if tx.blocking_send(Ok(buf)).is_err() {
                         return Ok(()); // The reader went away.
                     }

@@ -232,12 +232,7 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
             "hot" => latency_phase(&pool, run_id, &bench, true).await?,
             other => return Err(fail(format!("unknown phase {other:?}"))),
         };
-        let row = Row {
-            peak_rss: rss.peak(),
-            ..row
-        };
-        eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
-        rows.push(row);
+        rows.push(finish_row(row, &rss));
     }
     print_table(
         &format!(
@@ -248,6 +243,16 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
         &rows,
     );
     Ok(())
+}
+
+/// Stamps a finished phase's row with the server's peak RSS and reports it on stderr.
+fn finish_row(row: Row, rss: &RssProbe) -> Row {
+    let row = Row {
+        peak_rss: rss.peak(),
+        ..row
+    };
+    eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
+    row
 }
 
 fn print_table(title: &str, rows: &[Row]) {
@@ -764,12 +769,7 @@ async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliRes
                 )));
             }
         };
-        let row = Row {
-            peak_rss: rss.peak(),
-            ..row
-        };
-        eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
-        rows.push(row);
+        rows.push(finish_row(row, &rss));
     }
     print_table(
         &format!(

@@ -178,10 +178,11 @@ pub struct Store {
 fn record_from_row(stream: &StreamKey, row: &SqliteRow) -> Result<LogRecord> {
     Ok(LogRecord {
         stream: stream.clone(),
-        sequence: row.try_get::<i64, _>("sequence")? as u64,
-        id: row.try_get("id")?,
-        ts_micros: row.try_get("ts_micros")?,
-        payload: row.try_get("payload")?,
+        // By position: every query that builds records selects these four columns first.
+        sequence: row.try_get::<i64, _>(0)? as u64,
+        id: row.try_get(1)?,
+        ts_micros: row.try_get(2)?,
+        payload: row.try_get(3)?,
     })
 }
 
@@ -344,7 +345,7 @@ impl StoreWriter {
             let mut query = QueryBuilder::<Sqlite>::new(
                 // Without statistics the planner may scan the primary key's `kind` prefix
                 // instead; the id index answers each id with one seek.
-                "SELECT stream_key, sequence, id, ts_micros, payload FROM log_records \
+                "SELECT sequence, id, ts_micros, payload, stream_key FROM log_records \
                  INDEXED BY log_records_id WHERE kind = ",
             );
             query.push_bind(kind.as_str()).push(" AND id IN (");
@@ -354,7 +355,7 @@ impl StoreWriter {
             }
             query.push(")");
             for row in query.build().fetch_all(&mut self.conn).await? {
-                let stream = StreamKey::new(kind, row.try_get("stream_key")?);
+                let stream = StreamKey::new(kind, row.try_get(4)?);
                 let record = record_from_row(&stream, &row)?;
                 found.insert(record.id.clone(), record);
             }

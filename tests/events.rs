@@ -44,37 +44,19 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A small deterministic PRNG (xorshift64*), so tests need no extra crate. The seed is printed;
-/// set STREAMHUB_TEST_SEED to replay one.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env_or_time() -> Self {
-        let seed = std::env::var("STREAMHUB_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("STREAMHUB_TEST_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// A random source for timings. The seed is printed; set STREAMHUB_TEST_SEED to replay one.
+fn rng_from_env_or_time() -> XorShift {
+    let seed = std::env::var("STREAMHUB_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("STREAMHUB_TEST_SEED={seed}");
+    XorShift::new(seed)
 }
 
 fn any(type_url: &str, value: impl Into<Vec<u8>>) -> Any {
@@ -270,7 +252,7 @@ async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
     const USER: &str = "hot-user";
 
     let server = TestServer::start().await;
-    let mut rng = Rng::from_env_or_time();
+    let mut rng = rng_from_env_or_time();
     within(120, "handover under load", async {
         let acked = Arc::new(AtomicU64::new(0));
         let answers: Arc<Mutex<Vec<Option<UserEvent>>>> =

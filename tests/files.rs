@@ -64,36 +64,9 @@ async fn eventually<T>(
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), generated in order, so a large file never
-/// needs to be held whole.
-struct Gen(u64);
-
-impl Gen {
-    fn new(seed: u64) -> Self {
-        Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Fills `buf`; buffers whose length is a multiple of 8 continue one another seamlessly.
-    fn fill(&mut self, buf: &mut [u8]) {
-        for word in buf.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            word.copy_from_slice(&x[..word.len()]);
-        }
-    }
-}
-
 fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut bytes = vec![0; len];
-    Gen::new(seed).fill(&mut bytes);
+    XorShift::new(seed).fill(&mut bytes);
     bytes
 }
 
@@ -2491,7 +2464,7 @@ async fn slow_1gib_upload_and_download_keep_server_rss_under_128mib() {
         let producer = {
             let sent = sent.clone();
             tokio::spawn(async move {
-                let mut generator = Gen::new(0x1_0000_0000);
+                let mut generator = XorShift::new(0x1_0000_0000);
                 let mut hasher = Sha256::new();
                 tx.send(metadata_msg(meta("big.bin", SIZE as i64, "", "")))
                     .await

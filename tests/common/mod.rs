@@ -181,3 +181,34 @@ impl Drop for ChildServer {
         let _ = self.child.wait();
     }
 }
+
+/// A small deterministic PRNG (xorshift64*), so tests need no extra crate: random timings and
+/// file contents that can be generated in order, never held whole.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Fills `buf`; buffers whose length is a multiple of 8 continue one another seamlessly.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            let x = self.next().to_le_bytes();
+            word.copy_from_slice(&x[..word.len()]);
+        }
+    }
+}

@@ -211,28 +211,6 @@ impl Store {
         rows.iter().map(|r| record_from_row(stream, r)).collect()
     }
 
-    /// Up to `limit` records of `stream` before `before` (0 = the newest), newest first.
-    pub async fn read_page_backwards(
-        &self,
-        stream: &StreamKey,
-        before: u64,
-        limit: u32,
-    ) -> Result<Vec<LogRecord>> {
-        let before = if before == 0 { i64::MAX } else { before as i64 };
-        let rows = sqlx::query(
-            "SELECT sequence, id, ts_micros, payload FROM log_records \
-             WHERE kind = ?1 AND stream_key = ?2 AND sequence < ?3 \
-             ORDER BY sequence DESC LIMIT ?4",
-        )
-        .bind(stream.kind.as_str())
-        .bind(&*stream.key)
-        .bind(before)
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(|r| record_from_row(stream, r)).collect()
-    }
-
     /// The last committed sequence of `stream` (0 when it is empty).
     pub async fn head(&self, stream: &StreamKey) -> Result<u64> {
         let head: Option<i64> = sqlx::query_scalar(

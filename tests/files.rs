@@ -1568,7 +1568,7 @@ async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition() {
         // Resume from what the server reports: completes and verifies.
         let response = upload(&mut client, messages(m.clone(), &bytes, at, 1000, true))
             .await
-            .expect("resume with unset offsets");
+            .expect("resume from the reported offset");
         assert!(response.checksum_verified);
         assert_eq!(response.bytes_uploaded, size as i64);
         assert_downloads(&mut client, &id, &bytes).await;

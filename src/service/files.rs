@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use uuid::Uuid;
@@ -537,11 +536,13 @@ impl Files {
         })
     }
 
-    /// DownloadFile: the metadata, then chunks of at most 64 KiB from `offset`.
+    /// DownloadFile: the metadata, then chunks of at most 64 KiB from `offset`. The chunks come
+    /// straight from the blob store's bounded reader; when the client goes away the stream is
+    /// dropped, and with it the reader.
     pub async fn download(
         &self,
         request: DownloadFileRequest,
-    ) -> Result<mpsc::Receiver<Result<FileChunk, Status>>> {
+    ) -> Result<impl Stream<Item = Result<FileChunk, Status>> + Send + 'static> {
         let id = parse_file_id(&request.file_id)?;
         let row = self.complete_file(&id).await?;
         if request.offset < 0 || request.offset as u64 > row.total_size {
@@ -551,40 +552,24 @@ impl Files {
             )));
         }
         let offset = request.offset as u64;
-        let (tx, rx) = mpsc::channel(4);
-        let mut chunks = self
+        let first = FileChunk {
+            data: Some(file_chunk::Data::Metadata(metadata_of(&row))),
+            offset: offset as i64,
+        };
+        let chunks = self
             .blobs
             .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK);
-        tokio::spawn(async move {
-            let first = FileChunk {
-                data: Some(file_chunk::Data::Metadata(metadata_of(&row))),
-                offset: offset as i64,
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            let mut position = offset;
-            while let Some(chunk) = chunks.recv().await {
-                let message = match chunk {
-                    Ok(bytes) => {
-                        let message = FileChunk {
-                            offset: position as i64,
-                            data: Some(file_chunk::Data::Chunk(bytes)),
-                        };
-                        position += match &message.data {
-                            Some(file_chunk::Data::Chunk(b)) => b.len() as u64,
-                            _ => 0,
-                        };
-                        Ok(message)
-                    }
-                    Err(e) => Err(Status::from(Error::from(e))),
-                };
-                if tx.send(message).await.is_err() {
-                    return; // The client went away; dropping `chunks` stops the reader.
-                }
-            }
+        let mut position = offset;
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |read| {
+            let bytes = read.map_err(|e| Status::from(Error::from(e)))?;
+            let chunk_offset = position;
+            position += bytes.len() as u64;
+            Ok(FileChunk {
+                offset: chunk_offset as i64,
+                data: Some(file_chunk::Data::Chunk(bytes)),
+            })
         });
-        Ok(rx)
+        Ok(tokio_stream::once(Ok(first)).chain(chunks))
     }
 
     /// Removes what an abandoned upload or a crash left behind.
@@ -702,10 +687,4 @@ pub struct SweepReport {
 struct Failure {
     error: Error,
     part: Option<crate::files::PartWriter>,
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Failure { error, part: None }
-    }
 }

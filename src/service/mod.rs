@@ -119,8 +119,7 @@ impl StreamingService for Api {
         ))
     }
 
-    type DownloadFileStream =
-        tokio_stream::wrappers::ReceiverStream<Result<proto::FileChunk, Status>>;
+    type DownloadFileStream = ResponseStream<proto::FileChunk>;
 
     #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]
     async fn download_file(
@@ -128,9 +127,7 @@ impl StreamingService for Api {
         request: Request<proto::DownloadFileRequest>,
     ) -> Result<Response<Self::DownloadFileStream>, Status> {
         let chunks = self.files.download(request.into_inner()).await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            chunks,
-        )))
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     type SubscribeToNotificationsStream = ResponseStream<proto::Notification>;

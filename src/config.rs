@@ -93,6 +93,44 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Messages a chat member joining with sequence 0 gets replayed: the room's latest.
+    #[arg(long, env = "STREAMHUB_CHAT_REPLAY_MESSAGES", default_value_t = 50)]
+    pub chat_replay_messages: u64,
+
+    /// Largest chat message `content`, in bytes.
+    #[arg(long, env = "STREAMHUB_MAX_CHAT_CONTENT_BYTES", default_value_t = 16 * 1024)]
+    pub max_chat_content_bytes: usize,
+
+    /// Largest collaboration `payload` (an operation or a cursor), in bytes.
+    #[arg(long, env = "STREAMHUB_MAX_COLLAB_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_collab_payload_bytes: usize,
+
+    /// Presence and typing signals buffered per room for a slow member; past this a member
+    /// resynchronises presence and misses stale typing and cursor signals (never stored ones).
+    #[arg(long, env = "STREAMHUB_PRESENCE_CAPACITY", default_value_t = 256)]
+    pub presence_capacity: usize,
+
+    /// Largest notification (title, body and data together), in bytes.
+    #[arg(long, env = "STREAMHUB_MAX_NOTIFICATION_BYTES", default_value_t = 64 * 1024)]
+    pub max_notification_bytes: usize,
+
+    /// Milliseconds CollectMetrics gathers points before it commits them, so a query sees them
+    /// while the stream is still open.
+    #[arg(long, env = "STREAMHUB_METRICS_COMMIT_MS", default_value_t = 200)]
+    pub metrics_commit_ms: u64,
+
+    /// Values in each key's sliding window in ProcessLiveData.
+    #[arg(long, env = "STREAMHUB_LIVE_WINDOW", default_value_t = 100)]
+    pub live_window: usize,
+
+    /// |z-score| above which ProcessLiveData flags an input as an anomaly.
+    #[arg(long, env = "STREAMHUB_LIVE_ANOMALY_Z", default_value_t = 3.0)]
+    pub live_anomaly_z: f64,
+
+    /// Distinct keys one ProcessLiveData stream may use; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMHUB_LIVE_MAX_KEYS", default_value_t = 10_000)]
+    pub live_max_keys: usize,
+
     /// Seconds that in-flight calls get to finish after a shutdown signal. Live streams end at
     /// once with UNAVAILABLE; idle client connections that ignore GOAWAY are cut after this.
     #[arg(long, env = "STREAMHUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]

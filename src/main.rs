@@ -48,6 +48,30 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Some(Command::Chat(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::chat::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Command::Notify(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::notify::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Command::Metrics(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::metrics::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Command::Live(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::live::run(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Some(Command::Bench(args)) => {
                 streamhub::telemetry::init("warn");
                 streamhub::cli::bench::run(args)

@@ -5,6 +5,9 @@
 //! lookups, and [`StoreWriter`], the one read-write connection that only the log writer task holds.
 //! It knows nothing of gRPC, of the hub, or of what a payload means.
 
+mod metrics;
+mod notify;
+
 use crate::config::{Config, SyncMode};
 use crate::error::{Error, Result};
 use sqlx::sqlite::{

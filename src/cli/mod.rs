@@ -3,8 +3,12 @@
 //! open the database.
 
 pub mod bench;
+pub mod chat;
 pub mod events;
 pub mod files;
+pub mod live;
+pub mod metrics;
+pub mod notify;
 
 use crate::config::Config;
 use crate::proto::streaming_service_client::StreamingServiceClient;
@@ -37,6 +41,14 @@ pub enum Command {
     Download(files::DownloadArgs),
     /// Look up a stored file, or how far an upload has come.
     Files(files::FilesArgs),
+    /// Join a chat room interactively, or read its history.
+    Chat(chat::ChatArgs),
+    /// Send, tail and acknowledge notifications.
+    Notify(notify::NotifyArgs),
+    /// Push metrics in the Prometheus text style, or query them.
+    Metrics(metrics::MetricsArgs),
+    /// Stream numbers from stdin through ProcessLiveData and print each result.
+    Live(live::LiveArgs),
     /// Measure throughput and latency against a running server.
     Bench(bench::BenchArgs),
 }

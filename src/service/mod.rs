@@ -4,8 +4,13 @@
 //! This layer validates and translates; it never writes SQL and never runs its own
 //! replay-then-tail loop: both belong to the log engine.
 
+pub mod chat;
+pub mod collab;
 pub mod events;
 pub mod files;
+pub mod live;
+pub mod metrics;
+pub mod notify;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Subscription};
@@ -60,12 +65,22 @@ pub(crate) fn validate_client_id(id: &str) -> Result<Option<String>> {
 pub struct Api {
     events: events::Events,
     files: files::Files,
+    chat: chat::Chat,
+    collab: collab::Collab,
+    notify: notify::Notify,
+    metrics: metrics::Metrics,
+    live: live::Live,
 }
 
 impl Api {
     pub fn new(log: Log, files: files::Files, config: &crate::config::Config) -> Self {
         Api {
             files,
+            chat: chat::Chat::new(log.clone(), config),
+            collab: collab::Collab::new(log.clone(), config),
+            notify: notify::Notify::new(log.clone(), config),
+            metrics: metrics::Metrics::new(log.clone(), config),
+            live: live::Live::new(config),
             events: events::Events::new(
                 log,
                 events::EventLimits {
@@ -78,13 +93,7 @@ impl Api {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!(
-        "{rpc} is not available in this version of streamhub"
-    )))
-}
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl StreamingService for Api {
@@ -132,11 +141,14 @@ impl StreamingService for Api {
 
     type SubscribeToNotificationsStream = ResponseStream<proto::Notification>;
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn subscribe_to_notifications(
         &self,
-        _request: Request<proto::SubscribeRequest>,
+        request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeToNotificationsStream>, Status> {
-        unimplemented("SubscribeToNotifications")
+        Ok(Response::new(
+            self.notify.subscribe(request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]
@@ -152,52 +164,73 @@ impl StreamingService for Api {
         ))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn collect_metrics(
         &self,
-        _request: Request<Streaming<proto::MetricData>>,
+        request: Request<Streaming<proto::MetricData>>,
     ) -> Result<Response<proto::MetricsCollectionResult>, Status> {
-        unimplemented("CollectMetrics")
+        let cancelled = crate::cancel::flag_of(&request);
+        Ok(Response::new(
+            self.metrics
+                .collect(request.into_inner(), cancelled)
+                .await?,
+        ))
     }
 
     type ChatStream = ResponseStream<proto::ChatMessage>;
 
+    #[tracing::instrument(skip_all)]
     async fn chat(
         &self,
-        _request: Request<Streaming<proto::ChatMessage>>,
+        request: Request<Streaming<proto::ChatMessage>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
-        unimplemented("Chat")
+        let cancelled = crate::cancel::flag_of(&request);
+        Ok(Response::new(
+            self.chat.session(request.into_inner(), cancelled).await?,
+        ))
     }
 
     type CollaborateStream = ResponseStream<proto::CollaborationEvent>;
 
+    #[tracing::instrument(skip_all)]
     async fn collaborate(
         &self,
-        _request: Request<Streaming<proto::CollaborationEvent>>,
+        request: Request<Streaming<proto::CollaborationEvent>>,
     ) -> Result<Response<Self::CollaborateStream>, Status> {
-        unimplemented("Collaborate")
+        let cancelled = crate::cancel::flag_of(&request);
+        Ok(Response::new(
+            self.collab.session(request.into_inner(), cancelled).await?,
+        ))
     }
 
     type ProcessLiveDataStream = ResponseStream<proto::ProcessingResult>;
 
+    #[tracing::instrument(skip_all)]
     async fn process_live_data(
         &self,
-        _request: Request<Streaming<proto::DataInput>>,
+        request: Request<Streaming<proto::DataInput>>,
     ) -> Result<Response<Self::ProcessLiveDataStream>, Status> {
-        unimplemented("ProcessLiveData")
+        Ok(Response::new(self.live.process(request.into_inner())?))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn publish_notification(
         &self,
-        _request: Request<proto::PublishNotificationRequest>,
+        request: Request<proto::PublishNotificationRequest>,
     ) -> Result<Response<proto::Notification>, Status> {
-        unimplemented("PublishNotification")
+        Ok(Response::new(
+            self.notify.publish(request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn acknowledge_notifications(
         &self,
-        _request: Request<proto::AcknowledgeNotificationsRequest>,
+        request: Request<proto::AcknowledgeNotificationsRequest>,
     ) -> Result<Response<proto::AcknowledgeNotificationsResponse>, Status> {
-        unimplemented("AcknowledgeNotifications")
+        Ok(Response::new(
+            self.notify.acknowledge(request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]
@@ -220,17 +253,23 @@ impl StreamingService for Api {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(room_id = %request.get_ref().room_id))]
     async fn get_chat_history(
         &self,
-        _request: Request<proto::GetChatHistoryRequest>,
+        request: Request<proto::GetChatHistoryRequest>,
     ) -> Result<Response<proto::GetChatHistoryResponse>, Status> {
-        unimplemented("GetChatHistory")
+        Ok(Response::new(
+            self.chat.history(request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
     async fn query_metrics(
         &self,
-        _request: Request<proto::QueryMetricsRequest>,
+        request: Request<proto::QueryMetricsRequest>,
     ) -> Result<Response<proto::QueryMetricsResponse>, Status> {
-        unimplemented("QueryMetrics")
+        Ok(Response::new(
+            self.metrics.query(request.into_inner()).await?,
+        ))
     }
 }

@@ -4,6 +4,11 @@
 //! Benchmarks only use the public gRPC API, like any client would. They write to streams named
 //! `bench-<run>-…`, so they never touch other users' data, but they do leave their data behind.
 
+mod chat;
+mod live;
+mod metrics;
+mod notify;
+
 use super::{CliResult, Connect, fail};
 use crate::proto::streaming_service_client::StreamingServiceClient;
 use crate::proto::{DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
@@ -31,6 +36,14 @@ pub enum BenchCommand {
     Events(EventsBench),
     /// Files: upload, download over gRPC and download over plain HTTP of one generated file.
     Files(FilesBench),
+    /// Chat rooms: send→receive latency and delivered messages per second.
+    Chat(chat::ChatBench),
+    /// Notifications: publish→receive latency with many subscribed users.
+    Notify(notify::NotifyBench),
+    /// Metrics: CollectMetrics points stored per second, one stream and many.
+    Metrics(metrics::MetricsBench),
+    /// Live processing: ProcessLiveData round trips per second.
+    Live(live::LiveBench),
 }
 
 /// Which phases to run, and how big each is.
@@ -106,6 +119,10 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     match args.command {
         BenchCommand::Events(bench) => events(&args.connect, args.pid, bench).await,
         BenchCommand::Files(bench) => files(&args.connect, args.pid, bench).await,
+        BenchCommand::Chat(bench) => chat::run(&args.connect, args.pid, bench).await,
+        BenchCommand::Notify(bench) => notify::run(&args.connect, args.pid, bench).await,
+        BenchCommand::Metrics(bench) => metrics::run(&args.connect, args.pid, bench).await,
+        BenchCommand::Live(bench) => live::run(&args.connect, args.pid, bench).await,
     }
 }
 

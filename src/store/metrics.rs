@@ -1,0 +1,1 @@
+//! SQL for metrics: series and their points.

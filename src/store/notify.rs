@@ -1,0 +1,1 @@
+//! SQL for notification inboxes beside the log: each user's acknowledged cursor.

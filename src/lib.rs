@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod log;
+pub mod presence;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -97,8 +97,14 @@ impl App {
             Duration::from_secs(config.upload_sweep_secs.max(1)),
         ));
 
-        let api = StreamingServiceServer::new(Api::new(self.log.clone(), files.clone(), config))
-            .max_decoding_message_size(config.max_message_bytes);
+        let sessions = tokio_util::task::TaskTracker::new();
+        let api = StreamingServiceServer::new(Api::new(
+            self.log.clone(),
+            files.clone(),
+            config,
+            sessions.clone(),
+        ))
+        .max_decoding_message_size(config.max_message_bytes);
         // gRPC and plain HTTP (download URLs) share the listener.
         let routes = Routes::new(health)
             .add_service(reflection)
@@ -157,6 +163,11 @@ impl App {
             .is_err()
         {
             tracing::warn!("uploads still running after the grace period");
+        }
+        // Sessions store their leave notices before the writer stops.
+        sessions.close();
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!("chat or collaboration sessions still running after the grace period");
         }
         self.log.writer.shutdown().await;
         self.log.store.close().await;

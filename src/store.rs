@@ -214,6 +214,33 @@ impl Store {
         rows.iter().map(|r| record_from_row(stream, r)).collect()
     }
 
+    /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.
+    pub async fn read_page_before(
+        &self,
+        stream: &StreamKey,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let rows = sqlx::query(
+            "SELECT sequence, id, ts_micros, payload FROM log_records \
+             WHERE kind = ?1 AND stream_key = ?2 AND sequence < ?3 \
+             ORDER BY sequence DESC LIMIT ?4",
+        )
+        .bind(stream.kind.as_str())
+        .bind(&*stream.key)
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut records = rows
+            .iter()
+            .map(|r| record_from_row(stream, r))
+            .collect::<Result<Vec<_>>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
     /// The last committed sequence of `stream` (0 when it is empty).
     pub async fn head(&self, stream: &StreamKey) -> Result<u64> {
         let head: Option<i64> = sqlx::query_scalar(

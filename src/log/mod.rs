@@ -7,8 +7,8 @@ pub mod subscribe;
 pub mod writer;
 
 pub use hub::Hub;
-pub use subscribe::{RecordView, Start, SubscribeOptions, Subscription, subscribe};
-pub use writer::{AppendOutcome, NewRecord, Writer};
+pub use subscribe::{Delivery, RecordView, Start, SubscribeOptions, Subscription, subscribe};
+pub use writer::{AppendOutcome, AppendPermit, NewRecord, PendingAppend, Writer};
 
 use crate::store::Store;
 use tokio_util::sync::CancellationToken;

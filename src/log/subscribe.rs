@@ -42,27 +42,59 @@ pub struct SubscribeOptions {
     pub history_only: bool,
 }
 
+/// What the subscription task hands to the response side.
+enum Page<T> {
+    Items(Vec<T>),
+    /// The replay reached the head that existed when the subscription began; live from here.
+    CaughtUp,
+}
+
+/// What a subscription delivers, for callers that need to know where the replay ends.
+#[derive(Debug)]
+pub enum Delivery<T> {
+    Item(T),
+    /// Everything up to the head at subscribe time was delivered; what follows is live.
+    CaughtUp,
+}
+
 /// The response side of a subscription: a stream of items that flattens the pages.
 pub struct Subscription<T> {
-    pages: mpsc::Receiver<Result<Vec<T>, Status>>,
+    pages: mpsc::Receiver<Result<Page<T>, Status>>,
     current: std::vec::IntoIter<T>,
+}
+
+impl<T> Subscription<T> {
+    /// Like `poll_next`, but also reports the moment the replay has caught up.
+    pub fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery<T>, Status>>> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return Poll::Ready(Some(Ok(Delivery::Item(item))));
+            }
+            match self.pages.poll_recv(cx) {
+                Poll::Ready(Some(Ok(Page::Items(page)))) => self.current = page.into_iter(),
+                Poll::Ready(Some(Ok(Page::CaughtUp))) => {
+                    return Poll::Ready(Some(Ok(Delivery::CaughtUp)));
+                }
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 impl<T> Stream for Subscription<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
         loop {
-            if let Some(item) = this.current.next() {
-                return Poll::Ready(Some(Ok(item)));
-            }
-            match this.pages.poll_recv(cx) {
-                Poll::Ready(Some(Ok(page))) => this.current = page.into_iter(),
-                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
+            return match self.poll_delivery(cx) {
+                Poll::Ready(Some(Ok(Delivery::CaughtUp))) => continue,
+                Poll::Ready(Some(Ok(Delivery::Item(item)))) => Poll::Ready(Some(Ok(item))),
+                Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(status))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
@@ -118,7 +150,7 @@ struct Task<V: RecordView> {
     log: Log,
     stream: StreamKey,
     view: V,
-    tx: mpsc::Sender<Result<Vec<V::Item>, Status>>,
+    tx: mpsc::Sender<Result<Page<V::Item>, Status>>,
     /// The last sequence handled (sent or filtered out). Everything at or below it is done.
     cursor: u64,
     /// Records older than this are skipped (a `start_time` that is still in the future).
@@ -158,6 +190,9 @@ impl<V: RecordView> Task<V> {
         let Some(live) = live.as_mut() else {
             return Ok(()); // history_only: done, the stream ends with OK.
         };
+        if self.tx.send(Ok(Page::CaughtUp)).await.is_err() {
+            return Ok(());
+        }
 
         // 3. Live.
         let shutdown = self.log.shutdown.clone();
@@ -220,7 +255,7 @@ impl<V: RecordView> Task<V> {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Err(Error::Unavailable),
-            sent = self.tx.send(Ok(items)) => Ok(sent.map_err(|_| Stop::ClientGone)),
+            sent = self.tx.send(Ok(Page::Items(items))) => Ok(sent.map_err(|_| Stop::ClientGone)),
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct NewRecord {
     /// The idempotency id. `None` means the server assigns a fresh UUID, which needs no lookup.
     pub id: Option<String>,
     pub payload: Vec<u8>,
+    /// Optimistic concurrency: store the record only if its stream's head is this sequence.
+    /// Otherwise nothing is stored and the outcome is [`AppendOutcome::Rejected`].
+    pub expect_head: Option<u64>,
 }
 
 /// What happened to one appended record.
@@ -39,6 +42,8 @@ pub enum AppendOutcome {
     /// A record with this id already existed (or came earlier in the same request); this is
     /// that record. The caller decides whether the content matches.
     Duplicate(Arc<LogRecord>),
+    /// `expect_head` did not match; `head` is the stream's head at commit time.
+    Rejected { head: u64 },
 }
 
 enum Command {
@@ -86,12 +91,44 @@ impl Writer {
         answer.await.map_err(|_| Error::Unavailable)?
     }
 
+    /// Reserves a place in the queue. Appends made through permits reach the writer in the
+    /// order the permits are used, so a caller can decide what to append under its own lock
+    /// and still have the log keep that order.
+    pub async fn reserve(&self) -> Result<AppendPermit<'_>> {
+        let permit = self.queue.reserve().await.map_err(|_| Error::Unavailable)?;
+        Ok(AppendPermit { permit })
+    }
+
     /// Lets every queued append finish, closes the database connection, and stops the task.
     pub async fn shutdown(&self) {
         let (done, finished) = oneshot::channel();
         if self.queue.send(Command::Shutdown { done }).await.is_ok() {
             let _ = finished.await;
         }
+    }
+}
+
+/// A reserved place in the writer's queue; see [`Writer::reserve`].
+pub struct AppendPermit<'a> {
+    permit: mpsc::Permit<'a, Command>,
+}
+
+impl AppendPermit<'_> {
+    /// Queues `records` now, without waiting, and returns the pending answer.
+    pub fn append(self, records: Vec<NewRecord>) -> PendingAppend {
+        let (reply, answer) = oneshot::channel();
+        self.permit.send(Command::Append { records, reply });
+        PendingAppend(answer)
+    }
+}
+
+/// The answer to an append queued through a permit.
+pub struct PendingAppend(oneshot::Receiver<Result<Vec<AppendOutcome>>>);
+
+impl PendingAppend {
+    /// Waits until the records are durable (or failed).
+    pub async fn outcome(self) -> Result<Vec<AppendOutcome>> {
+        self.0.await.map_err(|_| Error::Unavailable)?
     }
 }
 
@@ -273,12 +310,24 @@ async fn commit_group(
                         AppendOutcome::Duplicate(_) => {
                             return Err(Error::Internal("first copy of an id not stored".into()));
                         }
+                        // The first copy lost its race for the head; so does this one.
+                        AppendOutcome::Rejected { .. } => AppendOutcome::Rejected {
+                            head: heads.get(&record.stream).map_or(0, |h| h.sequence),
+                        },
                     }
                 }
                 Fate::New => {
                     let head = heads
                         .get_mut(&record.stream)
                         .ok_or_else(|| Error::Internal("head not loaded".into()))?;
+                    if let Some(expected) = record.expect_head
+                        && expected != head.sequence
+                    {
+                        request_outcomes.push(AppendOutcome::Rejected {
+                            head: head.sequence,
+                        });
+                        continue;
+                    }
                     head.sequence += 1;
                     head.ts_micros = head.ts_micros.max(now);
                     let new = Arc::new(LogRecord {

@@ -1,37 +1,435 @@
-//! Durable chat rooms: Chat and GetChatHistory.
+//! Durable chat rooms: Chat (a bidirectional session per member) and GetChatHistory.
+//!
+//! A room is the log stream `chat/<room_id>`. Posts, join and leave notices are log records, so
+//! they share one order, survive restarts and replay after a reconnect through the one catch-up
+//! subscription. Typing notices are presence signals: relayed to the other members, never
+//! stored. This module validates, turns messages into records and back, and decides when a
+//! user joins or leaves; it never writes SQL and never runs its own replay loop.
 
-use super::ResponseStream;
+use super::session::{Control, Relay, SessionOutput};
+use super::{ResponseStream, validate_client_id, validate_key};
 use crate::cancel::ClientCancelled;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::log::Log;
-use crate::proto;
-use tonic::Streaming;
+use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, subscribe};
+use crate::presence::{Heard, Listener, Member, Presence};
+use crate::proto::{
+    ChatMessage, ChatMessageType, GetChatHistoryRequest, GetChatHistoryResponse,
+    timestamp_from_micros,
+};
+use crate::store::{LogRecord, StreamKey, StreamKind};
+use prost::Message;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tonic::{Status, Streaming};
 
-/// The chat capability.
+/// GetChatHistory's page size when the request gives none, and its cap.
+const DEFAULT_HISTORY_LIMIT: u32 = 50;
+const MAX_HISTORY_LIMIT: u32 = 500;
+/// Answers queued for one member's response (rejections, the final status).
+const CONTROL_CAPACITY: usize = 16;
+
+/// Limits and defaults of chat.
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    /// Messages replayed to a member that joins with sequence 0.
+    pub replay_messages: u64,
+    pub max_content_bytes: usize,
+}
+
+/// The chat capability. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Chat {
-    #[allow(dead_code)]
     log: Log,
+    presence: Presence<ChatMessage>,
+    settings: ChatSettings,
+    /// Every session's task, so shutdown can wait for their leave notices.
+    sessions: TaskTracker,
+}
+
+fn room_stream(room_id: &str) -> StreamKey {
+    StreamKey::new(StreamKind::Chat, room_id)
+}
+
+/// The stored body of a message: who, what and which type. The id, room, sequence and time are
+/// the record's own columns.
+fn body(user_id: &str, content: &str, kind: ChatMessageType) -> Vec<u8> {
+    ChatMessage {
+        user_id: user_id.to_string(),
+        content: content.to_string(),
+        r#type: kind as i32,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Rebuilds a room message from its log record.
+pub fn message_from_record(record: &LogRecord) -> Result<ChatMessage> {
+    let mut message = ChatMessage::decode(record.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("corrupt chat message {}: {e}", record.id)))?;
+    message.id = record.id.clone();
+    message.room_id = record.stream.key.to_string();
+    message.sequence = record.sequence;
+    message.timestamp = Some(timestamp_from_micros(record.ts_micros));
+    Ok(message)
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+/// What one client message asks for.
+enum Incoming {
+    /// Store this in the room.
+    Post(NewRecord),
+    /// Relay this typing notice to the others.
+    Typing(ChatMessage),
+    /// Nothing beyond joining (a first message without content).
+    Nothing,
+}
+
+/// Why a session's inbound side stopped.
+enum Ending {
+    /// Half-close: the client is done sending and gets the rest of the room up to its leave.
+    Finished,
+    /// The client is gone (cancel, reset, dead connection): nobody to answer.
+    Gone,
+    /// A bad message or a failed append: the stream ends with this status.
+    Failed(Status),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A typing notice from a user to a room.
+fn typing(room: &str, user: &str, content: String) -> ChatMessage {
+    ChatMessage {
+        user_id: user.to_string(),
+        room_id: room.to_string(),
+        content,
+        timestamp: Some(now_timestamp()),
+        r#type: ChatMessageType::Typing as i32,
+        ..Default::default()
+    }
 }
 
 impl Chat {
-    pub fn new(log: Log, _config: &Config) -> Self {
-        Chat { log }
+    pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
+        Chat {
+            log,
+            presence: Presence::new(config.presence_capacity),
+            settings: ChatSettings {
+                replay_messages: config.chat_replay_messages,
+                max_content_bytes: config.max_chat_content_bytes,
+            },
+            sessions,
+        }
     }
 
+    /// Who is in which room, for tests and introspection.
+    pub fn presence(&self) -> &Presence<ChatMessage> {
+        &self.presence
+    }
+
+    /// A SYSTEM notice about `user`, stored like any message.
+    fn notice(&self, stream: &StreamKey, user: &str, what: &str) -> NewRecord {
+        NewRecord {
+            stream: stream.clone(),
+            id: None,
+            payload: body(
+                user,
+                &format!("User {user} {what} the chat"),
+                ChatMessageType::System,
+            ),
+            expect_head: None,
+        }
+    }
+
+    /// Validates one client message of the session in `room` by `user`.
+    fn check(&self, message: &ChatMessage, room: &str, user: &str, first: bool) -> Result<Incoming> {
+        if !message.room_id.is_empty() && message.room_id != room {
+            return Err(Error::invalid(format!(
+                "room_id cannot change mid-stream (joined {room:?}, got {:?})",
+                message.room_id
+            )));
+        }
+        if !message.user_id.is_empty() && message.user_id != user {
+            return Err(Error::invalid(format!(
+                "user_id cannot change mid-stream (joined as {user:?}, got {:?})",
+                message.user_id
+            )));
+        }
+        let kind = ChatMessageType::try_from(message.r#type)
+            .map_err(|_| Error::invalid(format!("type has unknown value {}", message.r#type)))?;
+        if message.content.len() > self.settings.max_content_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "content is {} bytes; the limit is {}",
+                message.content.len(),
+                self.settings.max_content_bytes
+            )));
+        }
+        let id = validate_client_id(&message.id)?;
+        match kind {
+            ChatMessageType::System => Err(Error::invalid(
+                "SYSTEM messages come only from the server",
+            )),
+            ChatMessageType::Typing => Ok(Incoming::Typing(typing(
+                room,
+                user,
+                message.content.clone(),
+            ))),
+            ChatMessageType::Unspecified if message.content.is_empty() => Ok(Incoming::Nothing),
+            ChatMessageType::Unspecified => Err(Error::invalid(
+                "type is required for a message with content (TEXT, IMAGE or FILE)",
+            )),
+            ChatMessageType::Text | ChatMessageType::Image | ChatMessageType::File => {
+                if message.content.is_empty() {
+                    return if first {
+                        Ok(Incoming::Nothing)
+                    } else {
+                        Err(Error::invalid("content is required"))
+                    };
+                }
+                Ok(Incoming::Post(NewRecord {
+                    stream: room_stream(room),
+                    id,
+                    payload: body(user, &message.content, kind),
+                    expect_head: None,
+                }))
+            }
+        }
+    }
+
+    /// Chat: joins on the first message, then runs the session on its own task and returns the
+    /// member's view of the room.
     pub async fn session(
         &self,
-        _inbound: Streaming<proto::ChatMessage>,
-        _cancelled: ClientCancelled,
-    ) -> Result<ResponseStream<proto::ChatMessage>> {
-        Err(Error::Unimplemented("Chat"))
+        mut inbound: Streaming<ChatMessage>,
+        cancelled: ClientCancelled,
+    ) -> Result<ResponseStream<ChatMessage>, Status> {
+        let first = inbound.message().await?.ok_or_else(|| {
+            Error::invalid("the stream ended before its first message, which joins a room")
+        })?;
+        validate_key("room_id", &first.room_id)?;
+        validate_key("user_id", &first.user_id)?;
+        let room: Arc<str> = first.room_id.as_str().into();
+        let user: Arc<str> = first.user_id.as_str().into();
+        // Everything about the first message is checked before anything is stored.
+        let first_incoming = self.check(&first, &room, &user, true)?;
+        let stream = room_stream(&room);
+        let head = self.log.store.head(&stream).await?;
+        let after = match first.sequence {
+            0 => head.saturating_sub(self.settings.replay_messages),
+            seen if seen > head => {
+                return Err(Error::OutOfRange(format!(
+                    "sequence {seen} is past the room's last message ({head})"
+                ))
+                .into());
+            }
+            seen => seen,
+        };
+
+        // Subscribe before joining, so the member's own join notice reaches it.
+        let durable = subscribe(
+            &self.log,
+            stream.clone(),
+            SubscribeOptions {
+                start: Start::AfterSequence(after),
+                history_only: false,
+            },
+            |record: &LogRecord| message_from_record(record).map(Some),
+        );
+        let permit = self.log.writer.reserve().await?;
+        let (member, listener, join_notice) = self.presence.join(&room, &user, |joined| {
+            joined
+                .first_of_user
+                .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
+        });
+        if let Some(pending) = join_notice
+            && let Err(e) = pending.outcome().await
+        {
+            drop(member);
+            return Err(e.into());
+        }
+        tracing::debug!(%room, %user, after, "member joined");
+
+        let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let chat = self.clone();
+        self.sessions.spawn(async move {
+            chat.run(inbound, first_incoming, member, control, cancelled, stream, user)
+                .await;
+        });
+        Ok(Box::pin(SessionOutput::new(
+            control_rx,
+            durable,
+            after,
+            TypingRelay(listener),
+        )))
     }
 
-    pub async fn history(
+    /// The session's inbound side: posts and typing until the client finishes or goes away,
+    /// then the leave.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        self,
+        mut inbound: Streaming<ChatMessage>,
+        first: Incoming,
+        member: Member<ChatMessage>,
+        control: mpsc::Sender<Control<ChatMessage>>,
+        cancelled: ClientCancelled,
+        stream: StreamKey,
+        user: Arc<str>,
+    ) {
+        let shutdown = self.log.shutdown.clone();
+        let mut typing_shown = false;
+        let mut next = Some(first);
+        let ending = loop {
+            if let Some(incoming) = next.take()
+                && let Err(e) = self.handle(&member, incoming, &mut typing_shown).await
+            {
+                break Ending::Failed(e.into());
+            }
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ending::Shutdown,
+                _ = control.closed() => break Ending::Gone,
+                received = inbound.message() => received,
+            };
+            match received {
+                Ok(Some(message)) => match self.check(&message, &stream.key, &user, false) {
+                    Ok(incoming) => next = Some(incoming),
+                    Err(e) => break Ending::Failed(e.into()),
+                },
+                // hyper reports a client's cancel as a clean end: only the flag tells them apart.
+                Ok(None) if cancelled.is_set() => break Ending::Gone,
+                Ok(None) => break Ending::Finished,
+                Err(_) => break Ending::Gone,
+            }
+        };
+
+        let left = self.leave(member, &stream, &user, typing_shown).await;
+        if let Err(e) = &left {
+            tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(e), "leave notice not stored");
+        }
+        let last = match (ending, left) {
+            (Ending::Finished, Ok(through)) => Control::DrainThrough(through),
+            (Ending::Finished, Err(e)) => Control::Fail(e.into()),
+            (Ending::Failed(status), _) => Control::Fail(status),
+            (Ending::Shutdown, _) => Control::Fail(Error::Unavailable.into()),
+            (Ending::Gone, _) => return,
+        };
+        let _ = control.send(last).await;
+    }
+
+    async fn handle(
         &self,
-        _request: proto::GetChatHistoryRequest,
-    ) -> Result<proto::GetChatHistoryResponse> {
-        Err(Error::Unimplemented("GetChatHistory"))
+        member: &Member<ChatMessage>,
+        incoming: Incoming,
+        typing_shown: &mut bool,
+    ) -> Result<()> {
+        match incoming {
+            Incoming::Nothing => Ok(()),
+            Incoming::Typing(notice) => {
+                // Empty content means "stopped typing".
+                *typing_shown = !notice.content.is_empty();
+                member.signal(notice);
+                Ok(())
+            }
+            Incoming::Post(record) => {
+                // A message ends its author's typing notice on every client.
+                *typing_shown = false;
+                self.post(record).await
+            }
+        }
+    }
+
+    /// Stores one message; the room's log delivers it to every member, the author included.
+    async fn post(&self, record: NewRecord) -> Result<()> {
+        let outcome = self.log.writer.append(vec![record.clone()]).await?;
+        match outcome.into_iter().next() {
+            Some(AppendOutcome::Stored(_)) => Ok(()),
+            // A re-send of a stored message: it was delivered when first stored.
+            Some(AppendOutcome::Duplicate(existing))
+                if existing.stream == record.stream && existing.payload == record.payload =>
+            {
+                Ok(())
+            }
+            Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
+                "message id {} already exists with different content",
+                existing.id
+            ))),
+            Some(AppendOutcome::Rejected { .. }) | None => {
+                Err(Error::Internal("unexpected append outcome".into()))
+            }
+        }
+    }
+
+    /// Removes the member; when it was the user's last stream in the room, stores the leave
+    /// notice. Returns the room sequence the member is owed up to (its leave notice, or the
+    /// head when the user is still present elsewhere).
+    async fn leave(
+        &self,
+        member: Member<ChatMessage>,
+        stream: &StreamKey,
+        user: &str,
+        typing_shown: bool,
+    ) -> Result<u64> {
+        if typing_shown {
+            // An empty typing notice means "stopped typing": none outlives its stream.
+            member.signal(typing(&stream.key, user, String::new()));
+        }
+        let permit = self.log.writer.reserve().await?;
+        let notice = member.leave(|left| {
+            left.last_of_user
+                .then(|| permit.append(vec![self.notice(stream, user, "left")]))
+        });
+        match notice {
+            Some(pending) => match pending.outcome().await?.into_iter().next() {
+                Some(AppendOutcome::Stored(record)) => Ok(record.sequence),
+                _ => Err(Error::Internal("unexpected append outcome".into())),
+            },
+            None => self.log.store.head(stream).await,
+        }
+    }
+
+    /// GetChatHistory: one page of the room, oldest first, before `before_sequence`.
+    pub async fn history(&self, request: GetChatHistoryRequest) -> Result<GetChatHistoryResponse> {
+        validate_key("room_id", &request.room_id)?;
+        let limit = match request.limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            n => n.min(MAX_HISTORY_LIMIT),
+        };
+        let before = (request.before_sequence > 0).then_some(request.before_sequence);
+        let records = self
+            .log
+            .store
+            .read_page_before(&room_stream(&request.room_id), before, limit)
+            .await?;
+        // Sequences are contiguous from 1, so older messages exist exactly when this page
+        // does not start at 1.
+        let has_more = records.first().is_some_and(|r| r.sequence > 1);
+        let messages = records
+            .iter()
+            .map(message_from_record)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GetChatHistoryResponse { messages, has_more })
+    }
+}
+
+/// Typing notices from the other members of the room.
+struct TypingRelay(Listener<ChatMessage>);
+
+impl Relay<ChatMessage> for TypingRelay {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<ChatMessage>> {
+        loop {
+            return match self.0.poll_heard(cx) {
+                Poll::Ready(Some(Heard::Signal(message))) => Poll::Ready(Some(message)),
+                // Stale typing notices are worth nothing: skip what was lost.
+                Poll::Ready(Some(Heard::Lagged)) => continue,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 }

@@ -1,30 +1,412 @@
-//! The collaboration relay: Collaborate.
+//! The collaboration relay: Collaborate, a bidirectional session per participant of a document.
+//!
+//! A document is the log stream `collab/<document_id>`, and its version is the head of that
+//! stream. Operations are log records: stored as head + 1 (or REJECTED for their sender alone
+//! when `base_sequence` is stale), delivered to everyone in version order, and replayed to late
+//! joiners through the one catch-up subscription. Presence (JOIN, LEAVE) and cursors are
+//! presence signals and are never stored. The payload of an operation is opaque: this module
+//! never looks inside it, never writes SQL and never runs its own replay loop.
 
-use super::ResponseStream;
+use super::session::{Control, Relay, SessionOutput};
+use super::{ResponseStream, validate_client_id, validate_key};
 use crate::cancel::ClientCancelled;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::log::Log;
-use crate::proto;
-use tonic::Streaming;
+use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, subscribe};
+use crate::presence::{Heard, Listener, Member, Presence};
+use crate::proto::{CollaborationEvent, CollaborationEventType, timestamp_from_micros};
+use crate::store::{LogRecord, StreamKey, StreamKind};
+use prost::Message;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tonic::{Status, Streaming};
 
-/// The collaboration capability.
+/// Answers queued for one participant's response (REJECTED events, the final status).
+const CONTROL_CAPACITY: usize = 64;
+
+/// The collaboration capability. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Collab {
-    #[allow(dead_code)]
     log: Log,
+    presence: Presence<CollaborationEvent>,
+    max_payload_bytes: usize,
+    sessions: TaskTracker,
+}
+
+fn document_stream(document_id: &str) -> StreamKey {
+    StreamKey::new(StreamKind::Collab, document_id)
+}
+
+/// The stored body of an operation: its author and payload. The id, document, version and time
+/// are the record's own columns; `base_sequence` only matters at the moment of the append.
+fn body(user_id: &str, payload: Vec<u8>) -> Vec<u8> {
+    CollaborationEvent {
+        user_id: user_id.to_string(),
+        payload,
+        r#type: CollaborationEventType::Operation as i32,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Rebuilds an operation from its log record.
+pub fn operation_from_record(record: &LogRecord) -> Result<CollaborationEvent> {
+    let mut event = CollaborationEvent::decode(record.payload.as_slice())
+        .map_err(|e| Error::Internal(format!("corrupt operation {}: {e}", record.id)))?;
+    event.id = record.id.clone();
+    event.document_id = record.stream.key.to_string();
+    event.sequence = record.sequence;
+    event.timestamp = Some(timestamp_from_micros(record.ts_micros));
+    Ok(event)
+}
+
+/// A presence event (JOIN or LEAVE) about `user`.
+fn presence_event(document: &str, user: &str, kind: CollaborationEventType) -> CollaborationEvent {
+    CollaborationEvent {
+        document_id: document.to_string(),
+        user_id: user.to_string(),
+        r#type: kind as i32,
+        timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        ..Default::default()
+    }
+}
+
+/// What one client event (after the JOIN) asks for.
+enum Incoming {
+    Operation(NewRecord, CollaborationEvent),
+    Cursor(CollaborationEvent),
+    Leave,
+}
+
+/// Why a session's inbound side stopped.
+enum Ending {
+    /// Half-close or LEAVE: the client gets the document up to the head, then OK.
+    Finished,
+    /// The client is gone: nobody to answer.
+    Gone,
+    Failed(Status),
+    Shutdown,
 }
 
 impl Collab {
-    pub fn new(log: Log, _config: &Config) -> Self {
-        Collab { log }
+    pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
+        Collab {
+            log,
+            presence: Presence::new(config.presence_capacity),
+            max_payload_bytes: config.max_collab_payload_bytes,
+            sessions,
+        }
     }
 
+    /// Who is in which document, for tests and introspection.
+    pub fn presence(&self) -> &Presence<CollaborationEvent> {
+        &self.presence
+    }
+
+    fn check_payload(&self, event: &CollaborationEvent) -> Result<()> {
+        if event.payload.len() > self.max_payload_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "payload is {} bytes; the limit is {}",
+                event.payload.len(),
+                self.max_payload_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates one event after the JOIN of a session on `document` by `user`.
+    fn check(&self, event: CollaborationEvent, document: &str, user: &str) -> Result<Incoming> {
+        if !event.document_id.is_empty() && event.document_id != document {
+            return Err(Error::invalid(format!(
+                "document_id cannot change mid-stream (joined {document:?}, got {:?})",
+                event.document_id
+            )));
+        }
+        if !event.user_id.is_empty() && event.user_id != user {
+            return Err(Error::invalid(format!(
+                "user_id cannot change mid-stream (joined as {user:?}, got {:?})",
+                event.user_id
+            )));
+        }
+        let kind = CollaborationEventType::try_from(event.r#type)
+            .map_err(|_| Error::invalid(format!("type has unknown value {}", event.r#type)))?;
+        self.check_payload(&event)?;
+        match kind {
+            CollaborationEventType::Operation => {
+                let record = NewRecord {
+                    stream: document_stream(document),
+                    id: validate_client_id(&event.id)?,
+                    payload: body(user, event.payload.clone()),
+                    expect_head: event.base_sequence,
+                };
+                Ok(Incoming::Operation(record, event))
+            }
+            CollaborationEventType::Cursor => Ok(Incoming::Cursor(CollaborationEvent {
+                id: String::new(),
+                document_id: document.to_string(),
+                user_id: user.to_string(),
+                r#type: CollaborationEventType::Cursor as i32,
+                payload: event.payload,
+                sequence: 0,
+                base_sequence: None,
+                timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            })),
+            CollaborationEventType::Leave => Ok(Incoming::Leave),
+            CollaborationEventType::Join => {
+                Err(Error::invalid("already joined: JOIN comes only first"))
+            }
+            CollaborationEventType::Rejected => Err(Error::invalid(
+                "REJECTED events come only from the server",
+            )),
+            CollaborationEventType::Unspecified => Err(Error::invalid("type is required")),
+        }
+    }
+
+    /// Collaborate: joins on the first event (JOIN), then runs the session on its own task and
+    /// returns the participant's view of the document.
     pub async fn session(
         &self,
-        _inbound: Streaming<proto::CollaborationEvent>,
-        _cancelled: ClientCancelled,
-    ) -> Result<ResponseStream<proto::CollaborationEvent>> {
-        Err(Error::Unimplemented("Collaborate"))
+        mut inbound: Streaming<CollaborationEvent>,
+        cancelled: ClientCancelled,
+    ) -> Result<ResponseStream<CollaborationEvent>, Status> {
+        let first = inbound.message().await?.ok_or_else(|| {
+            Error::invalid("the stream ended before its first event, which must be JOIN")
+        })?;
+        if first.r#type != CollaborationEventType::Join as i32 {
+            return Err(Error::invalid("the first event must be JOIN").into());
+        }
+        validate_key("document_id", &first.document_id)?;
+        validate_key("user_id", &first.user_id)?;
+        self.check_payload(&first)?;
+        let document: Arc<str> = first.document_id.as_str().into();
+        let user: Arc<str> = first.user_id.as_str().into();
+        let stream = document_stream(&document);
+        let head = self.log.store.head(&stream).await?;
+        let version = first.sequence;
+        if version > head {
+            return Err(Error::OutOfRange(format!(
+                "sequence {version} is past the document's version ({head})"
+            ))
+            .into());
+        }
+
+        // 1. The operations after the client's version, then live ones.
+        let durable = subscribe(
+            &self.log,
+            stream.clone(),
+            SubscribeOptions {
+                start: Start::AfterSequence(version),
+                history_only: false,
+            },
+            |record: &LogRecord| operation_from_record(record).map(Some),
+        );
+        // 2 and 3. Who is here (sent once the replay is done), and telling them about us.
+        let (member, listener, others) = self.presence.join(&document, &user, |joined| {
+            if joined.first_of_user {
+                joined.broadcast(presence_event(
+                    &document,
+                    &user,
+                    CollaborationEventType::Join,
+                ));
+            }
+            joined.others.clone()
+        });
+        tracing::debug!(%document, %user, version, present = others.len(), "participant joined");
+        let relay = PresenceRelay::new(listener, document.clone(), others);
+
+        let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let collab = self.clone();
+        self.sessions.spawn(async move {
+            collab
+                .run(inbound, member, control, cancelled, stream, user)
+                .await;
+        });
+        Ok(Box::pin(SessionOutput::new(
+            control_rx, durable, version, relay,
+        )))
+    }
+
+    /// The session's inbound side: operations and cursors until the client finishes or goes
+    /// away, then the LEAVE.
+    async fn run(
+        self,
+        mut inbound: Streaming<CollaborationEvent>,
+        member: Member<CollaborationEvent>,
+        control: mpsc::Sender<Control<CollaborationEvent>>,
+        cancelled: ClientCancelled,
+        stream: StreamKey,
+        user: Arc<str>,
+    ) {
+        let shutdown = self.log.shutdown.clone();
+        let ending = loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ending::Shutdown,
+                _ = control.closed() => break Ending::Gone,
+                received = inbound.message() => received,
+            };
+            let event = match received {
+                Ok(Some(event)) => event,
+                Ok(None) if cancelled.is_set() => break Ending::Gone,
+                Ok(None) => break Ending::Finished,
+                Err(_) => break Ending::Gone,
+            };
+            let step = match self.check(event, &stream.key, &user) {
+                Ok(Incoming::Leave) => break Ending::Finished,
+                Ok(Incoming::Cursor(cursor)) => {
+                    member.signal(cursor);
+                    Ok(())
+                }
+                Ok(Incoming::Operation(record, event)) => {
+                    self.apply(record, event, &stream, &user, &control).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = step {
+                break Ending::Failed(e.into());
+            }
+        };
+
+        member.leave(|left| {
+            if left.last_of_user {
+                left.broadcast(presence_event(
+                    &stream.key,
+                    &user,
+                    CollaborationEventType::Leave,
+                ));
+            }
+        });
+        let last = match ending {
+            Ending::Finished => match self.log.store.head(&stream).await {
+                Ok(head) => Control::DrainThrough(head),
+                Err(e) => Control::Fail(e.into()),
+            },
+            Ending::Failed(status) => Control::Fail(status),
+            Ending::Shutdown => Control::Fail(Error::Unavailable.into()),
+            Ending::Gone => return,
+        };
+        let _ = control.send(last).await;
+    }
+
+    /// Appends one operation, or answers REJECTED to its sender when its base is stale.
+    async fn apply(
+        &self,
+        record: NewRecord,
+        event: CollaborationEvent,
+        stream: &StreamKey,
+        user: &str,
+        control: &mpsc::Sender<Control<CollaborationEvent>>,
+    ) -> Result<()> {
+        let outcome = self.log.writer.append(vec![record.clone()]).await?;
+        match outcome.into_iter().next() {
+            // Delivered to everyone, the sender included, by the document's log.
+            Some(AppendOutcome::Stored(_)) => Ok(()),
+            // A re-sent operation: it was delivered when first stored.
+            Some(AppendOutcome::Duplicate(existing))
+                if existing.stream == record.stream && existing.payload == record.payload =>
+            {
+                Ok(())
+            }
+            Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
+                "operation id {} already exists with different content",
+                existing.id
+            ))),
+            Some(AppendOutcome::Rejected { head }) => {
+                let rejected = CollaborationEvent {
+                    id: event.id,
+                    document_id: stream.key.to_string(),
+                    user_id: user.to_string(),
+                    r#type: CollaborationEventType::Rejected as i32,
+                    payload: Vec::new(),
+                    sequence: head,
+                    base_sequence: event.base_sequence,
+                    timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                };
+                // Only fails when the client is gone, which the session notices next.
+                let _ = control.send(Control::Send(rejected)).await;
+                Ok(())
+            }
+            None => Err(Error::Internal("writer returned no outcome".into())),
+        }
+    }
+}
+
+/// Presence for one participant: first a JOIN for everyone already present, then the others'
+/// JOIN, LEAVE and CURSOR events. It keeps the set of users it has announced, so a participant
+/// that fell behind resynchronises instead of keeping a ghost.
+struct PresenceRelay {
+    listener: Listener<CollaborationEvent>,
+    document: Arc<str>,
+    /// Users this participant was told are present.
+    known: HashSet<Arc<str>>,
+    pending: VecDeque<CollaborationEvent>,
+}
+
+impl PresenceRelay {
+    fn new(
+        listener: Listener<CollaborationEvent>,
+        document: Arc<str>,
+        present: Vec<Arc<str>>,
+    ) -> Self {
+        let mut relay = PresenceRelay {
+            listener,
+            document,
+            known: HashSet::new(),
+            pending: VecDeque::new(),
+        };
+        relay.announce(present);
+        relay
+    }
+
+    /// Queues the JOIN and LEAVE events that turn `known` into `present`.
+    fn announce(&mut self, present: Vec<Arc<str>>) {
+        let present: HashSet<Arc<str>> = present.into_iter().collect();
+        for gone in self.known.difference(&present) {
+            self.pending.push_back(presence_event(
+                &self.document,
+                gone,
+                CollaborationEventType::Leave,
+            ));
+        }
+        for new in present.difference(&self.known) {
+            self.pending.push_back(presence_event(
+                &self.document,
+                new,
+                CollaborationEventType::Join,
+            ));
+        }
+        self.known = present;
+    }
+}
+
+impl Relay<CollaborationEvent> for PresenceRelay {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<CollaborationEvent>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            match self.listener.poll_heard(cx) {
+                Poll::Ready(Some(Heard::Signal(event))) => {
+                    let user: Arc<str> = event.user_id.as_str().into();
+                    let news = match CollaborationEventType::try_from(event.r#type) {
+                        Ok(CollaborationEventType::Join) => self.known.insert(user),
+                        Ok(CollaborationEventType::Leave) => self.known.remove(&user),
+                        _ => true,
+                    };
+                    if news {
+                        return Poll::Ready(Some(event));
+                    }
+                }
+                Poll::Ready(Some(Heard::Lagged)) => {
+                    let present = self.listener.resync();
+                    self.announce(present);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }

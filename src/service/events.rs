@@ -99,6 +99,7 @@ impl Events {
             stream: stream_of(user_id),
             id,
             payload: body(event_type, data),
+            expect_head: None,
         })
     }
 
@@ -120,7 +121,9 @@ impl Events {
                     )))
                 }
             }
-            None => Err(Error::Internal("writer returned no outcome".into())),
+            Some(AppendOutcome::Rejected { .. }) | None => {
+                Err(Error::Internal("unexpected append outcome".into()))
+            }
         }
     }
 
@@ -225,6 +228,9 @@ impl Events {
                 match outcome {
                     AppendOutcome::Stored(_) => result.records_accepted += 1,
                     AppendOutcome::Duplicate(_) => result.records_duplicate += 1,
+                    AppendOutcome::Rejected { .. } => {
+                        return Err(Error::Internal("unexpected append outcome".into()).into());
+                    }
                 }
             }
         }

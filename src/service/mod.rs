@@ -11,6 +11,7 @@ pub mod files;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+mod session;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Subscription};
@@ -73,11 +74,18 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(log: Log, files: files::Files, config: &crate::config::Config) -> Self {
+    /// `sessions` tracks the tasks of bidirectional sessions, so shutdown can let them store
+    /// their leave notices before the writer stops.
+    pub fn new(
+        log: Log,
+        files: files::Files,
+        config: &crate::config::Config,
+        sessions: tokio_util::task::TaskTracker,
+    ) -> Self {
         Api {
             files,
-            chat: chat::Chat::new(log.clone(), config),
-            collab: collab::Collab::new(log.clone(), config),
+            chat: chat::Chat::new(log.clone(), config, sessions.clone()),
+            collab: collab::Collab::new(log.clone(), config, sessions),
             notify: notify::Notify::new(log.clone(), config),
             metrics: metrics::Metrics::new(log.clone(), config),
             live: live::Live::new(config),

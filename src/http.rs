@@ -6,6 +6,7 @@
 //! the files service.
 
 use crate::error::Error;
+use crate::introspect::Introspection;
 use crate::service::files::{Files, parse_file_id};
 use axum::Router;
 use axum::body::Body;
@@ -19,10 +20,27 @@ use tokio_stream::StreamExt;
 /// them are in flight per response.
 const HTTP_CHUNK: usize = 2 * 1024 * 1024;
 
-pub fn router(files: Files) -> Router {
+pub fn router(files: Files, introspection: Introspection) -> Router {
     Router::new()
         .route("/files/{id}", get(download))
         .with_state(files)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(introspection),
+        )
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(State(introspection): State<Introspection>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        introspection.render(),
+    )
+        .into_response()
 }
 
 /// A requested byte range, resolved against the file's size.
@@ -176,8 +194,16 @@ async fn download(
         Body::empty()
     } else {
         let chunks = files.blobs().read(id, start, len, HTTP_CHUNK);
+        let transfers = files.transfers.clone();
         Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(chunks).map(|c| c.map(bytes::Bytes::from)),
+            tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |c| {
+                c.map(|bytes| {
+                    transfers
+                        .downloaded
+                        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    bytes::Bytes::from(bytes)
+                })
+            }),
         )
     };
     response

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod introspect;
 pub mod log;
 pub mod presence;
 pub mod proto;

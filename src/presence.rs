@@ -170,9 +170,7 @@ impl<S: Clone + Send + 'static> Presence<S> {
 
     /// Streams currently present in `room`, for tests and introspection.
     pub fn streams_in(&self, room: &str) -> usize {
-        self.lock()
-            .get(room)
-            .map_or(0, |r| r.users.values().sum())
+        self.lock().get(room).map_or(0, |r| r.users.values().sum())
     }
 
     /// Rooms with at least one live stream.

@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::BlobStore;
+use crate::introspect::{Introspection, RpcMetrics, RpcMetricsLayer};
 use crate::log::{Hub, Log, Writer};
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
@@ -26,6 +27,7 @@ use tonic::transport::Server;
 pub struct App {
     config: Config,
     log: Log,
+    rpc_metrics: RpcMetrics,
 }
 
 impl App {
@@ -39,12 +41,21 @@ impl App {
             writer,
             shutdown: CancellationToken::new(),
         };
-        Ok(App { config, log })
+        Ok(App {
+            config,
+            log,
+            rpc_metrics: RpcMetrics::default(),
+        })
     }
 
     /// The live fan-out, for introspection.
     pub fn hub(&self) -> &Hub {
         &self.log.hub
+    }
+
+    /// Calls per RPC, for introspection.
+    pub fn rpc_metrics(&self) -> &RpcMetrics {
+        &self.rpc_metrics
     }
 
     /// The log engine, for introspection.
@@ -111,7 +122,14 @@ impl App {
             .add_service(reflection_alpha)
             .add_service(api)
             .into_axum_router()
-            .merge(crate::http::router(files.clone()));
+            .merge(crate::http::router(
+                files.clone(),
+                Introspection {
+                    rpcs: self.rpc_metrics.clone(),
+                    log: self.log.clone(),
+                    transfers: files.transfers.clone(),
+                },
+            ));
 
         let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
             Ok(stream) => {
@@ -135,6 +153,7 @@ impl App {
         };
         let server = Server::builder()
             .layer(crate::cancel::CancelLayer)
+            .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))

@@ -107,3 +107,79 @@ fn default_config_matches_the_documented_defaults() {
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
     }
 }
+
+/// `GET path` over plain HTTP/1.1 on the server's port; returns the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap()
+}
+
+/// The value of one exact metric line, e.g. `streamhub_rpc_open{rpc="Chat"}`.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_open_streams_status_codes_and_hub_receivers() {
+    use streamhub::proto::{PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client
+        .publish_user_event(PublishUserEventRequest {
+            user_id: "ann".into(),
+            r#type: UserEventType::Login as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bad = client
+        .publish_user_event(PublishUserEventRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut tail = client
+        .stream_user_events(StreamUserEventsRequest {
+            user_id: "ann".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tail.next().await.unwrap().unwrap().sequence, 1);
+
+    let text = http_get(server.addr, "/metrics").await;
+    let open = r#"streamhub_rpc_open{rpc="StreamUserEvents"}"#;
+    assert_eq!(metric(&text, open), Some(1), "{text}");
+    assert_eq!(metric(&text, "streamhub_hub_receivers"), Some(1));
+    let ok = r#"streamhub_rpc_finished_total{rpc="PublishUserEvent",code="OK"}"#;
+    let invalid = r#"streamhub_rpc_finished_total{rpc="PublishUserEvent",code="INVALID_ARGUMENT"}"#;
+    assert_eq!(metric(&text, ok), Some(1), "{text}");
+    assert_eq!(metric(&text, invalid), Some(1));
+    assert_eq!(metric(&text, "streamhub_writer_records_total"), Some(1));
+
+    // A stream counts until it ends: dropping it brings the gauges back to zero.
+    drop(tail);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = http_get(server.addr, "/metrics").await;
+        if metric(&text, open) == Some(0) && metric(&text, "streamhub_hub_receivers") == Some(0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

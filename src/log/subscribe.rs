@@ -65,7 +65,10 @@ pub struct Subscription<T> {
 
 impl<T> Subscription<T> {
     /// Like `poll_next`, but also reports the moment the replay has caught up.
-    pub fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery<T>, Status>>> {
+    pub fn poll_delivery(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery<T>, Status>>> {
         loop {
             if let Some(item) = self.current.next() {
                 return Poll::Ready(Some(Ok(Delivery::Item(item))));

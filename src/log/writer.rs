@@ -55,6 +55,11 @@ enum Command {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+/// Upper bounds of the commit-size histogram (records per group commit).
+pub const COMMIT_SIZE_BUCKETS: [u64; 14] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 65_536, 1_048_576,
+];
+
 /// Figures the writer keeps about itself, for tests and introspection.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -62,6 +67,22 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Records stored by them.
     pub records: AtomicU64,
+    /// Commits by size: `commit_sizes[i]` counts commits of at most `COMMIT_SIZE_BUCKETS[i]`
+    /// records and more than the bound before it.
+    pub commit_sizes: [AtomicU64; COMMIT_SIZE_BUCKETS.len()],
+}
+
+impl WriterStats {
+    fn record_commit(&self, records: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        if let Some(bucket) = COMMIT_SIZE_BUCKETS
+            .iter()
+            .position(|bound| records as u64 <= *bound)
+        {
+            self.commit_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The handle services append through. Cheap to clone.
@@ -97,6 +118,11 @@ impl Writer {
     pub async fn reserve(&self) -> Result<AppendPermit<'_>> {
         let permit = self.queue.reserve().await.map_err(|_| Error::Unavailable)?;
         Ok(AppendPermit { permit })
+    }
+
+    /// Appends waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Lets every queued append finish, closes the database connection, and stops the task.
@@ -190,10 +216,7 @@ async fn run(
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "group committed"
                 );
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .records
-                    .fetch_add(stored.len() as u64, Ordering::Relaxed);
+                stats.record_commit(stored.len());
                 hub.publish(&stored);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));

@@ -158,9 +158,9 @@ impl Collab {
             CollaborationEventType::Join => {
                 Err(Error::invalid("already joined: JOIN comes only first"))
             }
-            CollaborationEventType::Rejected => Err(Error::invalid(
-                "REJECTED events come only from the server",
-            )),
+            CollaborationEventType::Rejected => {
+                Err(Error::invalid("REJECTED events come only from the server"))
+            }
             CollaborationEventType::Unspecified => Err(Error::invalid("type is required")),
         }
     }

@@ -44,8 +44,18 @@ pub struct FileSettings {
     pub public_url: String,
 }
 
+/// Bytes moved, for introspection.
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    /// Upload bytes written to parts.
+    pub uploaded: AtomicU64,
+    /// Download bytes handed to gRPC and HTTP responses.
+    pub downloaded: AtomicU64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Files {
+    pub transfers: Arc<TransferStats>,
     store: Store,
     blobs: BlobStore,
     settings: FileSettings,
@@ -155,6 +165,7 @@ fn metadata_of(row: &FileRow) -> FileMetadata {
 impl Files {
     pub fn new(store: Store, blobs: BlobStore, settings: FileSettings) -> Self {
         Files {
+            transfers: Arc::default(),
             store,
             blobs,
             settings,
@@ -390,6 +401,7 @@ impl Files {
                         continue;
                     }
                     let len = bytes.len() as u64;
+                    self.transfers.uploaded.fetch_add(len, Ordering::Relaxed);
                     if let Err(e) = part.write(bytes).await {
                         // The writing thread failed; finishing it reports the real error.
                         let error = match part.finish().await {
@@ -560,10 +572,14 @@ impl Files {
             .blobs
             .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK);
         let mut position = offset;
+        let transfers = self.transfers.clone();
         let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |read| {
             let bytes = read.map_err(|e| Status::from(Error::from(e)))?;
             let chunk_offset = position;
             position += bytes.len() as u64;
+            transfers
+                .downloaded
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             Ok(FileChunk {
                 offset: chunk_offset as i64,
                 data: Some(file_chunk::Data::Chunk(bytes)),

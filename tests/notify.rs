@@ -222,6 +222,14 @@ async fn unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowl
         assert_eq!(next(&mut above).await, published[5]);
         assert_quiet(&mut above, "after_sequence 5 over cursor 4").await;
 
+        // An after_sequence past anything that can exist replays nothing (and never wraps).
+        let mut beyond = Vec::new();
+        for after in [1_000, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let mut stream = open(&mut client, filtered(USER, &[], after)).await;
+            assert_quiet(&mut stream, &format!("after_sequence {after}")).await;
+            beyond.push(stream);
+        }
+
         // All three go on live, with exactly the next one.
         let seventh = publish(&mut client, note(USER, "alerts", "n7", "")).await;
         assert_eq!(seventh.sequence, 7);
@@ -229,6 +237,10 @@ async fn unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowl
             assert_eq!(next(stream).await, seventh);
             assert_quiet(stream, "after the live one").await;
         }
+        for stream in &mut beyond {
+            assert_quiet(stream, "far-ahead subscriber after a live one").await;
+        }
+        drop(beyond);
 
         // Everything acknowledged: a reconnect replays nothing and waits for new ones.
         assert_eq!(ack(&mut client, USER, 7).await, 7);

@@ -130,8 +130,14 @@ impl Notify {
         topics.dedup();
 
         let acknowledged = self.log.store.notification_cursor(&request.user_id).await?;
+        // Stored sequences are SQLite integers (at most 2^63 - 1), so a larger after_sequence
+        // means the same as that: nothing yet. Clamped, it never wraps into a negative bound.
+        let after = request
+            .after_sequence
+            .max(acknowledged)
+            .min(i64::MAX as u64);
         let options = SubscribeOptions {
-            start: Start::AfterSequence(request.after_sequence.max(acknowledged)),
+            start: Start::AfterSequence(after),
             history_only: false,
         };
         let view = move |record: &LogRecord| -> Result<Option<Notification>> {

@@ -1641,27 +1641,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             code(c.query_metrics(QueryMetricsRequest::default()).await),
         ));
         codes.push((
-            "PublishNotification",
-            code(
-                c.publish_notification(PublishNotificationRequest::default())
-                    .await,
-            ),
-        ));
-        codes.push((
-            "AcknowledgeNotifications",
-            code(
-                c.acknowledge_notifications(AcknowledgeNotificationsRequest::default())
-                    .await,
-            ),
-        ));
-        codes.push((
-            "SubscribeToNotifications",
-            code(
-                c.subscribe_to_notifications(SubscribeRequest::default())
-                    .await,
-            ),
-        ));
-        codes.push((
             "CollectMetrics",
             code(
                 c.collect_metrics(tokio_stream::iter(Vec::<MetricData>::new()))

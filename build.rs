@@ -7,6 +7,8 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/streaming/v1/streaming.proto";
     println!("cargo:rerun-if-changed={proto}");
+    // sqlx::migrate! embeds migrations/ at compile time: a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
 
     let descriptors = protox::compile([proto], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

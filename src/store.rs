@@ -206,7 +206,8 @@ impl Store {
         )
         .bind(stream.kind.as_str())
         .bind(&*stream.key)
-        .bind(after as i64)
+        // A client may ask for anything after a sequence past what SQLite stores: nothing.
+        .bind(after.min(i64::MAX as u64) as i64)
         .bind(until)
         .bind(limit as i64)
         .fetch_all(&self.readers)

@@ -46,7 +46,10 @@ async fn a_member_gets_its_join_notice_and_its_own_message_then_leaves() {
     drop(tx);
     // A half-close drains the room through the member's own leave notice, then ends with OK.
     let left = replies.next().await.unwrap().unwrap();
-    assert_eq!((left.sequence, left.content.as_str()), (3, "User ann left the chat"));
+    assert_eq!(
+        (left.sequence, left.content.as_str()),
+        (3, "User ann left the chat")
+    );
     assert!(
         tokio::time::timeout(Duration::from_secs(5), replies.next())
             .await
@@ -61,10 +64,18 @@ async fn a_member_gets_its_join_notice_and_its_own_message_then_leaves() {
         .await
         .unwrap()
         .into_inner();
-    let contents: Vec<_> = history.messages.iter().map(|m| m.content.as_str()).collect();
+    let contents: Vec<_> = history
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
     assert_eq!(
         contents,
-        ["User ann joined the chat", "hello", "User ann left the chat"]
+        [
+            "User ann joined the chat",
+            "hello",
+            "User ann left the chat"
+        ]
     );
     assert!(!history.has_more);
 }

@@ -1672,3 +1672,29 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
     .await;
     server.stop().await;
 }
+
+/// A cursor past anything SQLite can store (2^63 and above) replays nothing rather than wrapping
+/// around to the start.
+#[tokio::test]
+async fn an_after_sequence_past_two_to_the_63_replays_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for i in 0..3 {
+        publish(
+            &mut client,
+            "huge",
+            UserEventType::Login,
+            &format!("h{i}"),
+            None,
+        )
+        .await;
+    }
+    for after in [i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        let mut request = live("huge");
+        request.after_sequence = after;
+        assert!(
+            read_history(&mut client, request).await.is_empty(),
+            "after {after}"
+        );
+    }
+}

@@ -105,6 +105,7 @@ impl Notify {
             stream: stream_of(&request.user_id),
             id,
             payload: body(request),
+            expect_head: None,
         })
     }
 
@@ -174,7 +175,9 @@ impl Notify {
                     )))
                 }
             }
-            None => Err(Error::Internal("writer returned no outcome".into())),
+            Some(AppendOutcome::Rejected { .. }) | None => {
+                Err(Error::Internal("unexpected append outcome".into()))
+            }
         }
     }
 

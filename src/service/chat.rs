@@ -147,7 +147,13 @@ impl Chat {
     }
 
     /// Validates one client message of the session in `room` by `user`.
-    fn check(&self, message: &ChatMessage, room: &str, user: &str, first: bool) -> Result<Incoming> {
+    fn check(
+        &self,
+        message: &ChatMessage,
+        room: &str,
+        user: &str,
+        first: bool,
+    ) -> Result<Incoming> {
         if !message.room_id.is_empty() && message.room_id != room {
             return Err(Error::invalid(format!(
                 "room_id cannot change mid-stream (joined {room:?}, got {:?})",
@@ -171,9 +177,9 @@ impl Chat {
         }
         let id = validate_client_id(&message.id)?;
         match kind {
-            ChatMessageType::System => Err(Error::invalid(
-                "SYSTEM messages come only from the server",
-            )),
+            ChatMessageType::System => {
+                Err(Error::invalid("SYSTEM messages come only from the server"))
+            }
             ChatMessageType::Typing => Ok(Incoming::Typing(typing(
                 room,
                 user,
@@ -257,8 +263,16 @@ impl Chat {
         let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
         let chat = self.clone();
         self.sessions.spawn(async move {
-            chat.run(inbound, first_incoming, member, control, cancelled, stream, user)
-                .await;
+            chat.run(
+                inbound,
+                first_incoming,
+                member,
+                control,
+                cancelled,
+                stream,
+                user,
+            )
+            .await;
         });
         Ok(Box::pin(SessionOutput::new(
             control_rx,
@@ -308,6 +322,12 @@ impl Chat {
             }
         };
 
+        if matches!(ending, Ending::Finished) {
+            // The stream must end at the leave notice, not past it: hold the log back until
+            // its sequence is known. Never waits: with the queue full (a client that reads
+            // nothing) the leave is not delayed, and the drain may only run a little past it.
+            let _ = control.try_send(Control::Finishing);
+        }
         let left = self.leave(member, &stream, &user, typing_shown).await;
         if let Err(e) = &left {
             tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(e), "leave notice not stored");

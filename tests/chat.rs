@@ -778,6 +778,70 @@ async fn join_and_leave_notices_count_users_not_streams() {
     server.stop().await;
 }
 
+/// One user opening and closing streams from two tasks at once: its notices alternate, joined
+/// then left, never two of a kind in a row, and end with a leave: each decision (first stream,
+/// last stream) and its notice take one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_flapping_on_two_streams_gets_its_notices_in_order() {
+    const ROOM: &str = "flap-room";
+    const CYCLES: usize = 25;
+    let server = TestServer::start().await;
+    within(60, "flapping", async {
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let mut client = server.client().await;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..CYCLES {
+                    let (tx, rx) = open(&mut client, hello(ROOM, "flap", 0))
+                        .await
+                        .expect("join");
+                    let member = Member {
+                        room: ROOM.into(),
+                        user: "flap".into(),
+                        tx,
+                        rx,
+                        client: client.clone(),
+                    };
+                    member.finish().await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("flapper");
+        }
+        let mut client = server.client().await;
+        let all = history(&mut client, ROOM).await;
+        let kinds: Vec<&str> = all
+            .iter()
+            .map(|m| {
+                assert_eq!(m.user_id, "flap");
+                if m.content == joined("flap") {
+                    "joined"
+                } else {
+                    assert_eq!(m.content, left("flap"));
+                    "left"
+                }
+            })
+            .collect();
+        assert!(
+            kinds.len() >= 2 && kinds.len().is_multiple_of(2),
+            "{kinds:?}"
+        );
+        for (i, pair) in kinds.chunks(2).enumerate() {
+            assert_eq!(
+                pair,
+                ["joined", "left"],
+                "notices {} and {}",
+                2 * i + 1,
+                2 * i + 2
+            );
+        }
+        assert_eq!(seqs(&all), (1..=kinds.len() as u64).collect::<Vec<_>>());
+    })
+    .await;
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Typing
 // ---------------------------------------------------------------------------------------------
@@ -868,6 +932,21 @@ async fn typing_reaches_the_others_only_and_is_never_stored() {
         let mut replay = expected.clone();
         replay.push(sys(6, "dan", "joined"));
         assert_eq!(rows(&dan.next_n(6).await), replay);
+        dan.quiet().await;
+        assert_eq!(rows(&ann.next_n(1).await), [sys(6, "dan", "joined")]);
+        assert_eq!(rows(&bob.next_n(1).await), [sys(6, "dan", "joined")]);
+
+        // Ann's post ended her typing notice, and bob stopped his explicitly: their streams
+        // end with no "stopped" notice, only their leaves.
+        assert_eq!(rows(&ann.finish().await), [sys(7, "ann", "left")]);
+        assert_eq!(
+            rows(&bob.finish().await),
+            [sys(7, "ann", "left"), sys(8, "bob", "left")]
+        );
+        assert_eq!(
+            rows(&dan.next_n(2).await),
+            [sys(7, "ann", "left"), sys(8, "bob", "left")]
+        );
         dan.quiet().await;
     })
     .await;

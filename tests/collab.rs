@@ -741,6 +741,58 @@ async fn a_participant_that_falls_behind_resynchronises_presence() {
     server.stop().await;
 }
 
+/// One user opening and closing streams from two tasks at once: an observer hears its JOIN and
+/// LEAVE alternate, never two of a kind in a row, ending with a LEAVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_flapping_on_two_streams_is_announced_in_order() {
+    const DOC: &str = "flap-doc";
+    const CYCLES: usize = 25;
+    let server = TestServer::start().await;
+    within(60, "flapping", async {
+        let mut watcher = Participant::join(&server, DOC, "watcher", 0).await;
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let mut client = server.client().await;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..CYCLES {
+                    let (tx, rx) = open(&mut client, join_event(DOC, "flap", 0))
+                        .await
+                        .expect("join");
+                    drop(tx);
+                    read_to_end(rx, "flap").await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("flapper");
+        }
+        let mut heard = Vec::new();
+        while let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(300), watcher.rx.next()).await
+        {
+            let e = item.expect("watcher's stream");
+            assert_eq!(e.user_id, "flap");
+            heard.push(kind_name(e.r#type));
+        }
+        assert!(
+            heard.len() >= 2 && heard.len().is_multiple_of(2),
+            "{heard:?}"
+        );
+        for (i, pair) in heard.chunks(2).enumerate() {
+            assert_eq!(
+                pair,
+                ["join", "leave"],
+                "events {} and {}",
+                2 * i + 1,
+                2 * i + 2
+            );
+        }
+        assert_eq!(watcher.finish().await, []);
+    })
+    .await;
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Idempotency
 // ---------------------------------------------------------------------------------------------

@@ -1633,10 +1633,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
         let mut c = server.client().await;
         let mut codes: Vec<(&str, Code)> = Vec::new();
         codes.push((
-            "GetChatHistory",
-            code(c.get_chat_history(GetChatHistoryRequest::default()).await),
-        ));
-        codes.push((
             "QueryMetrics",
             code(c.query_metrics(QueryMetricsRequest::default()).await),
         ));
@@ -1644,17 +1640,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             "CollectMetrics",
             code(
                 c.collect_metrics(tokio_stream::iter(Vec::<MetricData>::new()))
-                    .await,
-            ),
-        ));
-        codes.push((
-            "Chat",
-            code(c.chat(tokio_stream::iter(Vec::<ChatMessage>::new())).await),
-        ));
-        codes.push((
-            "Collaborate",
-            code(
-                c.collaborate(tokio_stream::iter(Vec::<CollaborationEvent>::new()))
                     .await,
             ),
         ));

@@ -322,6 +322,12 @@ impl Chat {
             }
         };
 
+        if matches!(ending, Ending::Finished) {
+            // The stream must end at the leave notice, not past it: hold the log back until
+            // its sequence is known. Never waits: with the queue full (a client that reads
+            // nothing) the leave is not delayed, and the drain may only run a little past it.
+            let _ = control.try_send(Control::Finishing);
+        }
         let left = self.leave(member, &stream, &user, typing_shown).await;
         if let Err(e) = &left {
             tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(e), "leave notice not stored");

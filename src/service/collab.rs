@@ -270,6 +270,11 @@ impl Collab {
             }
         };
 
+        if matches!(ending, Ending::Finished) {
+            // The stream must end at the head read below, not past it. Never waits: with the
+            // queue full (REJECTED events a client does not read) the LEAVE is not delayed.
+            let _ = control.try_send(Control::Finishing);
+        }
         member.leave(|left| {
             if left.last_of_user {
                 left.broadcast(presence_event(

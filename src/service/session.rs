@@ -40,6 +40,10 @@ pub(crate) enum Control<T> {
     Send(T),
     /// End the stream with this status.
     Fail(Status),
+    /// The client finished its side and the session is storing its last record (a leave
+    /// notice): hold the log back until the drain point is known, so that the stream ends
+    /// exactly there instead of running past it with records committed meanwhile.
+    Finishing,
     /// The client finished its side: deliver the log through this sequence, then end with OK.
     DrainThrough(u64),
 }
@@ -55,6 +59,8 @@ pub(crate) struct SessionOutput<T, R> {
     durable: Subscription<T>,
     relay: R,
     caught_up: bool,
+    /// Set between [`Control::Finishing`] and the drain point: deliver nothing yet.
+    holding: bool,
     /// Set once the client finished: end after the durable item with this sequence.
     drain_through: Option<u64>,
     /// The last durable sequence delivered (or skipped by the replay's start).
@@ -75,6 +81,7 @@ impl<T, R> SessionOutput<T, R> {
             durable,
             relay,
             caught_up: false,
+            holding: false,
             drain_through: None,
             delivered_through: replay_after,
             relay_done: false,
@@ -91,9 +98,10 @@ impl<T: Sequenced, R: Relay<T>> Stream for SessionOutput<T, R> {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.drain_through.is_none() {
+        while this.drain_through.is_none() {
             match this.control.poll_recv(cx) {
                 Poll::Ready(Some(Control::Send(item))) => return Poll::Ready(Some(Ok(item))),
+                Poll::Ready(Some(Control::Finishing)) => this.holding = true,
                 Poll::Ready(Some(Control::Fail(status))) => {
                     this.ended = true;
                     return Poll::Ready(Some(Err(status)));
@@ -106,7 +114,9 @@ impl<T: Sequenced, R: Relay<T>> Stream for SessionOutput<T, R> {
                     this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => {}
+                // Woken by the control channel once the drain point arrives.
+                Poll::Pending if this.holding => return Poll::Pending,
+                Poll::Pending => break,
             }
         }
         if this

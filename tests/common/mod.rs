@@ -212,3 +212,56 @@ impl XorShift {
         }
     }
 }
+
+/// A TCP forwarder in front of a server: clients connect through it, and [`Cuttable::cut`]
+/// closes every connection it carries at once, the way a dead network or a killed client
+/// process looks to the server (no RST_STREAM, no half-close: the socket just goes away).
+pub struct Cuttable {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Cuttable {
+    pub async fn to(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every forwarding task, which
+            // drops both sockets of each connection.
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Cuttable { addr, task }
+    }
+
+    /// A client whose one connection runs through this forwarder.
+    pub async fn client(&self) -> Client {
+        connect(&format!("http://{}", self.addr)).await
+    }
+
+    /// Closes every connection through the forwarder, now.
+    pub fn cut(self) {
+        self.task.abort();
+    }
+}
+
+/// Resident memory of this process (the test and its in-process server), in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -73,6 +73,21 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_HUB_CAPACITY", default_value_t = 1024)]
     pub hub_capacity: usize,
 
+    /// Subscriptions (event and notification streams, chat and collaboration sessions) the
+    /// server holds at once, each for its whole life; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMHUB_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
+    pub max_subscriptions: usize,
+
+    /// Live streams one chat room or collaboration document may have; one more gets
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMHUB_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    pub max_room_members: usize,
+
+    /// Total bytes of stored and in-progress files (declared sizes); an upload that would pass
+    /// it gets RESOURCE_EXHAUSTED before any byte is written.
+    #[arg(long, env = "STREAMHUB_MAX_STORAGE_BYTES", default_value_t = 100 * 1024 * 1024 * 1024)]
+    pub max_storage_bytes: u64,
+
     /// Appends waiting for the single writer; callers wait when it is full.
     #[arg(long, env = "STREAMHUB_WRITER_QUEUE", default_value_t = 8192)]
     pub writer_queue: usize,

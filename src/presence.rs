@@ -11,6 +11,7 @@
 //! channel per room, and a member that falls behind loses stale signals (never stored data) and
 //! can resynchronise its view of who is present.
 
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ pub struct Presence<S> {
     next_session: Arc<AtomicU64>,
     /// Signals buffered per room for its slowest member.
     capacity: usize,
+    /// Live streams one room may hold.
+    max_streams: usize,
 }
 
 impl<S> Clone for Presence<S> {
@@ -51,6 +54,7 @@ impl<S> Clone for Presence<S> {
             rooms: self.rooms.clone(),
             next_session: self.next_session.clone(),
             capacity: self.capacity,
+            max_streams: self.max_streams,
         }
     }
 }
@@ -102,11 +106,12 @@ impl<S> Left<'_, S> {
 }
 
 impl<S: Clone + Send + 'static> Presence<S> {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_streams: usize) -> Self {
         Presence {
             rooms: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
             capacity: capacity.max(1),
+            max_streams,
         }
     }
 
@@ -119,17 +124,25 @@ impl<S: Clone + Send + 'static> Presence<S> {
     }
 
     /// Adds a stream of `user` to `room`. `under_lock` runs while the registry is locked, after
-    /// the member is counted and before anyone else can join or leave.
+    /// the member is counted and before anyone else can join or leave. A full room refuses the
+    /// stream with RESOURCE_EXHAUSTED, and `under_lock` does not run.
     pub fn join<R>(
         &self,
         room: &str,
         user: &str,
         under_lock: impl FnOnce(&Joined<'_, S>) -> R,
-    ) -> (Member<S>, Listener<S>, R) {
+    ) -> Result<(Member<S>, Listener<S>, R)> {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut rooms = self.lock();
+        let streams: usize = rooms.get(room).map_or(0, |r| r.users.values().sum());
+        if streams >= self.max_streams {
+            return Err(Error::ResourceExhausted(format!(
+                "{room:?} already has its limit of {} live streams",
+                self.max_streams
+            )));
+        }
         let room: Arc<str> = room.into();
         let user: Arc<str> = user.into();
-        let mut rooms = self.lock();
         let entry = rooms.entry(room.clone()).or_insert_with(|| Room {
             signals: broadcast::channel(self.capacity).0,
             users: HashMap::new(),
@@ -165,7 +178,7 @@ impl<S: Clone + Send + 'static> Presence<S> {
             session,
             rx: BroadcastStream::new(rx),
         };
-        (member, listener, answer)
+        Ok((member, listener, answer))
     }
 
     /// Streams currently present in `room`, for tests and introspection.

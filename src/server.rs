@@ -14,8 +14,10 @@ use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServi
 use crate::service::Api;
 use crate::service::files::{FileSettings, Files};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -40,6 +42,7 @@ impl App {
             hub,
             writer,
             shutdown: CancellationToken::new(),
+            subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
         };
         Ok(App {
             config,
@@ -97,6 +100,7 @@ impl App {
             BlobStore::open(&config.storage_dir)?,
             FileSettings {
                 max_upload_bytes: config.max_upload_bytes,
+                max_storage_bytes: config.max_storage_bytes,
                 upload_expiry: Duration::from_secs(config.upload_expiry_secs),
                 public_url,
             },

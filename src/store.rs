@@ -537,6 +537,14 @@ impl Store {
     }
 
     /// Every file row, for the sweep (complete or not).
+    /// Declared sizes of every file row together: stored files and uploads in progress.
+    pub async fn declared_file_bytes(&self) -> Result<u64> {
+        let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(total_size), 0) FROM files")
+            .fetch_one(&self.meta)
+            .await?;
+        Ok(total as u64)
+    }
+
     pub async fn all_files(&self) -> Result<Vec<FileRow>> {
         let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
             .fetch_all(&self.meta)

@@ -11,6 +11,8 @@ pub use subscribe::{Delivery, RecordView, Start, SubscribeOptions, Subscription,
 pub use writer::{AppendOutcome, AppendPermit, NewRecord, PendingAppend, Writer};
 
 use crate::store::Store;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Everything a service needs to append to and read from the logs. Cheap to clone.
@@ -21,4 +23,6 @@ pub struct Log {
     pub writer: Writer,
     /// Cancelled when the server begins shutting down: live streams end with UNAVAILABLE.
     pub shutdown: CancellationToken,
+    /// One permit per subscription, held by its task for the subscription's whole life.
+    pub subscriptions: Arc<Semaphore>,
 }

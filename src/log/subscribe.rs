@@ -122,12 +122,16 @@ where
 }
 
 /// Subscribes to `stream` and returns the response stream; the work runs on its own task.
+/// Fails with RESOURCE_EXHAUSTED when the server already holds its limit of subscriptions.
 pub fn subscribe<V: RecordView>(
     log: &Log,
     stream: StreamKey,
     options: SubscribeOptions,
     view: V,
-) -> Subscription<V::Item> {
+) -> Result<Subscription<V::Item>> {
+    let permit = log.subscriptions.clone().try_acquire_owned().map_err(|_| {
+        Error::ResourceExhausted("the server holds its limit of subscriptions; retry later".into())
+    })?;
     let (tx, pages) = mpsc::channel(PAGES_IN_FLIGHT);
     let mut task = Task {
         log: log.clone(),
@@ -138,15 +142,17 @@ pub fn subscribe<V: RecordView>(
         min_ts: None,
     };
     tokio::spawn(async move {
+        // Released when the task ends: when the client goes or the stream finishes.
+        let _permit = permit;
         if let Err(status) = task.run(options).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = task.tx.send(Err(status)).await;
         }
     });
-    Subscription {
+    Ok(Subscription {
         pages,
         current: Vec::new().into_iter(),
-    }
+    })
 }
 
 struct Task<V: RecordView> {

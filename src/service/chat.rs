@@ -118,7 +118,7 @@ impl Chat {
     pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
         Chat {
             log,
-            presence: Presence::new(config.presence_capacity),
+            presence: Presence::new(config.presence_capacity, config.max_room_members),
             settings: ChatSettings {
                 replay_messages: config.chat_replay_messages,
                 max_content_bytes: config.max_chat_content_bytes,
@@ -245,13 +245,13 @@ impl Chat {
                 history_only: false,
             },
             |record: &LogRecord| message_from_record(record).map(Some),
-        );
+        )?;
         let permit = self.log.writer.reserve().await?;
         let (member, listener, join_notice) = self.presence.join(&room, &user, |joined| {
             joined
                 .first_of_user
                 .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
-        });
+        })?;
         if let Some(pending) = join_notice
             && let Err(e) = pending.outcome().await
         {

@@ -95,7 +95,7 @@ impl Collab {
     pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
         Collab {
             log,
-            presence: Presence::new(config.presence_capacity),
+            presence: Presence::new(config.presence_capacity, config.max_room_members),
             max_payload_bytes: config.max_collab_payload_bytes,
             sessions,
         }
@@ -202,7 +202,7 @@ impl Collab {
                 history_only: false,
             },
             |record: &LogRecord| operation_from_record(record).map(Some),
-        );
+        )?;
         // 2 and 3. Who is here (sent once the replay is done), and telling them about us.
         let (member, listener, others) = self.presence.join(&document, &user, |joined| {
             if joined.first_of_user {
@@ -213,7 +213,7 @@ impl Collab {
                 ));
             }
             joined.others.clone()
-        });
+        })?;
         tracing::debug!(%document, %user, version, present = others.len(), "participant joined");
         let relay = PresenceRelay::new(listener, document.clone(), others);
 

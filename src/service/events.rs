@@ -157,12 +157,7 @@ impl Events {
             let event = event_from_record(record)?;
             Ok((wanted.is_empty() || wanted.contains(&event.r#type)).then_some(event))
         };
-        Ok(crate::log::subscribe(
-            &self.log,
-            stream_of(&request.user_id),
-            options,
-            view,
-        ))
+        crate::log::subscribe(&self.log, stream_of(&request.user_id), options, view)
     }
 
     /// ProcessDataBatch: reads the whole client stream, then commits every valid, new record in

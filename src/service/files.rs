@@ -39,6 +39,8 @@ fn now_micros() -> i64 {
 #[derive(Debug, Clone)]
 pub struct FileSettings {
     pub max_upload_bytes: u64,
+    /// Quota on the declared sizes of every stored and in-progress file together.
+    pub max_storage_bytes: u64,
     pub upload_expiry: Duration,
     /// Base of download URLs, without a trailing slash.
     pub public_url: String,
@@ -56,6 +58,8 @@ pub struct TransferStats {
 #[derive(Debug, Clone)]
 pub struct Files {
     pub transfers: Arc<TransferStats>,
+    /// Held while an upload checks the storage quota and records itself.
+    quota: Arc<tokio::sync::Mutex<()>>,
     store: Store,
     blobs: BlobStore,
     settings: FileSettings,
@@ -166,6 +170,7 @@ impl Files {
     pub fn new(store: Store, blobs: BlobStore, settings: FileSettings) -> Self {
         Files {
             transfers: Arc::default(),
+            quota: Arc::default(),
             store,
             blobs,
             settings,
@@ -300,6 +305,17 @@ impl Files {
                 row.bytes_received
             }
             None => {
+                // Checking the quota and recording the upload happen under one lock, so two
+                // uploads cannot both fit into the same free space.
+                let _quota = self.quota.lock().await;
+                let used = self.store.declared_file_bytes().await?;
+                if used.saturating_add(plan.total_size) > self.settings.max_storage_bytes {
+                    return Err(Error::ResourceExhausted(format!(
+                        "storage quota: {} bytes of {} are in use; {} more do not fit",
+                        used, self.settings.max_storage_bytes, plan.total_size
+                    ))
+                    .into());
+                }
                 self.store
                     .insert_upload(&FileRow {
                         file_id: plan.id.to_string(),

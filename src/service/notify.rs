@@ -151,7 +151,7 @@ impl Notify {
             stream_of(&request.user_id),
             options,
             view,
-        )))
+        )?))
     }
 
     /// PublishNotification: appends one notification to the recipient's stream. A retry with the

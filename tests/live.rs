@@ -541,18 +541,12 @@ async fn shutdown_ends_a_live_stream_with_unavailable() {
     assert_eq!(stream.message().await.unwrap().unwrap().input_id, "1");
 
     let stopping = tokio::spawn(server.stop());
-    let started = Instant::now();
     // The client is idle and keeps its request stream open: the server ends the stream itself.
     let end = within(10, "shutdown", stream.message()).await;
     let status = end.expect_err("the stream ends with a status");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The server's own ending, not the transport cut at the end of the grace period.
     assert_eq!(status.message(), "server is shutting down");
-    // Well before the grace period (1 s in tests) would have cut the connection.
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "{:?}",
-        started.elapsed()
-    );
     within(10, "stop", stopping).await.unwrap();
     drop(tx);
 }

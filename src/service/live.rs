@@ -84,6 +84,7 @@ impl Live {
             shutdown_token: self.shutdown.clone(),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             done: false,
+            read: 0,
         }))
     }
 }
@@ -98,6 +99,19 @@ struct LiveStream {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Set after the last item (the end of the inbound stream, or a status).
     done: bool,
+    /// Inputs read so far, for the log line at the end.
+    read: u64,
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        tracing::debug!(
+            inputs = self.read,
+            keys = self.windows.by_key.len(),
+            finished = self.done,
+            "live stream closed"
+        );
+    }
 }
 
 impl Stream for LiveStream {
@@ -124,7 +138,10 @@ impl Stream for LiveStream {
         let item = match polled {
             None => None,
             Some(Err(status)) => Some(Err(status)),
-            Some(Ok(input)) => Some(this.windows.process(input).map_err(Status::from)),
+            Some(Ok(input)) => {
+                this.read += 1;
+                Some(this.windows.process(input).map_err(Status::from))
+            }
         };
         this.done = !matches!(item, Some(Ok(_)));
         Poll::Ready(item)
@@ -254,9 +271,17 @@ impl Window {
         self.values[(position - self.first) as usize]
     }
 
-    /// The statistics of the current values; `None` when there are none.
-    fn summary(&self) -> Option<Summary> {
-        let (&lo, &hi) = (self.mins.front()?, self.maxs.front()?);
+    /// The statistics of the current values; all zero when there are none.
+    fn summary(&self) -> Summary {
+        let (Some(&lo), Some(&hi)) = (self.mins.front(), self.maxs.front()) else {
+            return Summary {
+                count: 0,
+                mean: 0.0,
+                min: 0.0,
+                max: 0.0,
+                stddev: 0.0,
+            };
+        };
         let (min, max) = (self.at(lo), self.at(hi));
         let count = self.values.len();
         // All values equal ⇔ min == max: then the spread is exactly 0, whatever rounding left
@@ -269,32 +294,31 @@ impl Window {
                 (self.m2.max(0.0) / count as f64).sqrt(),
             )
         };
-        Some(Summary {
+        Summary {
             count,
             mean,
             min,
             max,
             stddev,
-        })
+        }
     }
 
     /// Scores `value` against the window, then adds it; returns the result's statistics.
     fn observe(&mut self, value: f64, settings: Settings) -> WindowStats {
-        let z_score = match self.summary() {
-            Some(before) if before.stddev > 0.0 => {
-                let z = (value - before.mean) / before.stddev;
-                if z.is_finite() {
-                    z
-                } else {
-                    f64::MAX.copysign(z)
-                }
+        let before = self.summary();
+        // An empty window has stddev 0 too: no spread, no z.
+        let z_score = if before.stddev > 0.0 {
+            let z = (value - before.mean) / before.stddev;
+            if z.is_finite() {
+                z
+            } else {
+                f64::MAX.copysign(z)
             }
-            _ => 0.0,
+        } else {
+            0.0
         };
         self.push(value);
-        let after = self
-            .summary()
-            .unwrap_or_else(|| unreachable!("a window holds the value just pushed"));
+        let after = self.summary();
         WindowStats {
             count: after.count as u64,
             mean: after.mean,

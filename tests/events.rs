@@ -1643,13 +1643,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
                     .await,
             ),
         ));
-        codes.push((
-            "ProcessLiveData",
-            code(
-                c.process_live_data(tokio_stream::iter(Vec::<DataInput>::new()))
-                    .await,
-            ),
-        ));
         for (rpc, got) in codes {
             assert_eq!(got, Code::Unimplemented, "{rpc}");
         }

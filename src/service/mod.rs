@@ -88,7 +88,7 @@ impl Api {
             collab: collab::Collab::new(log.clone(), config, sessions),
             notify: notify::Notify::new(log.clone(), config),
             metrics: metrics::Metrics::new(log.clone(), config),
-            live: live::Live::new(config),
+            live: live::Live::new(config, log.shutdown.clone()),
             events: events::Events::new(
                 log,
                 events::EventLimits {

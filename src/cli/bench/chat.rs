@@ -129,9 +129,9 @@ pub async fn run(connect: &Connect, pid: Option<u32>, bench: ChatBench) -> CliRe
     let mut rows = vec![finish_row(
         Row {
             figure: format!(
-                "join {} members in {} rooms",
-                thousands(total_members as u64),
-                thousands(bench.rooms as u64)
+                "join {} in {}",
+                count(total_members, "member"),
+                count(bench.rooms, "room")
             ),
             result: format!("{:.2} s", join_time.as_secs_f64()),
             detail: format!(
@@ -205,9 +205,9 @@ pub async fn run(connect: &Connect, pid: Option<u32>, bench: ChatBench) -> CliRe
     rows.push(finish_row(
         Row {
             figure: format!(
-                "{} rooms × {} members, {} msg/s",
-                thousands(bench.rooms as u64),
-                thousands(bench.members as u64),
+                "{} × {}, {} msg/s",
+                count(bench.rooms, "room"),
+                count(bench.members, "member"),
                 thousands(bench.rate)
             ),
             result: format!("p99 {:.2} ms", p99.as_secs_f64() * 1e3),
@@ -255,6 +255,12 @@ pub async fn run(connect: &Connect, pid: Option<u32>, bench: ChatBench) -> CliRe
         )));
     }
     Ok(())
+}
+
+/// "1 room", "100 rooms", "1,000 members".
+fn count(n: usize, noun: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{} {noun}{s}", thousands(n as u64))
 }
 
 /// One member: joins, reports ready (with the sender of its stream) once the room's joins are

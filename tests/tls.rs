@@ -164,16 +164,21 @@ enum Failure {
 }
 
 impl Failure {
-    /// A failure at the transport: the connection could not be made or was torn down. With
-    /// TLS 1.3 the client finishes its side of the handshake before the server has checked the
-    /// client's certificate, so a refused client learns of it at connect or at its first call
-    /// (UNAVAILABLE, or UNKNOWN "transport error" when the alert arrives mid-request).
+    /// A failure at the transport: the connection could not be made or was torn down, never
+    /// an answer from the service. With TLS 1.3 the client finishes its side of the handshake
+    /// before the server has checked the client's certificate, so a refused client may learn
+    /// of it at connect or only at its first call; and a plaintext client reads a TLS alert as
+    /// a bad HTTP/2 frame, or sees the connection closed. So tonic reports one of four codes,
+    /// each with its own fixed message, depending on where the request was when the
+    /// connection broke.
     #[track_caller]
     fn assert_transport(&self, what: &str) {
         let ok = match self {
             Failure::Connect(m) => m.starts_with("cannot reach streamhub at"),
             Failure::Call(Code::Unavailable, _) => true,
             Failure::Call(Code::Unknown, m) => m == "transport error",
+            Failure::Call(Code::Cancelled, m) => m == "operation was canceled",
+            Failure::Call(Code::Internal, m) => m.starts_with("h2 protocol error"),
             Failure::Call(..) => false,
         };
         assert!(ok, "{what}: expected a transport failure, got {self:?}");

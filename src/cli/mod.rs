@@ -174,7 +174,17 @@ impl std::error::Error for CliError {}
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        CliError(format!("{:?}: {}", status.code(), status.message()))
+        let mut text = format!("{:?}: {}", status.code(), status.message());
+        // Only a status made on this side (a broken connection, a refused TLS handshake) has a
+        // source; its chain says what happened ("received fatal alert: CertificateRequired").
+        if let Some(source) = std::error::Error::source(&status) {
+            let cause = crate::error::cause_chain(source);
+            if !text.ends_with(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
+        }
+        CliError(text)
     }
 }
 

@@ -39,6 +39,28 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// PEM certificate chain: with --tls-key, the listener (gRPC and HTTP) speaks only TLS.
+    #[arg(long, env = "STREAMHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "STREAMHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): with it, clients must present a certificate signed by one of them
+    /// (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "STREAMHUB_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds a new connection gets to finish its TLS handshake before it is dropped, so that
+    /// clients that connect and stall hold nothing for long.
+    #[arg(
+        long,
+        env = "STREAMHUB_TLS_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub tls_handshake_timeout_secs: u64,
+
     /// Commit durability. `full` makes every acknowledged write survive power loss.
     #[arg(long, env = "STREAMHUB_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,

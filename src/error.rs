@@ -36,6 +36,10 @@ pub enum Error {
     Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
     #[error("i/o failure")]
     Io(#[source] Arc<std::io::Error>),
+    /// A setting the server cannot start with: a missing or unusable file, a flag without its
+    /// partner. Only ever seen by the operator at start.
+    #[error("{0}")]
+    Config(String),
     /// A capability this build does not serve yet.
     #[error("{0} is not available in this version of streamhub")]
     Unimplemented(&'static str),

@@ -13,12 +13,14 @@ use crate::log::{Hub, Log, Writer};
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
 use crate::service::files::{FileSettings, Files};
+use crate::tls::Tls;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -30,10 +32,14 @@ pub struct App {
     config: Config,
     log: Log,
     rpc_metrics: RpcMetrics,
+    /// TLS for the listener, loaded before anything else opens; `None` serves plaintext.
+    tls: Option<Tls>,
 }
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
+        // Unusable certificate files stop the start before the database is touched.
+        let tls = Tls::load(&config)?;
         let (store, store_writer) = crate::store::open(&config).await?;
         let hub = Hub::new(config.hub_capacity);
         let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
@@ -48,6 +54,7 @@ impl App {
             config,
             log,
             rpc_metrics: RpcMetrics::default(),
+            tls,
         })
     }
 
@@ -92,7 +99,10 @@ impl App {
         let public_url = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"))
+            .unwrap_or_else(|| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            })
             .trim_end_matches('/')
             .to_string();
         let files = Files::new(
@@ -135,17 +145,6 @@ impl App {
                 },
             ));
 
-        let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                Some(Ok::<_, std::io::Error>(stream))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                None
-            }
-        });
-
         let token = self.log.shutdown.clone();
         let signal = {
             let token = token.clone();
@@ -155,17 +154,40 @@ impl App {
                 token.cancel();
             }
         };
-        let server = Server::builder()
+        let router = Server::builder()
             .layer(crate::cancel::CancelLayer)
             .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))
             .max_concurrent_streams(Some(config.max_concurrent_streams))
-            .add_routes(Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_routes(Routes::from(routes));
+        let tls = match &self.tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        };
+        let server = match self.tls {
+            None => {
+                let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        Some(Ok::<_, std::io::Error>(stream))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        None
+                    }
+                });
+                Either::Left(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            // Handshakes run in their own tasks, bounded in time; tonic gets finished streams.
+            Some(tls) => {
+                Either::Right(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
+            }
+        };
 
-        tracing::info!(%addr, database = %config.database_url, "streamhub serving");
+        tracing::info!(%addr, database = %config.database_url, tls, "streamhub serving");
         let grace = config.shutdown_grace();
         let grace_elapsed = async {
             token.cancelled().await;

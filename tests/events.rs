@@ -1637,10 +1637,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             code(c.get_chat_history(GetChatHistoryRequest::default()).await),
         ));
         codes.push((
-            "QueryMetrics",
-            code(c.query_metrics(QueryMetricsRequest::default()).await),
-        ));
-        codes.push((
             "PublishNotification",
             code(
                 c.publish_notification(PublishNotificationRequest::default())
@@ -1658,13 +1654,6 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
             "SubscribeToNotifications",
             code(
                 c.subscribe_to_notifications(SubscribeRequest::default())
-                    .await,
-            ),
-        ));
-        codes.push((
-            "CollectMetrics",
-            code(
-                c.collect_metrics(tokio_stream::iter(Vec::<MetricData>::new()))
                     .await,
             ),
         ));

@@ -523,10 +523,12 @@ impl Metrics {
         // Armed when a group gets its first point; fires if the group is still open by then.
         let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
+        let shutdown = self.log.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = self.log.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     collector.finish().await?;
                     return Err(Status::unavailable(format!(
                         "server is shutting down; the {} valid points received so far are stored",

@@ -478,7 +478,8 @@ impl Collector {
 
     /// The answer of a completed stream: counts and one summary per series, by name and labels.
     fn into_result(mut self) -> Result<MetricsCollectionResult> {
-        self.series.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        self.series
+            .sort_unstable_by(|a, b| (a.name(), a.labels()).cmp(&(b.name(), b.labels())));
         let mut summaries = Vec::with_capacity(self.series.len());
         for series in &self.series {
             let s = series.summary;

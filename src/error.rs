@@ -40,9 +40,6 @@ pub enum Error {
     /// partner. Only ever seen by the operator at start.
     #[error("{0}")]
     Config(String),
-    /// A capability this build does not serve yet.
-    #[error("{0} is not available in this version of streamhub")]
-    Unimplemented(&'static str),
     /// A broken invariant: a bug, never the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,9 +113,6 @@ impl From<Error> for Status {
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::DataLoss(m) => Status::data_loss(m),
             Error::Unavailable => Status::unavailable("server is shutting down"),
-            Error::Unimplemented(rpc) => Status::unimplemented(format!(
-                "{rpc} is not available in this version of streamhub"
-            )),
             ref fault if fault.is_disk_full() => {
                 tracing::error!(error = %cause_chain(fault), "storage is full");
                 Status::resource_exhausted("server storage is full")

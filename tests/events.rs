@@ -1615,42 +1615,6 @@ async fn graceful_stop_ends_live_streams_with_unavailable() {
         .expect("stop");
 }
 
-// ---------------------------------------------------------------------------------------------
-// 11. Not built yet
-// ---------------------------------------------------------------------------------------------
-
-fn code<T>(result: Result<tonic::Response<T>, Status>) -> Code {
-    match result {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rpcs_not_built_yet_answer_unimplemented() {
-    let server = TestServer::start().await;
-    within(30, "unimplemented", async {
-        let mut c = server.client().await;
-        let mut codes: Vec<(&str, Code)> = Vec::new();
-        codes.push((
-            "QueryMetrics",
-            code(c.query_metrics(QueryMetricsRequest::default()).await),
-        ));
-        codes.push((
-            "CollectMetrics",
-            code(
-                c.collect_metrics(tokio_stream::iter(Vec::<MetricData>::new()))
-                    .await,
-            ),
-        ));
-        for (rpc, got) in codes {
-            assert_eq!(got, Code::Unimplemented, "{rpc}");
-        }
-    })
-    .await;
-    server.stop().await;
-}
-
 /// A cursor past anything SQLite can store (2^63 and above) replays nothing rather than wrapping
 /// around to the start.
 #[tokio::test]

@@ -1,1 +1,208 @@
 //! SQL for metrics: series and their points.
+//!
+//! A series is a name and a canonical label text (see `migrations/0004_metrics.sql`); a point is
+//! a series id, a timestamp, its place in its CollectMetrics stream and a value. Writes go
+//! through the `meta` pool, one `BEGIN IMMEDIATE` transaction per group of points, never through
+//! the log writer's connection; reads go through the read-only pool. This module knows nothing
+//! of gRPC or of Prometheus naming rules, and must never decide what is valid: the service
+//! validates before anything reaches it. Its types are plain (tuples, std types), so that the
+//! service can use them without this private module being named.
+
+use super::Store;
+use crate::error::{Error, Result};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashMap;
+
+/// Points per multi-row INSERT. Five parameters a row keeps a statement far below SQLite's
+/// limit of 32,766 bound parameters; a full chunk is always the same SQL text, so sqlx's
+/// statement cache prepares it once per connection.
+const POINT_CHUNK: usize = 1000;
+/// Series per multi-row INSERT or lookup (two parameters a row).
+const SERIES_CHUNK: usize = 500;
+
+/// One point to store: (series id, timestamp in microseconds, the point's position in its
+/// CollectMetrics stream, value). With the collection id, the position tells points of one
+/// series at one timestamp apart.
+pub type MetricPointRow = (i64, i64, i64, f64);
+
+/// One non-empty bucket of a series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricBucketRow {
+    /// The bucket's number: it covers `[start + n·step, start + (n+1)·step)`.
+    pub bucket: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+}
+
+impl Store {
+    /// The ids of `series`, given as (name, canonical label text), in order. Existing series
+    /// are found with a read; only missing ones take a write transaction, which commits them
+    /// on its own: a series row without points is harmless (queries leave it out).
+    pub async fn metric_series_ids(&self, series: &[(&str, &str)]) -> Result<Vec<i64>> {
+        let position: HashMap<(&str, &str), usize> = series
+            .iter()
+            .enumerate()
+            .map(|(i, &key)| (key, i))
+            .collect();
+        let mut ids: Vec<Option<i64>> = vec![None; series.len()];
+        for chunk in series.chunks(SERIES_CHUNK) {
+            lookup_series(&self.readers, chunk, &position, &mut ids).await?;
+        }
+        let missing: Vec<(&str, &str)> = series
+            .iter()
+            .zip(&ids)
+            .filter_map(|(&key, id)| id.is_none().then_some(key))
+            .collect();
+        if !missing.is_empty() {
+            // IMMEDIATE takes the write lock first. A deferred transaction that reads before it
+            // writes fails at once with SQLITE_BUSY when another writer commits in between,
+            // where waiting (the busy timeout) is what we want.
+            let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
+            for chunk in missing.chunks(SERIES_CHUNK) {
+                let mut insert =
+                    QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
+                insert.push_values(chunk, |mut row, &(name, labels)| {
+                    row.push_bind(name).push_bind(labels);
+                });
+                insert.push(" ON CONFLICT (name, labels) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+                lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
+            }
+            tx.commit().await?;
+        }
+        ids.into_iter()
+            .zip(series)
+            .map(|(id, (name, _))| {
+                id.ok_or_else(|| Error::Internal(format!("series {name} was not stored")))
+            })
+            .collect()
+    }
+
+    /// Stores `points` atomically and durably: all commit, or none. `collection_id` is the
+    /// stream's, or `None` for its first group, which creates one (stamped `started_micros`).
+    /// Returns the collection id. Every series id must exist (see [`Self::metric_series_ids`]).
+    pub async fn insert_metric_points(
+        &self,
+        collection_id: Option<i64>,
+        started_micros: i64,
+        points: &mut [MetricPointRow],
+    ) -> Result<i64> {
+        let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
+        let collection_id = match collection_id {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar(
+                    "INSERT INTO metric_collections (started_micros) VALUES (?1) \
+                     RETURNING collection_id",
+                )
+                .bind(started_micros)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        // In primary-key order each B-tree leaf is written once and filled in order; the order
+        // of rows inside one commit is invisible to readers.
+        points.sort_unstable_by_key(|&(series, ts, index, _)| (series, ts, index));
+        for chunk in points.chunks(POINT_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO metric_points \
+                 (series_id, ts_micros, collection_id, point_index, value) ",
+            );
+            query.push_values(chunk, |mut row, &(series, ts, index, value)| {
+                row.push_bind(series)
+                    .push_bind(ts)
+                    .push_bind(collection_id)
+                    .push_bind(index)
+                    .push_bind(value);
+            });
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(collection_id)
+    }
+
+    /// Every series called `name`, as (series id, canonical label text), in label-text order.
+    pub async fn metric_series_named(&self, name: &str) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT series_id, labels FROM metric_series WHERE name = ?1 ORDER BY labels",
+        )
+        .bind(name)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// The non-empty buckets of one series between `start` (inclusive) and `end` (exclusive),
+    /// each `step` microseconds wide and aligned to `start`, in time order; at most `limit`.
+    pub async fn metric_buckets(
+        &self,
+        series_id: i64,
+        start: i64,
+        end: i64,
+        step: i64,
+        limit: u32,
+    ) -> Result<Vec<MetricBucketRow>> {
+        // Points are clustered by (series_id, ts_micros): this is one range scan. TOTAL is SUM
+        // that always answers a float.
+        let rows = sqlx::query(
+            "SELECT (ts_micros - ?2) / ?4 AS bucket, COUNT(*), MIN(value), MAX(value), \
+             TOTAL(value) FROM metric_points \
+             WHERE series_id = ?1 AND ts_micros >= ?2 AND ts_micros < ?3 \
+             GROUP BY bucket ORDER BY bucket LIMIT ?5",
+        )
+        .bind(series_id)
+        .bind(start)
+        .bind(end)
+        .bind(step)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MetricBucketRow {
+                    bucket: row.try_get(0)?,
+                    count: row.try_get::<i64, _>(1)? as u64,
+                    min: row.try_get(2)?,
+                    max: row.try_get(3)?,
+                    sum: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Fills in `ids` (indexed by `position`) for the series of `chunk` that exist.
+async fn lookup_series<'c, E>(
+    executor: E,
+    chunk: &[(&str, &str)],
+    position: &HashMap<(&str, &str), usize>,
+    ids: &mut [Option<i64>],
+) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let mut select = QueryBuilder::<Sqlite>::new(
+        "SELECT series_id, name, labels FROM metric_series WHERE (name, labels) IN (VALUES ",
+    );
+    let mut list = select.separated(", ");
+    for &(name, labels) in chunk {
+        list.push("(")
+            .push_bind_unseparated(name)
+            .push_unseparated(", ")
+            .push_bind_unseparated(labels)
+            .push_unseparated(")");
+    }
+    select.push(")");
+    for row in select.build().fetch_all(executor).await? {
+        let name: &str = row.try_get(1)?;
+        let labels: &str = row.try_get(2)?;
+        if let Some(&i) = position.get(&(name, labels)) {
+            ids[i] = Some(row.try_get(0)?);
+        }
+    }
+    Ok(())
+}

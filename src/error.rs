@@ -26,6 +26,12 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     DataLoss(String),
+    /// No valid credentials: a missing, malformed, expired or wrongly signed token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that do not allow this request (a user acting as someone else).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The server is shutting down; the client should retry elsewhere or later.
     #[error("server is shutting down")]
     Unavailable,
@@ -111,6 +117,8 @@ impl From<Error> for Status {
             Error::OutOfRange(m) => Status::out_of_range(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::DataLoss(m) => Status::data_loss(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Unavailable => Status::unavailable("server is shutting down"),
             Error::Unimplemented(rpc) => Status::unimplemented(format!(
                 "{rpc} is not available in this version of streamhub"

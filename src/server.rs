@@ -28,10 +28,14 @@ pub struct App {
     config: Config,
     log: Log,
     rpc_metrics: RpcMetrics,
+    /// Token checks and URL signing; `None` when auth is off.
+    auth: Option<crate::auth::Auth>,
 }
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
+        // Bad auth settings stop the start before anything is opened.
+        let auth = crate::auth::Auth::from_config(&config)?;
         let (store, store_writer) = crate::store::open(&config).await?;
         let hub = Hub::new(config.hub_capacity);
         let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
@@ -45,6 +49,7 @@ impl App {
             config,
             log,
             rpc_metrics: RpcMetrics::default(),
+            auth,
         })
     }
 
@@ -99,6 +104,7 @@ impl App {
                 max_upload_bytes: config.max_upload_bytes,
                 upload_expiry: Duration::from_secs(config.upload_expiry_secs),
                 public_url,
+                url_signer: self.auth.as_ref().map(|a| a.url_signer.clone()),
             },
         );
         let report = files.sweep(true).await?;
@@ -154,6 +160,9 @@ impl App {
         let server = Server::builder()
             .layer(crate::cancel::CancelLayer)
             .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
+            .layer(crate::auth::AuthLayer(
+                self.auth.as_ref().map(|a| a.verifier.clone()),
+            ))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))
@@ -162,6 +171,7 @@ impl App {
             .serve_with_incoming_shutdown(incoming, signal);
 
         tracing::info!(%addr, database = %config.database_url, "streamhub serving");
+        crate::auth::warn_if_exposed(addr, self.auth.is_some());
         let grace = config.shutdown_grace();
         let grace_elapsed = async {
             token.cancelled().await;

@@ -9,6 +9,7 @@ pub mod files;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod token;
 
 use crate::config::Config;
 use crate::proto::streaming_service_client::StreamingServiceClient;
@@ -29,6 +30,8 @@ pub struct Cli {
     pub serve: Config,
 }
 
+// Parsed once per process: the size of the `Serve` variant (all settings) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no command is given).
@@ -51,6 +54,8 @@ pub enum Command {
     Live(live::LiveArgs),
     /// Measure throughput and latency against a running server.
     Bench(bench::BenchArgs),
+    /// Mint a development bearer token (HS256) from the server's secret.
+    Token(token::TokenArgs),
 }
 
 /// How a client command reaches the server.

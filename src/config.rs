@@ -96,7 +96,11 @@ pub struct Config {
     /// Require a bearer JWT (`authorization: Bearer <token>`) on every StreamingService call
     /// and a signature on download URLs. Off by default; on, the server refuses to start
     /// without a key.
-    #[arg(long, env = "STREAMHUB_AUTH")]
+    #[arg(
+        long,
+        env = "STREAMHUB_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub auth: bool,
 
     /// Shared secret that HS256 tokens are signed with (at least 32 bytes). Prefer the

@@ -432,6 +432,50 @@ async fn only_valid_tokens_get_through_and_refusals_store_nothing() {
     );
 }
 
+/// Spellings of a StreamingService path that differ from the real one never reach a handler
+/// without a token: the layer checks the exact prefix the router serves.
+#[tokio::test]
+async fn odd_paths_never_reach_a_handler_without_a_token() {
+    let server = hs256_server().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    within(30, "odd paths", async {
+        for path in [
+            "/streaming.v1.StreamingService/PublishUserEvent",
+            "//streaming.v1.StreamingService/PublishUserEvent",
+            "/streaming.v1.StreamingService//PublishUserEvent",
+            "/streaming.v1.StreamingService/PublishUserEvent/",
+            "/Streaming.v1.StreamingService/PublishUserEvent",
+            "/%73treaming.v1.StreamingService/PublishUserEvent",
+            "/streaming.v1.StreamingService%2FPublishUserEvent",
+            "/./streaming.v1.StreamingService/PublishUserEvent",
+            "/x/../streaming.v1.StreamingService/PublishUserEvent",
+        ] {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let codec = tonic_prost::ProstCodec::<PublishUserEventRequest, UserEvent>::default();
+            let result = grpc
+                .unary(
+                    tonic::Request::new(login("ann")),
+                    path.parse().unwrap(),
+                    codec,
+                )
+                .await;
+            let status = result.expect_err(path);
+            assert!(
+                matches!(status.code(), Code::Unauthenticated | Code::Unimplemented),
+                "{path}: {status:?}"
+            );
+        }
+        let mut service = client_as(server.addr, &service_token("backend")).await;
+        assert_eq!(events_of(&mut service, "ann").await, vec![]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn rs256_and_eddsa_tokens_check_against_a_public_key_file() {
     let claims = json!({"sub": "ann", "role": "user", "exp": now() + 600});

@@ -130,6 +130,48 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Require a bearer JWT (`authorization: Bearer <token>`) on every StreamingService call
+    /// and a signature on download URLs. Off by default; on, the server refuses to start
+    /// without a key.
+    #[arg(
+        long,
+        env = "STREAMHUB_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auth: bool,
+
+    /// Shared secret that HS256 tokens are signed with (at least 32 bytes). Prefer the
+    /// environment or --auth-hs256-secret-file: a flag shows in the process list.
+    #[arg(long, env = "STREAMHUB_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<crate::auth::Secret>,
+
+    /// File holding the HS256 secret (surrounding whitespace is trimmed).
+    #[arg(
+        long,
+        env = "STREAMHUB_AUTH_HS256_SECRET_FILE",
+        conflicts_with = "auth_hs256_secret"
+    )]
+    pub auth_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM public key that RS256 (an RSA key) or EdDSA (an Ed25519 key) tokens are checked
+    /// against; the algorithm follows from the key.
+    #[arg(long, env = "STREAMHUB_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// Audience this server answers to. Set, a token must carry it in `aud`; unset, a token
+    /// that names any audience is refused (it was meant for someone else).
+    #[arg(long, env = "STREAMHUB_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// Secret that download URLs are signed with when auth is on. Default: derived from the
+    /// HS256 secret, or else random at each start (URLs then stop working after a restart).
+    #[arg(long, env = "STREAMHUB_URL_SIGNING_SECRET", hide_env_values = true)]
+    pub url_signing_secret: Option<crate::auth::Secret>,
+
+    /// Seconds a signed download URL stays valid after the upload that returned it.
+    #[arg(long, env = "STREAMHUB_DOWNLOAD_URL_TTL_SECS", default_value_t = 3600)]
+    pub download_url_ttl_secs: u64,
+
     /// Messages a chat member joining with sequence 0 gets replayed: the room's latest.
     #[arg(long, env = "STREAMHUB_CHAT_REPLAY_MESSAGES", default_value_t = 50)]
     pub chat_replay_messages: u64,

@@ -26,6 +26,12 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     DataLoss(String),
+    /// No valid credentials: a missing, malformed, expired or wrongly signed token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that do not allow this request (a user acting as someone else).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The server is shutting down; the client should retry elsewhere or later.
     #[error("server is shutting down")]
     Unavailable,
@@ -112,6 +118,8 @@ impl From<Error> for Status {
             Error::OutOfRange(m) => Status::out_of_range(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::DataLoss(m) => Status::data_loss(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Unavailable => Status::unavailable("server is shutting down"),
             ref fault if fault.is_disk_full() => {
                 tracing::error!(error = %cause_chain(fault), "storage is full");

@@ -2,7 +2,8 @@
 //!
 //! Responses carry Content-Length, Content-Type, Content-Disposition, an ETag holding the
 //! SHA-256, and support one byte range (206/416). Bytes stream from disk through a bounded
-//! channel. This module only speaks HTTP; what a file is and whether it is complete comes from
+//! channel. With auth on, a download needs a signed, unexpired URL (403 otherwise; see
+//! `auth::UrlSigner`). This module only speaks HTTP; what a file is and whether it is complete comes from
 //! the files service.
 
 use crate::error::Error;
@@ -10,7 +11,7 @@ use crate::introspect::Introspection;
 use crate::service::files::{Files, parse_file_id};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -121,6 +122,7 @@ fn plain(status: StatusCode, message: &str) -> Response {
 async fn download(
     State(files): State<Files>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -128,6 +130,10 @@ async fn download(
         Ok(id) => id,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "file id must be a UUID\n"),
     };
+    // With auth on, only a signed URL opens a file; checked before the file is even looked up.
+    if let Err(refusal) = files.check_download_url(&id, query.as_deref()) {
+        return plain(StatusCode::FORBIDDEN, refusal.message());
+    }
     let row = match files.complete_file(&id).await {
         Ok(row) => row,
         Err(Error::NotFound(_)) => return plain(StatusCode::NOT_FOUND, "no such file\n"),

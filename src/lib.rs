@@ -5,6 +5,7 @@
 //! `cli` is the client side of the same binary, which talks to a server only through the
 //! generated gRPC client.
 
+pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;

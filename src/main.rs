@@ -72,6 +72,10 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Some(Command::Token(args)) => {
+                streamhub::telemetry::init("warn");
+                streamhub::cli::token::run(args).map_err(|e| e.to_string())
+            }
             Some(Command::Bench(args)) => {
                 streamhub::telemetry::init("warn");
                 streamhub::cli::bench::run(args)

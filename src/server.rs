@@ -34,12 +34,16 @@ pub struct App {
     rpc_metrics: RpcMetrics,
     /// TLS for the listener, loaded before anything else opens; `None` serves plaintext.
     tls: Option<Tls>,
+    /// Token checks and URL signing; `None` when auth is off.
+    auth: Option<crate::auth::Auth>,
 }
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
         // Unusable certificate files stop the start before the database is touched.
         let tls = Tls::load(&config)?;
+        // Bad auth settings stop the start before anything is opened.
+        let auth = crate::auth::Auth::from_config(&config)?;
         let (store, store_writer) = crate::store::open(&config).await?;
         let hub = Hub::new(config.hub_capacity);
         let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
@@ -55,6 +59,7 @@ impl App {
             log,
             rpc_metrics: RpcMetrics::default(),
             tls,
+            auth,
         })
     }
 
@@ -113,6 +118,7 @@ impl App {
                 max_storage_bytes: config.max_storage_bytes,
                 upload_expiry: Duration::from_secs(config.upload_expiry_secs),
                 public_url,
+                url_signer: self.auth.as_ref().map(|a| a.url_signer.clone()),
             },
         );
         let report = files.sweep(true).await?;
@@ -157,6 +163,9 @@ impl App {
         let router = Server::builder()
             .layer(crate::cancel::CancelLayer)
             .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
+            .layer(crate::auth::AuthLayer(
+                self.auth.as_ref().map(|a| a.verifier.clone()),
+            ))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))
@@ -188,6 +197,7 @@ impl App {
         };
 
         tracing::info!(%addr, database = %config.database_url, tls, "streamhub serving");
+        crate::auth::warn_if_exposed(addr, self.auth.is_some());
         let grace = config.shutdown_grace();
         let grace_elapsed = async {
             token.cancelled().await;

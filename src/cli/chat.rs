@@ -13,7 +13,6 @@
 //! stderr.
 
 use super::{CliError, CliResult, Connect, fail};
-use crate::proto::streaming_service_client::StreamingServiceClient;
 use crate::proto::{ChatMessage, ChatMessageType, GetChatHistoryRequest};
 use clap::{Args, Subcommand};
 use std::collections::{HashMap, VecDeque};
@@ -564,7 +563,7 @@ impl Interactive {
                     crate::error::cause_chain(&e)
                 ))
             })?;
-            let mut client = StreamingServiceClient::new(channel);
+            let mut client = self.connect.client_on(channel).map_err(Failure::Fatal)?;
             let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
             let first = std::iter::once(self.state.join_message());
             for message in first.chain(self.state.pending().cloned()) {

@@ -11,7 +11,6 @@
 //! Results go to stdout; progress bars, notes and hints go to stderr.
 
 use super::{CliError, CliResult, Connect, fail};
-use crate::proto::streaming_service_client::StreamingServiceClient;
 use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetFileInfoRequest, GetUploadStatusRequest,
     GetUploadStatusResponse, UploadFileResponse, file_chunk,
@@ -23,7 +22,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Bytes per upload chunk message; the server sends download chunks of at most the same size.
@@ -264,7 +262,7 @@ fn rpc_error(action: &str, status: &Status) -> CliError {
     ))
 }
 
-type Client = StreamingServiceClient<Channel>;
+use super::Client;
 
 /// Dispatches `streamhub files …`.
 pub async fn run_files(args: FilesArgs) -> CliResult<()> {

@@ -9,6 +9,7 @@ pub mod files;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod token;
 
 use crate::config::Config;
 use crate::proto::streaming_service_client::StreamingServiceClient;
@@ -16,6 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::Status;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// streamhub: a persistent, event-sourced gRPC streaming service.
@@ -32,6 +36,8 @@ pub struct Cli {
     pub serve: Config,
 }
 
+// Parsed once per process: the size of the `Serve` variant (all settings) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no command is given).
@@ -54,6 +60,8 @@ pub enum Command {
     Live(live::LiveArgs),
     /// Measure throughput and latency against a running server.
     Bench(bench::BenchArgs),
+    /// Mint a development bearer token (HS256) from the server's secret.
+    Token(token::TokenArgs),
 }
 
 /// How a client command reaches the server.
@@ -79,6 +87,11 @@ pub struct Connect {
     /// PEM private key of --client-cert.
     #[arg(long, env = "STREAMHUB_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+
+    /// A JWT sent as `authorization: Bearer …` on every call, for a server with --auth on
+    /// (`streamhub token` mints one for development).
+    #[arg(long, env = "STREAMHUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Connect {
@@ -89,6 +102,7 @@ impl Connect {
             ca_cert: None,
             client_cert: None,
             client_key: None,
+            token: None,
         }
     }
 
@@ -153,9 +167,42 @@ impl Connect {
         Ok(Some(tls))
     }
 
-    pub async fn client(&self) -> CliResult<StreamingServiceClient<Channel>> {
-        Ok(StreamingServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(64 * 1024 * 1024))
+    pub async fn client(&self) -> CliResult<Client> {
+        self.client_on(self.channel().await?)
+    }
+
+    /// A client on an open channel that sends this connection's token, if any.
+    pub fn client_on(&self, channel: Channel) -> CliResult<Client> {
+        let token = match &self.token {
+            None => None,
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| fail("--token is not a valid header value"))?,
+            ),
+        };
+        Ok(
+            StreamingServiceClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
+    }
+}
+
+/// The generated client as every client command uses it: with the bearer token attached.
+pub type Client = StreamingServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
     }
 }
 

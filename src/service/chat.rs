@@ -213,10 +213,13 @@ impl Chat {
         &self,
         mut inbound: Streaming<ChatMessage>,
         cancelled: ClientCancelled,
+        identity: Option<crate::auth::Identity>,
     ) -> Result<ResponseStream<ChatMessage>, Status> {
-        let first = inbound.message().await?.ok_or_else(|| {
+        let mut first = inbound.message().await?.ok_or_else(|| {
             Error::invalid("the stream ended before its first message, which joins a room")
         })?;
+        // The first message binds the session's user; later ones must keep it.
+        crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("room_id", &first.room_id)?;
         validate_key("user_id", &first.user_id)?;
         let room: Arc<str> = first.room_id.as_str().into();

@@ -171,13 +171,16 @@ impl Collab {
         &self,
         mut inbound: Streaming<CollaborationEvent>,
         cancelled: ClientCancelled,
+        identity: Option<crate::auth::Identity>,
     ) -> Result<ResponseStream<CollaborationEvent>, Status> {
-        let first = inbound.message().await?.ok_or_else(|| {
+        let mut first = inbound.message().await?.ok_or_else(|| {
             Error::invalid("the stream ended before its first event, which must be JOIN")
         })?;
         if first.r#type != CollaborationEventType::Join as i32 {
             return Err(Error::invalid("the first event must be JOIN").into());
         }
+        // The JOIN binds the session's user; later events must keep it.
+        crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("document_id", &first.document_id)?;
         validate_key("user_id", &first.user_id)?;
         self.check_payload(&first)?;

@@ -161,11 +161,13 @@ impl Events {
     }
 
     /// ProcessDataBatch: reads the whole client stream, then commits every valid, new record in
-    /// one transaction. A client that cancels before half-closing commits nothing.
+    /// one transaction. A client that cancels before half-closing commits nothing, and neither
+    /// does a caller that sends a record for a user it may not act as (PERMISSION_DENIED).
     pub async fn import<S>(
         &self,
         mut records: S,
         cancelled: crate::cancel::ClientCancelled,
+        identity: Option<crate::auth::Identity>,
     ) -> Result<BatchProcessingResult, Status>
     where
         S: Stream<Item = Result<DataRecord, Status>> + Unpin,
@@ -178,7 +180,9 @@ impl Events {
         let mut bytes = 0u64;
         let mut batch = Vec::new();
         while let Some(record) = records.next().await {
-            let record = record?;
+            let mut record = record?;
+            // One record for another user fails the whole batch: nothing is committed.
+            crate::auth::act_as(identity.as_ref(), &mut record.user_id)?;
             let index = result.records_received;
             result.records_received += 1;
             bytes += record.encoded_len() as u64;

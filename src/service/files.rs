@@ -44,6 +44,8 @@ pub struct FileSettings {
     pub upload_expiry: Duration,
     /// Base of download URLs, without a trailing slash.
     pub public_url: String,
+    /// Signs download URLs, and requires the signature on plain-HTTP downloads, when auth is on.
+    pub url_signer: Option<crate::auth::UrlSigner>,
 }
 
 /// Bytes moved, for introspection.
@@ -251,9 +253,26 @@ impl Files {
         })
     }
 
-    /// The public URL of a file.
+    /// The public URL of a file; signed, with an expiry, when auth is on.
     pub fn download_url(&self, id: &Uuid) -> String {
-        format!("{}/files/{}", self.settings.public_url, id.hyphenated())
+        let url = format!("{}/files/{}", self.settings.public_url, id.hyphenated());
+        match &self.settings.url_signer {
+            Some(signer) => format!("{url}?{}", signer.query(id)),
+            None => url,
+        }
+    }
+
+    /// Whether a plain-HTTP download of `id` with this query may go ahead: always when auth is
+    /// off, else only with a genuine, unexpired signature.
+    pub fn check_download_url(
+        &self,
+        id: &Uuid,
+        query: Option<&str>,
+    ) -> Result<(), crate::auth::UrlRefusal> {
+        match &self.settings.url_signer {
+            Some(signer) => signer.check(id, query),
+            None => Ok(()),
+        }
     }
 
     /// UploadFile. `cancelled` is raised when the client reset the call: the upload then counts

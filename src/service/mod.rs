@@ -1,6 +1,8 @@
 //! The gRPC surface: one `StreamingService` implementation that hands each RPC to its
 //! capability module (`events`, …). Capabilities that are not built yet answer UNIMPLEMENTED.
 //!
+//! Who may act as which user is decided here, before a capability runs, by the one rule in
+//! `auth::act_as` (streamed requests pass the caller's identity down for their first message).
 //! This layer validates and translates; it never writes SQL and never runs its own
 //! replay-then-tail loop: both belong to the log engine.
 
@@ -112,7 +114,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::StreamUserEventsRequest>,
     ) -> Result<Response<Self::StreamUserEventsStream>, Status> {
-        Ok(Response::new(self.events.stream(request.into_inner())?))
+        let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
+        Ok(Response::new(self.events.stream(request)?))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
@@ -120,9 +123,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::PublishUserEventRequest>,
     ) -> Result<Response<proto::UserEvent>, Status> {
-        Ok(Response::new(
-            self.events.publish(request.into_inner()).await?,
-        ))
+        let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
+        Ok(Response::new(self.events.publish(request).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -131,8 +133,11 @@ impl StreamingService for Api {
         request: Request<Streaming<proto::DataRecord>>,
     ) -> Result<Response<proto::BatchProcessingResult>, Status> {
         let cancelled = crate::cancel::flag_of(&request);
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.events.import(request.into_inner(), cancelled).await?,
+            self.events
+                .import(request.into_inner(), cancelled, identity)
+                .await?,
         ))
     }
 
@@ -154,9 +159,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeToNotificationsStream>, Status> {
-        Ok(Response::new(
-            self.notify.subscribe(request.into_inner()).await?,
-        ))
+        let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
+        Ok(Response::new(self.notify.subscribe(request).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -193,8 +197,11 @@ impl StreamingService for Api {
         request: Request<Streaming<proto::ChatMessage>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
         let cancelled = crate::cancel::flag_of(&request);
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.chat.session(request.into_inner(), cancelled).await?,
+            self.chat
+                .session(request.into_inner(), cancelled, identity)
+                .await?,
         ))
     }
 
@@ -206,8 +213,11 @@ impl StreamingService for Api {
         request: Request<Streaming<proto::CollaborationEvent>>,
     ) -> Result<Response<Self::CollaborateStream>, Status> {
         let cancelled = crate::cancel::flag_of(&request);
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.collab.session(request.into_inner(), cancelled).await?,
+            self.collab
+                .session(request.into_inner(), cancelled, identity)
+                .await?,
         ))
     }
 
@@ -226,9 +236,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::PublishNotificationRequest>,
     ) -> Result<Response<proto::Notification>, Status> {
-        Ok(Response::new(
-            self.notify.publish(request.into_inner()).await?,
-        ))
+        let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
+        Ok(Response::new(self.notify.publish(request).await?))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
@@ -236,9 +245,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::AcknowledgeNotificationsRequest>,
     ) -> Result<Response<proto::AcknowledgeNotificationsResponse>, Status> {
-        Ok(Response::new(
-            self.notify.acknowledge(request.into_inner()).await?,
-        ))
+        let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
+        Ok(Response::new(self.notify.acknowledge(request).await?))
     }
 
     #[tracing::instrument(skip_all, fields(file_id = %request.get_ref().file_id))]

@@ -10,14 +10,12 @@ mod metrics;
 mod notify;
 
 use super::{CliResult, Connect, fail};
-use crate::proto::streaming_service_client::StreamingServiceClient;
 use crate::proto::{DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
 use clap::{Args, Subcommand};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -223,7 +221,7 @@ fn rate(count: u64, elapsed: Duration) -> u64 {
     (count as f64 / elapsed.as_secs_f64().max(1e-9)) as u64
 }
 
-type Client = StreamingServiceClient<Channel>;
+use super::Client;
 
 async fn clients(connect: &Connect, n: usize) -> CliResult<Vec<Client>> {
     let mut out = Vec::with_capacity(n.max(1));

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::files::BlobStore;
 use crate::introspect::{Introspection, RpcMetrics, RpcMetricsLayer};
 use crate::log::{Hub, Log, Writer};
+use crate::message_limit::MessageLimitLayer;
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
 use crate::service::files::{FileSettings, Files};
@@ -158,6 +159,7 @@ impl App {
         let server = Server::builder()
             .layer(crate::cancel::CancelLayer)
             .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
+            .layer(MessageLimitLayer::new(config.max_message_bytes))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))

@@ -484,6 +484,188 @@ async fn an_upload_over_the_size_cap_is_refused_before_any_byte() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Size caps of single requests and batches
+// ---------------------------------------------------------------------------------------------
+
+/// A DataRecord for `user` whose encoding is exactly `len` bytes.
+fn record_of_len(user: &str, len: usize) -> DataRecord {
+    let mut record = DataRecord {
+        user_id: user.into(),
+        r#type: UserEventType::Login as i32,
+        data: Some(prost_types::Any {
+            type_url: "t".into(),
+            value: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    while record.encoded_len() < len {
+        record.data.as_mut().unwrap().value.push(1);
+    }
+    assert_eq!(
+        record.encoded_len(),
+        len,
+        "no record of exactly {len} bytes"
+    );
+    record
+}
+
+/// Events of `user` stored so far.
+async fn stored_events(client: &mut Client, user: &str) -> usize {
+    client
+        .stream_user_events(StreamUserEventsRequest {
+            user_id: user.into(),
+            history_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .len()
+}
+
+/// Every per-request size cap, set to 100 bytes (and 3 records per batch): exactly the cap is
+/// accepted, one more byte (or record) gets RESOURCE_EXHAUSTED with a message naming the limit,
+/// and nothing of the refused request is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_cap_accepts_its_limit_and_refuses_one_more() {
+    let server = TestServer::start_with(|c| {
+        c.max_event_data_bytes = 100;
+        c.max_notification_bytes = 100;
+        c.max_chat_content_bytes = 100;
+        c.max_collab_payload_bytes = 100;
+        c.max_batch_records = 3;
+        c.max_batch_bytes = 100;
+    })
+    .await;
+    within(60, "size caps", async {
+        let mut c = server.client().await;
+
+        // Event data: the encoded Any.
+        let data = |len: usize| {
+            let mut any = prost_types::Any {
+                type_url: "t".into(),
+                value: Vec::new(),
+            };
+            while any.encoded_len() < len {
+                any.value.push(0);
+            }
+            any
+        };
+        let publish = |len: usize| PublishUserEventRequest {
+            user_id: "caps".into(),
+            r#type: UserEventType::Login as i32,
+            data: Some(data(len)),
+            id: String::new(),
+        };
+        c.publish_user_event(publish(100)).await.expect("100 bytes");
+        let over = c.publish_user_event(publish(101)).await.unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert_eq!(over.message(), "data is 101 bytes; the limit is 100");
+        assert_eq!(stored_events(&mut c, "caps").await, 1);
+
+        // Notification: title, body and data together.
+        let note = |body: usize| PublishNotificationRequest {
+            user_id: "caps".into(),
+            topic: "t".into(),
+            title: "x".repeat(60),
+            body: "y".repeat(body),
+            ..Default::default()
+        };
+        c.publish_notification(note(40)).await.expect("100 bytes");
+        let over = c.publish_notification(note(41)).await.unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert_eq!(
+            over.message(),
+            "title, body and data are 101 bytes together; the limit is 100"
+        );
+
+        // Chat content: as a joining post (refused before anything is stored) and mid-stream.
+        let over = chat(&mut c, text("caps", "ann", &"x".repeat(101)))
+            .await
+            .unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert_eq!(over.message(), "content is 101 bytes; the limit is 100");
+        assert_eq!(room_history(&mut c, "caps").await, Vec::new());
+        let (tx, mut replies) = chat(&mut c, text("caps", "ann", &"x".repeat(100)))
+            .await
+            .expect("100 bytes");
+        assert_eq!(next_ok(&mut replies, "join").await.sequence, 1);
+        assert_eq!(next_ok(&mut replies, "post").await.content.len(), 100);
+        tx.send(text("caps", "ann", &"x".repeat(101)))
+            .await
+            .unwrap();
+        match next(&mut replies, "over").await {
+            Some(Err(status)) => assert_eq!(status.code(), Code::ResourceExhausted),
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+
+        // Collaboration payload.
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(join_event("caps", "ann")).await.unwrap();
+        let mut doc = c
+            .collaborate(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let op = |len: usize| CollaborationEvent {
+            r#type: CollaborationEventType::Operation as i32,
+            payload: vec![1; len],
+            ..Default::default()
+        };
+        tx.send(op(100)).await.unwrap();
+        let applied = next_ok(&mut doc, "op").await;
+        assert_eq!((applied.sequence, applied.payload.len()), (1, 100));
+        tx.send(op(101)).await.unwrap();
+        match next(&mut doc, "over").await {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                assert_eq!(status.message(), "payload is 101 bytes; the limit is 100");
+            }
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+
+        // Batches: 3 records commit; a 4th refuses the whole batch.
+        let small = |_| record_of_len("batch", 20);
+        let done = c
+            .process_data_batch(tokio_stream::iter((0..3).map(small)))
+            .await
+            .expect("3 records")
+            .into_inner();
+        assert_eq!(done.records_accepted, 3);
+        let over = c
+            .process_data_batch(tokio_stream::iter((3..7).map(small)))
+            .await
+            .unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert_eq!(over.message(), "a batch may hold at most 3 records");
+        // Bytes: 50 + 50 commit; 50 + 51 refuse the whole batch.
+        let done = c
+            .process_data_batch(tokio_stream::iter(vec![
+                record_of_len("batch", 50),
+                record_of_len("batch", 50),
+            ]))
+            .await
+            .expect("100 bytes")
+            .into_inner();
+        assert_eq!(done.records_accepted, 2);
+        let over = c
+            .process_data_batch(tokio_stream::iter(vec![
+                record_of_len("batch", 50),
+                record_of_len("batch", 51),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+        assert_eq!(over.message(), "a batch may hold at most 100 bytes");
+        assert_eq!(stored_events(&mut c, "batch").await, 5);
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Live keys
 // ---------------------------------------------------------------------------------------------
 

@@ -22,6 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::codec::Streaming;
 
+/// The tests of this file run one at a time: the keepalive test measures seconds and must not
+/// share two cores with 2,000 streams being opened next to it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
 async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(secs), body).await {
@@ -91,6 +95,7 @@ async fn history(client: &mut Client, room: &str) -> Vec<String> {
 /// are answered through the healthy network and do not cut idle streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_found_by_keepalive_and_its_streams_are_freed() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start_with(|c| {
         c.keepalive_interval_secs = 1;
         c.keepalive_timeout_secs = 1;
@@ -265,6 +270,7 @@ async fn abandon_a_round(server: &ChildServer, round: usize) -> u64 {
 /// before that round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_abandoned_streams_release_their_work_and_memory() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // `normal` sync: this test is about release, not durability, and fsyncs would only slow it.
     let server = ChildServer::spawn(dir.path(), &["--sync", "normal"]);
@@ -393,6 +399,7 @@ fn upload_messages(total: usize, file_id: &str) -> Vec<FileChunk> {
 /// small upload afterwards succeeds and downloads intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_fills_the_disk_gets_resource_exhausted_and_leaves_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // Declared before the mount, so that on a failure it is removed only after the unmount.
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let storage = dir.path().join("files");

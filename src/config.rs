@@ -122,11 +122,13 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10)]
     pub keepalive_timeout_secs: u64,
 
-    /// Concurrent HTTP/2 streams (RPCs) one connection may open.
+    /// Concurrent HTTP/2 streams (RPCs) one connection may open. An HTTP/2 setting, not a gRPC
+    /// status: a compliant client queues its next call until one of its streams ends.
     #[arg(long, env = "STREAMHUB_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
 
-    /// Largest single gRPC message the server decodes, in bytes.
+    /// Largest single gRPC message the server decodes, in bytes; a larger one gets
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "STREAMHUB_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 

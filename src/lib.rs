@@ -14,6 +14,7 @@ pub mod files;
 pub mod http;
 pub mod introspect;
 pub mod log;
+pub mod message_limit;
 pub mod presence;
 pub mod proto;
 pub mod server;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::files::BlobStore;
 use crate::introspect::{Introspection, RpcMetrics, RpcMetricsLayer};
 use crate::log::{Hub, Log, Writer};
+use crate::message_limit::MessageLimitLayer;
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
 use crate::service::files::{FileSettings, Files};
@@ -166,6 +167,7 @@ impl App {
             .layer(crate::auth::AuthLayer(
                 self.auth.as_ref().map(|a| a.verifier.clone()),
             ))
+            .layer(MessageLimitLayer::new(config.max_message_bytes))
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval()))
             .http2_keepalive_timeout(Some(config.keepalive_timeout()))

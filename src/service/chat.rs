@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 /// GetChatHistory's page size when the request gives none, and its cap.
 const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -321,6 +321,11 @@ impl Chat {
                 // hyper reports a client's cancel as a clean end: only the flag tells them apart.
                 Ok(None) if cancelled.is_set() => break Ending::Gone,
                 Ok(None) => break Ending::Finished,
+                // A message over the size limit is the client's fault and gets its status; any
+                // other error means the client or its connection is gone.
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    break Ending::Failed(status);
+                }
                 Err(_) => break Ending::Gone,
             }
         };

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 /// Answers queued for one participant's response (REJECTED events, the final status).
 const CONTROL_CAPACITY: usize = 64;
@@ -255,6 +255,11 @@ impl Collab {
                 Ok(Some(event)) => event,
                 Ok(None) if cancelled.is_set() => break Ending::Gone,
                 Ok(None) => break Ending::Finished,
+                // A message over the size limit is the client's fault and gets its status; any
+                // other error means the client or its connection is gone.
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    break Ending::Failed(status);
+                }
                 Err(_) => break Ending::Gone,
             };
             let step = match self.check(event, &stream.key, &user) {

@@ -408,6 +408,10 @@ impl Files {
         while let Some(message) = messages.next().await {
             let message = match message {
                 Ok(message) => message,
+                // A chunk message over the size limit: the client's fault, with its status.
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    fail!(Error::ResourceExhausted(status.message().to_string()))
+                }
                 Err(status) => {
                     tracing::info!(file_id = %plan.id, code = ?status.code(), "upload interrupted");
                     fail!(Error::invalid("the upload stream broke off"))

@@ -182,7 +182,9 @@ impl Windows {
                             .or_insert_with(|| Window::new(self.settings.window))
                     }
                 };
-                proto::processing_result::Outcome::Stats(window.observe(value, self.settings))
+                proto::processing_result::Outcome::Stats(
+                    window.observe(value, self.settings.anomaly_z),
+                )
             }
         };
         Ok(ProcessingResult {
@@ -216,7 +218,11 @@ impl Windows {
 /// The last `capacity` values of one key with their running statistics, all O(1) amortised per
 /// value: Welford's mean and sum of squared deviations (with removal), and monotonic deques for
 /// the minimum and maximum.
-struct Window {
+///
+/// Public only so that property tests (tests/fuzz.rs) can hold it against a from-scratch
+/// reference; the server builds windows only through ProcessLiveData, which validates values
+/// first (finite, |v| ≤ [`MAX_ABS_VALUE`]). Other values are outside its contract.
+pub struct Window {
     capacity: usize,
     values: VecDeque<f64>,
     /// Position (in this key's whole sequence of values) of `values[0]`.
@@ -253,7 +259,9 @@ struct Summary {
 }
 
 impl Window {
-    fn new(capacity: usize) -> Self {
+    /// An empty window of `capacity` values (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Window {
             capacity,
             values: VecDeque::new(),
@@ -303,8 +311,9 @@ impl Window {
         }
     }
 
-    /// Scores `value` against the window, then adds it; returns the result's statistics.
-    fn observe(&mut self, value: f64, settings: Settings) -> WindowStats {
+    /// Scores `value` against the window, then adds it; returns the result's statistics, with
+    /// `anomaly` set when |z| is above `anomaly_z`.
+    pub fn observe(&mut self, value: f64, anomaly_z: f64) -> WindowStats {
         let before = self.summary();
         // An empty window has stddev 0 too: no spread, no z.
         let z_score = if before.stddev > 0.0 {
@@ -326,7 +335,7 @@ impl Window {
             max: after.max,
             stddev: after.stddev,
             z_score,
-            anomaly: z_score.abs() > settings.anomaly_z,
+            anomaly: z_score.abs() > anomaly_z,
         }
     }
 
@@ -418,13 +427,7 @@ mod tests {
         (a - b).abs() <= 1e-9 * b.abs() + 1e-14 * scale
     }
 
-    fn settings(window: usize) -> Settings {
-        Settings {
-            window,
-            anomaly_z: 3.0,
-            max_keys: 10,
-        }
-    }
+    const ANOMALY_Z: f64 = 3.0;
 
     #[test]
     fn running_statistics_match_a_recomputation_over_a_long_drifting_series() {
@@ -446,7 +449,7 @@ mod tests {
                     _ => -(i as f64) * 1e-3 + noise * 1e-6,
                 };
                 all.push(value);
-                let got = window.observe(value, settings(capacity));
+                let got = window.observe(value, ANOMALY_Z);
                 let recent = &all[all.len().saturating_sub(capacity)..];
                 let want = reference(recent);
                 let scale = want.max.abs().max(want.min.abs());
@@ -471,7 +474,7 @@ mod tests {
 
     #[test]
     fn z_score_edge_cases() {
-        let s = settings(10);
+        let s = ANOMALY_Z;
         let mut window = Window::new(10);
         // First value: nothing to compare with.
         let first = window.observe(5.0, s);

@@ -27,8 +27,9 @@ pub const MAX_KEY_BYTES: usize = 128;
 /// Longest client-chosen idempotency id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 
-/// A stream key must be present, short and printable: it names a log.
-pub(crate) fn validate_key(field: &str, value: &str) -> Result<()> {
+/// A stream key must be present, short and printable: it names a log. Public so that property
+/// tests (tests/fuzz.rs) can hold it to its rule directly; requests reach it only through RPCs.
+pub fn validate_key(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(format!("{field} is required")));
     }
@@ -45,8 +46,9 @@ pub(crate) fn validate_key(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// An optional client-chosen id: empty means "the server assigns one".
-pub(crate) fn validate_client_id(id: &str) -> Result<Option<String>> {
+/// An optional client-chosen id: empty means "the server assigns one". Public for the same reason
+/// as [`validate_key`].
+pub fn validate_client_id(id: &str) -> Result<Option<String>> {
     if id.is_empty() {
         return Ok(None);
     }

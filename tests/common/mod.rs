@@ -265,3 +265,168 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+use tokio_util::sync::CancellationToken;
+
+/// A TCP forwarder that can stop forwarding without closing anything: after
+/// [`Freezable::freeze`] both sockets of every connection stay open but no byte moves in either
+/// direction, the way a peer looks when its machine dies or its network drops packets. The server
+/// sees no FIN and no RST; only its HTTP/2 keepalive can find out.
+pub struct Freezable {
+    pub addr: SocketAddr,
+    frozen: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Copies `from` to `to` until either side ends; once `frozen` is cancelled, holds both halves
+/// open and moves nothing, forever.
+async fn forward_until_frozen(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let step = async {
+            let n = from.read(&mut buf).await?;
+            to.write_all(&buf[..n]).await?;
+            Ok::<usize, std::io::Error>(n)
+        };
+        tokio::select! {
+            _ = frozen.cancelled() => std::future::pending::<()>().await,
+            step = step => match step {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+impl Freezable {
+    pub async fn to(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let frozen = CancellationToken::new();
+        let token = frozen.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with this task: every link, and so every socket, goes with it.
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let frozen = token.clone();
+                links.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    let up = forward_until_frozen(in_read, out_write, frozen.clone());
+                    let down = forward_until_frozen(out_read, in_write, frozen);
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Freezable { addr, frozen, task }
+    }
+
+    /// A client whose one connection runs through this forwarder.
+    pub async fn client(&self) -> Client {
+        connect(&format!("http://{}", self.addr)).await
+    }
+
+    /// Stops moving bytes on every connection, keeping the sockets open.
+    pub fn freeze(&self) {
+        self.frozen.cancel();
+    }
+}
+
+impl Drop for Freezable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 (the server's `/metrics` and download routes); returns the
+/// status line's code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    socket
+        .read_to_end(&mut response)
+        .await
+        .expect("read response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The server's `/metrics` text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    body
+}
+
+/// The value of one exact metric line, e.g. `streamhub_rpc_open{rpc="Chat"}`.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `streamhub_rpc_open{rpc="<rpc>"}` of a scrape.
+pub fn rpc_open(text: &str, rpc: &str) -> u64 {
+    metric(text, &format!("streamhub_rpc_open{{rpc=\"{rpc}\"}}"))
+        .unwrap_or_else(|| panic!("no streamhub_rpc_open for {rpc} in:\n{text}"))
+}
+
+/// Scrapes `/metrics` every 50 ms until `cond` holds; fails after `limit` with the last scrape.
+/// Returns how long it took.
+pub async fn wait_for_metrics(
+    addr: SocketAddr,
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut(&str) -> bool,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = scrape(addr).await;
+        if cond(&text) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resident memory of another process, in KiB (0 when it cannot be read).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

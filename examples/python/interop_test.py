@@ -137,6 +137,7 @@ def test_chat_between_python_and_rust(server: Server, binary: str):
     )
     rust.stdin.write("hello from rust\n")
     rust.stdin.close()  # a pipe: the CLI sends what it read, then keeps listening until Ctrl-C
+    rust.stdin = None  # closed already; communicate() must not flush it
     out = run_example(
         "chat.py", "--server", server.address, "--room", room, "--user", "python",
         "--send", "hello from python", "--until", "rust: hello from rust", "--timeout", "30",

@@ -108,31 +108,6 @@ fn default_config_matches_the_documented_defaults() {
     }
 }
 
-/// `GET path` over plain HTTP/1.1 on the server's port; returns the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap()
-}
-
-/// The value of one exact metric line, e.g. `streamhub_rpc_open{rpc="Chat"}`.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_open_streams_status_codes_and_hub_receivers() {
     use streamhub::proto::{PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
@@ -161,22 +136,27 @@ async fn metrics_count_open_streams_status_codes_and_hub_receivers() {
         .into_inner();
     assert_eq!(tail.next().await.unwrap().unwrap().sequence, 1);
 
-    let text = http_get(server.addr, "/metrics").await;
+    let text = common::scrape(server.addr).await;
     let open = r#"streamhub_rpc_open{rpc="StreamUserEvents"}"#;
-    assert_eq!(metric(&text, open), Some(1), "{text}");
-    assert_eq!(metric(&text, "streamhub_hub_receivers"), Some(1));
+    assert_eq!(common::metric(&text, open), Some(1), "{text}");
+    assert_eq!(common::metric(&text, "streamhub_hub_receivers"), Some(1));
     let ok = r#"streamhub_rpc_finished_total{rpc="PublishUserEvent",code="OK"}"#;
     let invalid = r#"streamhub_rpc_finished_total{rpc="PublishUserEvent",code="INVALID_ARGUMENT"}"#;
-    assert_eq!(metric(&text, ok), Some(1), "{text}");
-    assert_eq!(metric(&text, invalid), Some(1));
-    assert_eq!(metric(&text, "streamhub_writer_records_total"), Some(1));
+    assert_eq!(common::metric(&text, ok), Some(1), "{text}");
+    assert_eq!(common::metric(&text, invalid), Some(1));
+    assert_eq!(
+        common::metric(&text, "streamhub_writer_records_total"),
+        Some(1)
+    );
 
     // A stream counts until it ends: dropping it brings the gauges back to zero.
     drop(tail);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = http_get(server.addr, "/metrics").await;
-        if metric(&text, open) == Some(0) && metric(&text, "streamhub_hub_receivers") == Some(0) {
+        let text = common::scrape(server.addr).await;
+        if common::metric(&text, open) == Some(0)
+            && common::metric(&text, "streamhub_hub_receivers") == Some(0)
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{text}");

@@ -148,13 +148,27 @@ impl AppendPermit<'_> {
     }
 }
 
-/// The answer to an append queued through a permit.
+/// The answer to an append queued through a permit. Awaiting it (also through `&mut`, which
+/// keeps it when a `select!` picks another branch) waits until the records are durable.
 pub struct PendingAppend(oneshot::Receiver<Result<Vec<AppendOutcome>>>);
 
 impl PendingAppend {
     /// Waits until the records are durable (or failed).
     pub async fn outcome(self) -> Result<Vec<AppendOutcome>> {
-        self.0.await.map_err(|_| Error::Unavailable)?
+        self.await
+    }
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Vec<AppendOutcome>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|_| Error::Unavailable)?)
     }
 }
 

@@ -11,7 +11,9 @@ use super::{ResponseStream, validate_client_id, validate_key};
 use crate::cancel::ClientCancelled;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, subscribe};
+use crate::log::{
+    AppendOutcome, Log, NewRecord, PendingAppend, Start, SubscribeOptions, subscribe,
+};
 use crate::presence::{Heard, Listener, Member, Presence};
 use crate::proto::{
     ChatMessage, ChatMessageType, GetChatHistoryRequest, GetChatHistoryResponse,
@@ -19,6 +21,7 @@ use crate::proto::{
 };
 use crate::store::{LogRecord, StreamKey, StreamKind};
 use prost::Message;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
@@ -30,6 +33,46 @@ const DEFAULT_HISTORY_LIMIT: u32 = 50;
 const MAX_HISTORY_LIMIT: u32 = 500;
 /// Answers queued for one member's response (rejections, the final status).
 const CONTROL_CAPACITY: usize = 16;
+/// Posts of one member queued for the writer and not yet durable. The session keeps reading
+/// while they commit, so one member can post faster than one commit per message; past this
+/// many it stops reading until the oldest is durable.
+const POSTS_IN_FLIGHT: usize = 64;
+
+/// Posts of one session queued for the writer, oldest first, with what was sent.
+type InFlight = VecDeque<(PendingAppend, NewRecord)>;
+
+/// Waits until the oldest post is durable and checks its outcome; never resolves while nothing
+/// is in flight. Cancel-safe: the post stays queued until its outcome is taken.
+async fn next_posted(in_flight: &mut InFlight) -> Result<()> {
+    let Some((pending, _)) = in_flight.front_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = pending.await;
+    match in_flight.pop_front() {
+        Some((_, record)) => check_posted(outcome, &record),
+        None => Err(Error::Internal("post queue emptied while awaited".into())),
+    }
+}
+
+/// What a post's outcome means for its session: a re-send of a stored message is fine (its copy
+/// went out when it was first stored); the same id with other content is ALREADY_EXISTS.
+fn check_posted(outcome: Result<Vec<AppendOutcome>>, record: &NewRecord) -> Result<()> {
+    match outcome?.into_iter().next() {
+        Some(AppendOutcome::Stored(_)) => Ok(()),
+        Some(AppendOutcome::Duplicate(existing))
+            if existing.stream == record.stream && existing.payload == record.payload =>
+        {
+            Ok(())
+        }
+        Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
+            "message id {} already exists with different content",
+            existing.id
+        ))),
+        Some(AppendOutcome::Rejected { .. }) | None => {
+            Err(Error::Internal("unexpected append outcome".into()))
+        }
+    }
+}
 
 /// Limits and defaults of chat.
 #[derive(Debug, Clone)]
@@ -300,10 +343,13 @@ impl Chat {
     ) {
         let shutdown = self.log.shutdown.clone();
         let mut typing_shown = false;
+        let mut in_flight = InFlight::new();
         let mut next = Some(first);
-        let ending = loop {
+        let mut ending = loop {
             if let Some(incoming) = next.take()
-                && let Err(e) = self.handle(&member, incoming, &mut typing_shown).await
+                && let Err(e) = self
+                    .handle(&member, incoming, &mut typing_shown, &mut in_flight)
+                    .await
             {
                 break Ending::Failed(e.into());
             }
@@ -311,7 +357,11 @@ impl Chat {
                 biased;
                 _ = shutdown.cancelled() => break Ending::Shutdown,
                 _ = control.closed() => break Ending::Gone,
-                received = inbound.message() => received,
+                posted = next_posted(&mut in_flight) => match posted {
+                    Ok(()) => continue,
+                    Err(e) => break Ending::Failed(e.into()),
+                },
+                received = inbound.message(), if in_flight.len() < POSTS_IN_FLIGHT => received,
             };
             match received {
                 Ok(Some(message)) => match self.check(&message, &stream.key, &user, false) {
@@ -330,6 +380,16 @@ impl Chat {
             }
         };
 
+        // Posts still committing: a client that finished is owed their outcome (one may be an
+        // ALREADY_EXISTS); a client that is gone is not, and they commit all the same.
+        if matches!(ending, Ending::Finished) {
+            while !in_flight.is_empty() {
+                if let Err(e) = next_posted(&mut in_flight).await {
+                    ending = Ending::Failed(e.into());
+                    break;
+                }
+            }
+        }
         if matches!(ending, Ending::Finished) {
             // The stream must end at the leave notice, not past it: hold the log back until
             // its sequence is known. Never waits: with the queue full (a client that reads
@@ -355,6 +415,7 @@ impl Chat {
         member: &Member<ChatMessage>,
         incoming: Incoming,
         typing_shown: &mut bool,
+        in_flight: &mut InFlight,
     ) -> Result<()> {
         match incoming {
             Incoming::Nothing => Ok(()),
@@ -367,30 +428,22 @@ impl Chat {
             Incoming::Post(record) => {
                 // A message ends its author's typing notice on every client.
                 *typing_shown = false;
-                self.post(record).await
+                self.post(record, in_flight).await
             }
         }
     }
 
-    /// Stores one message; the room's log delivers it to every member, the author included.
-    async fn post(&self, record: NewRecord) -> Result<()> {
-        let outcome = self.log.writer.append(vec![record.clone()]).await?;
-        match outcome.into_iter().next() {
-            Some(AppendOutcome::Stored(_)) => Ok(()),
-            // A re-send of a stored message: it was delivered when first stored.
-            Some(AppendOutcome::Duplicate(existing))
-                if existing.stream == record.stream && existing.payload == record.payload =>
-            {
-                Ok(())
-            }
-            Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
-                "message id {} already exists with different content",
-                existing.id
-            ))),
-            Some(AppendOutcome::Rejected { .. }) | None => {
-                Err(Error::Internal("unexpected append outcome".into()))
-            }
-        }
+    /// Queues one message for the writer, in the member's order; the room's log delivers it to
+    /// every member, the author included. Its outcome is checked when it is durable.
+    async fn post(&self, record: NewRecord, in_flight: &mut InFlight) -> Result<()> {
+        let pending = self
+            .log
+            .writer
+            .reserve()
+            .await?
+            .append(vec![record.clone()]);
+        in_flight.push_back((pending, record));
+        Ok(())
     }
 
     /// Removes the member; when it was the user's last stream in the room, stores the leave

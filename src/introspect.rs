@@ -76,11 +76,6 @@ impl RpcMetrics {
         figures.open = figures.open.saturating_sub(1);
         *figures.codes.entry(code).or_default() += 1;
     }
-
-    /// Calls of `rpc` in flight now, for tests.
-    pub fn open(&self, rpc: &str) -> u64 {
-        self.lock().get(rpc).map_or(0, |f| f.open)
-    }
 }
 
 fn rpc_of(path: &str) -> Option<&'static str> {

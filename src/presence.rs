@@ -180,16 +180,6 @@ impl<S: Clone + Send + 'static> Presence<S> {
         };
         Ok((member, listener, answer))
     }
-
-    /// Streams currently present in `room`, for tests and introspection.
-    pub fn streams_in(&self, room: &str) -> usize {
-        self.lock().get(room).map_or(0, |r| r.users.values().sum())
-    }
-
-    /// Rooms with at least one live stream.
-    pub fn room_count(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// One live stream's place in a room. Leaving is explicit, so the caller can act on it; if a

@@ -95,6 +95,22 @@ fn json_from_value(value: &prost_types::Value) -> serde_json::Value {
 /// Renders an `Any` for people: JSON when it holds a `Value` or `Struct`, else its type URL and
 /// size.
 pub fn describe_any(any: &prost_types::Any) -> String {
+    match json_of_any(any) {
+        Some(json) => json.to_string(),
+        None => format!("<{} bytes of {}>", any.value.len(), any.type_url),
+    }
+}
+
+/// An optional `Any` as a JSON value for `--json` output: its JSON when it holds a `Value` or
+/// `Struct`, else the description as a string, and `null` when there is none.
+pub fn any_to_json(any: Option<&prost_types::Any>) -> serde_json::Value {
+    match any {
+        None => serde_json::Value::Null,
+        Some(any) => json_of_any(any).unwrap_or_else(|| describe_any(any).into()),
+    }
+}
+
+fn json_of_any(any: &prost_types::Any) -> Option<serde_json::Value> {
     use prost::Message;
     const STRUCT_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
     let json = match any.type_url.as_str() {
@@ -110,10 +126,7 @@ pub fn describe_any(any: &prost_types::Any) -> String {
             }),
         _ => None,
     };
-    match json {
-        Some(json) => json.to_string(),
-        None => format!("<{} bytes of {}>", any.value.len(), any.type_url),
-    }
+    json
 }
 
 impl UserEventType {

@@ -69,11 +69,6 @@ impl App {
         &self.log.hub
     }
 
-    /// Calls per RPC, for introspection.
-    pub fn rpc_metrics(&self) -> &RpcMetrics {
-        &self.rpc_metrics
-    }
-
     /// The log engine, for introspection.
     pub fn log(&self) -> &Log {
         &self.log

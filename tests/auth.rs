@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::within;
+
 use common::TestServer;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -43,13 +45,6 @@ const AUTH_ENV: [&str; 7] = [
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-async fn within<T>(secs: u64, what: &str, body: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 fn now() -> u64 {
     SystemTime::now()

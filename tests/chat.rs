@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamhub::config::SyncMode;
@@ -26,14 +25,6 @@ use tonic::{Code, Status};
 
 /// How long one expected message may take to arrive before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(15);
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 fn message(room: &str, user: &str, kind: ChatMessageType, content: &str) -> ChatMessage {
     ChatMessage {
@@ -310,18 +301,6 @@ async fn history_reaches(client: &mut Client, room: &str, len: usize) -> Vec<Cha
             rows(&all)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds, failing after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,14 +28,6 @@ use CollaborationEventType::{Cursor, Join, Leave, Operation, Rejected};
 
 /// How long one expected event may take to arrive before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(15);
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 fn join_event(doc: &str, user: &str, version: u64) -> CollaborationEvent {
     CollaborationEvent {
@@ -259,18 +250,6 @@ async fn stored_log(server: &TestServer, doc: &str) -> Vec<CollaborationEvent> {
         .iter()
         .map(|r| operation_from_record(r).expect("decode"))
         .collect()
-}
-
-/// Polls `cond` every 10 ms until it holds, failing after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ use common::*;
 use prost::Message;
 use prost_types::{Any, Timestamp};
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,26 +22,6 @@ use tonic::{Code, Status};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds, failing after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A random source for timings. The seed is printed; set STREAMHUB_TEST_SEED to replay one.
 fn rng_from_env_or_time() -> XorShift {

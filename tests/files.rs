@@ -14,7 +14,6 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,14 +36,6 @@ const CHUNK: usize = 64 * KIB;
 // ---------------------------------------------------------------------------------------------
 // Helpers: deadlines, data, messages
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 /// Polls `probe` every 20 ms until it answers `Ok`, failing after `limit` with its last `Err`.
 async fn eventually<T>(

@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use prost::Message;
-use std::future::Future;
 use std::time::Duration;
 use streamhub::proto::file_chunk::Data;
 use streamhub::proto::*;
@@ -27,14 +26,6 @@ use tonic::{Code, Status};
 
 /// How long one expected item may take before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(15);
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 /// The next item of a response stream within [`READ_LIMIT`].
 async fn next<T>(stream: &mut Streaming<T>, what: &str) -> Option<Result<T, Status>> {

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 use streamhub::proto::processing_result::Outcome;
 use streamhub::proto::*;
@@ -19,14 +18,6 @@ use tonic::{Code, Status};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 fn input(id: impl Into<String>, key: &str, value: f64) -> DataInput {
     DataInput {

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use prost_types::Timestamp;
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use streamhub::proto::*;
 use tokio::sync::mpsc;
@@ -18,14 +17,6 @@ use tonic::{Code, Status};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 const SECOND: i64 = 1_000_000;
 /// A round base time for tests with explicit timestamps: 2023-11-14T22:13:20Z.

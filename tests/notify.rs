@@ -9,10 +9,9 @@ mod common;
 
 use common::*;
 use prost_types::Any;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use streamhub::proto::*;
 use streamhub::store::{StreamKey, StreamKind};
 use tonic::codec::Streaming;
@@ -21,26 +20,6 @@ use tonic::{Code, Status};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds, failing after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn note(user: &str, topic: &str, title: &str, id: &str) -> PublishNotificationRequest {
     PublishNotificationRequest {

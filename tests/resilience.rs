@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -25,14 +24,6 @@ use tonic::codec::Streaming;
 /// The tests of this file run one at a time: the keepalive test measures seconds and must not
 /// share two cores with 2,000 streams being opened next to it.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 async fn next_ok<T: std::fmt::Debug>(stream: &mut Streaming<T>, what: &str) -> T {
     match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,14 +29,6 @@ use tonic::Code;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
-async fn within<T>(secs: u64, what: &str, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: did not finish within {secs} s"),
-    }
-}
 
 /// A private CA, a server certificate for 127.0.0.1 and localhost, a client certificate from the
 /// same CA, and a "stranger" client certificate from another CA; all as PEM files in `dir`.

@@ -5,7 +5,7 @@
 use super::{CliResult, Connect, fail};
 use crate::proto::{
     DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEvent, UserEventType,
-    any_from_json, describe_any,
+    any_from_json, any_to_json, describe_any,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -105,14 +105,7 @@ pub fn format_event(event: &UserEvent) -> String {
 
 /// One event as a JSON object.
 pub fn event_json(event: &UserEvent) -> serde_json::Value {
-    let data = event
-        .data
-        .as_ref()
-        .map(|any| {
-            serde_json::from_str(&describe_any(any))
-                .unwrap_or_else(|_| serde_json::Value::String(describe_any(any)))
-        })
-        .unwrap_or(serde_json::Value::Null);
+    let data = any_to_json(event.data.as_ref());
     serde_json::json!({
         "sequence": event.sequence,
         "id": event.id,

@@ -6,7 +6,7 @@
 use super::{CliResult, Connect, fail};
 use crate::proto::{
     AcknowledgeNotificationsRequest, Notification, PublishNotificationRequest, SubscribeRequest,
-    any_from_json, describe_any,
+    any_from_json, any_to_json, describe_any,
 };
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -97,14 +97,7 @@ pub fn format_notification(n: &Notification) -> String {
 
 /// One notification as a JSON object.
 pub fn notification_json(n: &Notification) -> serde_json::Value {
-    let data = n
-        .data
-        .as_ref()
-        .map(|any| {
-            serde_json::from_str(&describe_any(any))
-                .unwrap_or_else(|_| serde_json::Value::String(describe_any(any)))
-        })
-        .unwrap_or(serde_json::Value::Null);
+    let data = any_to_json(n.data.as_ref());
     serde_json::json!({
         "sequence": n.sequence,
         "id": n.id,

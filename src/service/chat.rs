@@ -170,11 +170,6 @@ impl Chat {
         }
     }
 
-    /// Who is in which room, for tests and introspection.
-    pub fn presence(&self) -> &Presence<ChatMessage> {
-        &self.presence
-    }
-
     /// A SYSTEM notice about `user`, stored like any message.
     fn notice(&self, stream: &StreamKey, user: &str, what: &str) -> NewRecord {
         NewRecord {
@@ -396,6 +391,16 @@ impl Chat {
             // nothing) the leave is not delayed, and the drain may only run a little past it.
             let _ = control.try_send(Control::Finishing);
         }
+        // A failing session gives its status before its leave notice is stored, so the client
+        // sees the status, not its own leave, as the end. Never waits (see above); when the
+        // queue is full the status goes after the leave instead.
+        let failure: Option<Status> = match &ending {
+            Ending::Failed(status) => Some(status.clone()),
+            Ending::Shutdown => Some(Error::Unavailable.into()),
+            Ending::Finished | Ending::Gone => None,
+        };
+        let failure_sent =
+            failure.is_some_and(|status| control.try_send(Control::Fail(status)).is_ok());
         let left = self.leave(member, &stream, &user, typing_shown).await;
         if let Err(e) = &left {
             tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(e), "leave notice not stored");
@@ -407,7 +412,9 @@ impl Chat {
             (Ending::Shutdown, _) => Control::Fail(Error::Unavailable.into()),
             (Ending::Gone, _) => return,
         };
-        let _ = control.send(last).await;
+        if !failure_sent {
+            let _ = control.send(last).await;
+        }
     }
 
     async fn handle(

@@ -101,11 +101,6 @@ impl Collab {
         }
     }
 
-    /// Who is in which document, for tests and introspection.
-    pub fn presence(&self) -> &Presence<CollaborationEvent> {
-        &self.presence
-    }
-
     fn check_payload(&self, event: &CollaborationEvent) -> Result<()> {
         if event.payload.len() > self.max_payload_bytes {
             return Err(Error::ResourceExhausted(format!(

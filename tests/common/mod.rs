@@ -430,3 +430,23 @@ pub fn rss_kib_of(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Runs a test body with an overall deadline, so that a bug fails the test instead of hanging it.
+pub async fn within<T>(secs: u64, what: &str, body: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), body).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: did not finish within {secs} s"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, failing after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

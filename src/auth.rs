@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, Request, Response, header::AUTHORIZATION};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -43,28 +44,6 @@ const URL_KEY_CONTEXT: &[u8] = b"streamhub/download-url-signing/v1";
 const URL_MAC_CONTEXT: &[u8] = b"streamhub download v1\n";
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// A secret setting. Its `Debug` never shows the value, so a logged `Config` leaks nothing.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
 
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]

@@ -19,11 +19,13 @@ pub enum SyncMode {
 /// Everything the server needs to start.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address for gRPC (and, later, plain HTTP) on one listener.
-    #[arg(long, env = "STREAMHUB_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address for gRPC, gRPC health and reflection, and plain HTTP (download URLs, /metrics)
+    /// on one listener: IP:PORT, or localhost:PORT for 127.0.0.1.
+    #[arg(long, env = "STREAMHUB_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// SQLite database; created and migrated at start.
+    /// Database: a `sqlite:` URL (sqlite://path/to/file.db), created and migrated at start.
+    /// Any other scheme is refused. One server holds a database at a time (`<file>.lock`).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -31,7 +33,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Directory for uploaded file bytes.
+    /// Directory for uploaded file bytes. One server holds it at a time
+    /// (`<dir>/.streamhub.lock`).
     #[arg(long, env = "STREAMHUB_STORAGE_DIR", default_value = "data/files")]
     pub storage_dir: PathBuf,
 
@@ -64,6 +67,12 @@ pub struct Config {
     /// Commit durability. `full` makes every acknowledged write survive power loss.
     #[arg(long, env = "STREAMHUB_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
+
+    /// Bound on SQLite's write-ahead log, in bytes. When a commit leaves the WAL larger, the
+    /// writer truncates it (a TRUNCATE checkpoint) before the next commit. Only a single
+    /// transaction larger than the bound (a big import) passes it, and only until it commits.
+    #[arg(long, env = "STREAMHUB_MAX_WAL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_wal_bytes: u64,
 
     /// Largest file an upload may declare, in bytes; a larger `total_size` gets
     /// RESOURCE_EXHAUSTED before any byte is written.
@@ -145,7 +154,7 @@ pub struct Config {
     /// Shared secret that HS256 tokens are signed with (at least 32 bytes). Prefer the
     /// environment or --auth-hs256-secret-file: a flag shows in the process list.
     #[arg(long, env = "STREAMHUB_AUTH_HS256_SECRET", hide_env_values = true)]
-    pub auth_hs256_secret: Option<crate::auth::Secret>,
+    pub auth_hs256_secret: Option<crate::secret::Secret>,
 
     /// File holding the HS256 secret (surrounding whitespace is trimmed).
     #[arg(
@@ -168,7 +177,7 @@ pub struct Config {
     /// Secret that download URLs are signed with when auth is on. Default: derived from the
     /// HS256 secret, or else random at each start (URLs then stop working after a restart).
     #[arg(long, env = "STREAMHUB_URL_SIGNING_SECRET", hide_env_values = true)]
-    pub url_signing_secret: Option<crate::auth::Secret>,
+    pub url_signing_secret: Option<crate::secret::Secret>,
 
     /// Seconds a signed download URL stays valid after the upload that returned it.
     #[arg(long, env = "STREAMHUB_DOWNLOAD_URL_TTL_SECS", default_value_t = 3600)]
@@ -218,6 +227,21 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
 }
 
+/// Parses a listen address: `IP:PORT`, or `localhost:PORT` (127.0.0.1, so a server meant for
+/// this machine never binds a public interface by accident).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match text.strip_prefix("localhost:").map(str::parse::<u16>) {
+        Some(Ok(port)) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        _ => Err(format!(
+            "`{text}` is not a listen address; use IP:PORT (127.0.0.1:50051, 0.0.0.0:50051, \
+             [::]:50051) or localhost:PORT"
+        )),
+    }
+}
+
 impl Config {
     /// The defaults, with the database and files under `dir`: what tests and embedders start from.
     pub fn in_dir(dir: &std::path::Path) -> Self {
@@ -243,7 +267,60 @@ impl Config {
         Duration::from_secs(self.keepalive_timeout_secs)
     }
 
+    /// Where the database's single-server lock lives: beside the SQLite file, as
+    /// `<file>.lock`. `None` for a URL without a file (an in-memory database).
+    pub fn database_lock_path(&self) -> Option<PathBuf> {
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"))?;
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        let mut lock = path.to_string();
+        lock.push_str(".lock");
+        Some(PathBuf::from(lock))
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_an_address_or_localhost() {
+        assert_eq!(
+            parse_listen("127.0.0.1:5").unwrap(),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::]:7").unwrap(), "[::]:7".parse().unwrap());
+        assert_eq!(
+            parse_listen("localhost:50051").unwrap(),
+            "127.0.0.1:50051".parse().unwrap()
+        );
+        for bad in ["localhost", "localhost:x", "example.com:1", "", ":80"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_database_lock_sits_beside_the_file() {
+        let mut config = Config::in_dir(std::path::Path::new("/tmp/x"));
+        assert_eq!(
+            config.database_lock_path(),
+            Some(PathBuf::from("/tmp/x/streamhub.db.lock"))
+        );
+        config.database_url = "sqlite:data/a.db?mode=rwc".into();
+        assert_eq!(
+            config.database_lock_path(),
+            Some(PathBuf::from("data/a.db.lock"))
+        );
+        config.database_url = "sqlite::memory:".into();
+        assert_eq!(config.database_lock_path(), None);
     }
 }

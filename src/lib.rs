@@ -17,6 +17,7 @@ pub mod log;
 pub mod message_limit;
 pub mod presence;
 pub mod proto;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -6,7 +6,8 @@
 //! `--auth-public-key-file`): whoever holds the HS256 secret can mint any identity.
 
 use super::{CliResult, fail};
-use crate::auth::{Role, Secret, load_hs256_secret, mint_hs256};
+use crate::auth::{Role, load_hs256_secret, mint_hs256};
+use crate::secret::Secret;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;

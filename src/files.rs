@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+/// Where the sweep puts stored files that have no row: `<storage>/orphans/`.
+pub const ORPHANS_DIR: &str = "orphans";
+
 /// Chunks queued between an upload call and its writing thread.
 const WRITE_QUEUE: usize = 8;
 
@@ -102,21 +105,39 @@ impl BlobStore {
         .map_err(io::Error::other)?
     }
 
-    /// The lowercase hex SHA-256 of `id`'s published file.
-    pub async fn hash_file(&self, id: Uuid) -> io::Result<String> {
+    /// The size and lowercase hex SHA-256 of `id`'s published file.
+    pub async fn hash_file(&self, id: Uuid) -> io::Result<(u64, String)> {
         let path = self.file_path(&id);
         tokio::task::spawn_blocking(move || {
             let mut file = File::open(&path)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
+            let mut bytes = 0u64;
             loop {
                 let n = file.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
                 hasher.update(&buf[..n]);
+                bytes += n as u64;
             }
-            Ok(format!("{:x}", hasher.finalize()))
+            Ok((bytes, format!("{:x}", hasher.finalize())))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Moves a published file that has no row into `<storage>/orphans/`, where an operator can
+    /// look at it; the sweep never deletes a file it cannot prove is its own. Returns where it
+    /// went.
+    pub async fn move_to_orphans(&self, id: Uuid) -> io::Result<PathBuf> {
+        let (from, dir) = (self.file_path(&id), self.root.join(ORPHANS_DIR));
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&dir)?;
+            let to = dir.join(id.hyphenated().to_string());
+            fs::rename(&from, &to)?;
+            File::open(&dir)?.sync_all()?;
+            Ok(to)
         })
         .await
         .map_err(io::Error::other)?
@@ -152,6 +173,9 @@ impl BlobStore {
                     continue;
                 }
                 let name = entry.file_name().to_string_lossy().into_owned();
+                if name == crate::lock::STORAGE_LOCK_FILE {
+                    continue;
+                }
                 match Uuid::parse_str(&name) {
                     Ok(id) => inventory.files.push(id),
                     Err(_) => inventory.strays.push(entry.path()),

@@ -1,4 +1,5 @@
-//! Plain-HTTP routes served on the gRPC listener: `GET`/`HEAD /files/{id}` for download URLs.
+//! Plain-HTTP routes served on the gRPC listener: `GET`/`HEAD /files/{id}` for download URLs,
+//! `GET /metrics`, and `GET /`, a short page that says what is listening here.
 //!
 //! Responses carry Content-Length, Content-Type, Content-Disposition, an ETag holding the
 //! SHA-256, and support one byte range (206/416). Bytes stream from disk through a bounded
@@ -23,6 +24,7 @@ const HTTP_CHUNK: usize = 2 * 1024 * 1024;
 
 pub fn router(files: Files, introspection: Introspection) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/files/{id}", get(download))
         .with_state(files)
         .merge(
@@ -30,6 +32,32 @@ pub fn router(files: Files, introspection: Introspection) -> Router {
                 .route("/metrics", get(metrics))
                 .with_state(introspection),
         )
+}
+
+/// `GET /`: what a person who opens the address in a browser (or curls it) should learn: what
+/// this is, which version, and where to go next. Without it they got an empty 200 carrying
+/// `grpc-status: 12`.
+async fn index() -> Response {
+    let text = format!(
+        "streamhub {version}\n\
+         A persistent, event-sourced gRPC streaming service.\n\
+         \n\
+         gRPC:     service streaming.v1.StreamingService on this address (HTTP/2),\n\
+         \x20         with server reflection (grpcurl -plaintext HOST:PORT list) and gRPC health\n\
+         Files:    GET /files/{{id}} (download URLs returned by UploadFile)\n\
+         Metrics:  GET /metrics (Prometheus text)\n\
+         Docs:     README.md and docs/contract.md in the streamhub repository;\n\
+         \x20         `streamhub --help` for the command line\n",
+        version = env!("CARGO_PKG_VERSION"),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -134,9 +162,15 @@ async fn download(
     if let Err(refusal) = files.check_download_url(&id, query.as_deref()) {
         return plain(StatusCode::FORBIDDEN, refusal.message());
     }
-    let row = match files.complete_file(&id).await {
+    let row = match files.readable_file(&id).await {
         Ok(row) => row,
         Err(Error::NotFound(_)) => return plain(StatusCode::NOT_FOUND, "no such file\n"),
+        Err(Error::DataLoss(_)) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the file's bytes are missing from the server's storage\n",
+            );
+        }
         Err(e) => {
             tracing::error!(error = %crate::error::cause_chain(&e), "download lookup failed");
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");

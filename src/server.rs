@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::BlobStore;
 use crate::introspect::{Introspection, RpcMetrics, RpcMetricsLayer};
+use crate::lock::ServerLock;
 use crate::log::{Hub, Log, Writer};
 use crate::message_limit::MessageLimitLayer;
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
@@ -37,6 +38,9 @@ pub struct App {
     tls: Option<Tls>,
     /// Token checks and URL signing; `None` when auth is off.
     auth: Option<crate::auth::Auth>,
+    /// The single-server locks on the database and the storage directory, held until the
+    /// server has closed both.
+    locks: Vec<ServerLock>,
 }
 
 impl App {
@@ -45,6 +49,24 @@ impl App {
         let tls = Tls::load(&config)?;
         // Bad auth settings stop the start before anything is opened.
         let auth = crate::auth::Auth::from_config(&config)?;
+        // An unsupported URL is refused before anything is created in its name.
+        crate::store::check_database_url(&config.database_url)?;
+        // No other server may share the files: its startup sweep would take this one's
+        // uploads for leftovers.
+        let mut locks = Vec::new();
+        if let Some(path) = config.database_lock_path() {
+            locks.push(ServerLock::acquire(&path, "database")?);
+        }
+        std::fs::create_dir_all(&config.storage_dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create the storage directory {}: {e}",
+                config.storage_dir.display()
+            ))
+        })?;
+        locks.push(ServerLock::acquire(
+            &config.storage_dir.join(crate::lock::STORAGE_LOCK_FILE),
+            "storage directory",
+        )?);
         let (store, store_writer) = crate::store::open(&config).await?;
         let hub = Hub::new(config.hub_capacity);
         let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
@@ -61,6 +83,7 @@ impl App {
             rpc_metrics: RpcMetrics::default(),
             tls,
             auth,
+            locks,
         })
     }
 
@@ -76,12 +99,15 @@ impl App {
 
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let config = &self.config;
         let addr = listener.local_addr()?;
+        for lock in &mut self.locks {
+            lock.record(Some(addr))?;
+        }
+        let config = &self.config;
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -193,7 +219,12 @@ impl App {
             }
         };
 
-        tracing::info!(%addr, database = %config.database_url, tls, "streamhub serving");
+        tracing::info!(
+            %addr,
+            database = %crate::secret::redact_url(&config.database_url),
+            tls,
+            "streamhub serving"
+        );
         crate::auth::warn_if_exposed(addr, self.auth.is_some());
         let grace = config.shutdown_grace();
         let grace_elapsed = async {

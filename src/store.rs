@@ -88,9 +88,35 @@ const INSERT_CHUNK: usize = 500;
 /// Ids per idempotency lookup (`id IN (…)`).
 const LOOKUP_CHUNK: usize = 900;
 
+/// Refuses a database URL this build cannot serve, before anything is created in its name.
+/// Without this check, sqlx would take `postgres://u:p@host/db` for a SQLite file name and
+/// create `./postgres:/u:p@host/db`.
+pub fn check_database_url(url: &str) -> Result<()> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+    match scheme {
+        Some(scheme) if scheme.eq_ignore_ascii_case("sqlite") => Ok(()),
+        Some(scheme) if !scheme.is_empty() && !scheme.contains(['/', '\\', '.']) => {
+            Err(Error::Config(format!(
+                "unsupported DATABASE_URL scheme `{scheme}:` in {}: this server stores its data \
+                 in SQLite; use sqlite://path/to/streamhub.db",
+                crate::secret::redact_url(url)
+            )))
+        }
+        _ => Err(Error::Config(format!(
+            "DATABASE_URL {} is not a URL; use sqlite://path/to/streamhub.db",
+            crate::secret::redact_url(url)
+        ))),
+    }
+}
+
 fn connect_options(config: &Config) -> Result<SqliteConnectOptions> {
-    let options = SqliteConnectOptions::from_str(&config.database_url)
-        .map_err(|e| Error::Internal(format!("invalid DATABASE_URL: {e}")))?;
+    check_database_url(&config.database_url)?;
+    let options = SqliteConnectOptions::from_str(&config.database_url).map_err(|e| {
+        Error::Config(format!(
+            "invalid DATABASE_URL {}: {e}",
+            crate::secret::redact_url(&config.database_url)
+        ))
+    })?;
     Ok(options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -108,6 +134,11 @@ fn connect_options(config: &Config) -> Result<SqliteConnectOptions> {
 /// the read pool and the single writer connection.
 pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
     let options = connect_options(config)?;
+    let wal_path = {
+        let mut wal = options.get_filename().as_os_str().to_owned();
+        wal.push("-wal");
+        std::path::PathBuf::from(wal)
+    };
     if let Some(dir) = options.get_filename().parent()
         && !dir.as_os_str().is_empty()
     {
@@ -143,7 +174,14 @@ pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
         .connect_with(options.read_only(true))
         .await?;
     tokio::spawn(checkpoint_in_background(checkpointer, readers.clone()));
-    Ok((Store { readers, meta }, StoreWriter { conn: writer }))
+    Ok((
+        Store { readers, meta },
+        StoreWriter {
+            conn: writer,
+            wal_path,
+            max_wal_bytes: config.max_wal_bytes,
+        },
+    ))
 }
 
 /// How often the background checkpointer moves committed WAL pages into the database file.
@@ -289,10 +327,21 @@ impl Store {
         Ok(lo)
     }
 
-    /// Closes every read and metadata connection.
+    /// Closes every read and metadata connection, leaving the WAL truncated: a clean shutdown
+    /// leaves nothing in it to replay or to take disk space.
     pub async fn close(&self) {
-        self.meta.close().await;
         self.readers.close().await;
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.meta)
+            .await
+        {
+            Ok((0, _, _)) => tracing::debug!("WAL truncated at shutdown"),
+            Ok((_, wal_pages, copied)) => {
+                tracing::warn!(wal_pages, copied, "WAL could not be truncated at shutdown")
+            }
+            Err(e) => tracing::warn!(error = %e, "final checkpoint failed"),
+        }
+        self.meta.close().await;
     }
 }
 
@@ -301,7 +350,23 @@ impl Store {
 #[derive(Debug)]
 pub struct StoreWriter {
     conn: SqliteConnection,
+    /// `<database>-wal`, watched after every commit.
+    wal_path: std::path::PathBuf,
+    /// Past this size the WAL is truncated before the next commit.
+    max_wal_bytes: u64,
 }
+
+/// How long a WAL truncation waits for readers to leave old snapshots, per attempt, in
+/// milliseconds. Short, because the writer waits with it; a reader that stays longer only
+/// delays the truncation to a later commit. A macro, so that the PRAGMA stays `&'static str`.
+macro_rules! wal_truncate_wait_ms {
+    () => {
+        "100"
+    };
+}
+/// Attempts per commit; a background PASSIVE checkpoint holding the checkpoint lock makes one
+/// attempt fail at once.
+const WAL_TRUNCATE_ATTEMPTS: usize = 3;
 
 /// A record ready to insert: its sequence and timestamp are already assigned.
 #[derive(Debug)]
@@ -314,9 +379,63 @@ pub struct RowToInsert<'a> {
 }
 
 impl StoreWriter {
-    /// Closes the connection cleanly (the WAL is checkpointed by SQLite on last close).
+    /// Closes the connection cleanly; [`Store::close`] truncates the WAL after it.
     pub async fn close(self) -> Result<()> {
         self.conn.close().await?;
+        Ok(())
+    }
+
+    /// The WAL's size on disk now (0 when it does not exist).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(&self.wal_path).map_or(0, |m| m.len())
+    }
+
+    /// Keeps the WAL within `--max-wal-bytes`: called after each commit, and when that commit
+    /// left the WAL larger than the bound, it runs a TRUNCATE checkpoint, which copies what the
+    /// background checkpointer has not yet copied and resets the file to zero bytes.
+    ///
+    /// A PASSIVE checkpoint alone never gets there under steady load: new frames always arrive,
+    /// so the WAL never restarts and grows without bound. TRUNCATE waits for readers on old
+    /// snapshots, but only briefly (100 ms per attempt); when they stay, it
+    /// tries again after the next commit and never blocks the writer for long. The busy timeout
+    /// goes back to the writer's usual 5 s afterwards (the same as `connect_options`).
+    pub async fn bound_wal(&mut self) -> Result<()> {
+        let before = self.wal_bytes();
+        if before <= self.max_wal_bytes {
+            return Ok(());
+        }
+        sqlx::query(concat!("PRAGMA busy_timeout = ", wal_truncate_wait_ms!()))
+            .execute(&mut self.conn)
+            .await?;
+        let mut truncated = false;
+        for _ in 0..WAL_TRUNCATE_ATTEMPTS {
+            let (busy, wal_pages, copied) =
+                sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&mut self.conn)
+                    .await?;
+            if busy == 0 {
+                truncated = true;
+                break;
+            }
+            tracing::debug!(
+                wal_pages,
+                copied,
+                "WAL truncation waited for readers; retrying"
+            );
+        }
+        sqlx::query("PRAGMA busy_timeout = 5000")
+            .execute(&mut self.conn)
+            .await?;
+        if truncated {
+            tracing::debug!(wal_bytes_before = before, "WAL truncated");
+        } else {
+            tracing::warn!(
+                wal_bytes = before,
+                max_wal_bytes = self.max_wal_bytes,
+                "WAL is over its bound and readers kept it from being truncated; retrying after \
+                 the next commit"
+            );
+        }
         Ok(())
     }
 

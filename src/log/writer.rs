@@ -235,6 +235,10 @@ async fn run(
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
+                // After the answers, so that only later groups wait for a truncation.
+                if let Err(err) = store.bound_wal().await {
+                    tracing::warn!(error = %crate::error::cause_chain(&err), "WAL truncation failed");
+                }
             }
             Err(err) => {
                 tracing::error!(

@@ -558,7 +558,21 @@ impl Files {
         }
     }
 
-    /// GetFileInfo.
+    /// A complete file's row when its bytes are there to be read: NOT_FOUND without a complete
+    /// row, DATA_LOSS when the row is complete but its file is gone from the storage directory.
+    /// The row is kept: only an operator can say whether the bytes can be restored.
+    pub async fn readable_file(&self, id: &Uuid) -> Result<FileRow> {
+        let row = self.complete_file(id).await?;
+        if !self.blobs.file_exists(*id).await {
+            tracing::error!(file_id = %id, "stored file is missing from the storage directory");
+            return Err(Error::DataLoss(format!(
+                "the bytes of file {id} are missing from the server's storage"
+            )));
+        }
+        Ok(row)
+    }
+
+    /// GetFileInfo: answers from the row, also for a file whose bytes are missing.
     pub async fn info(&self, file_id: &str) -> Result<FileMetadata> {
         let id = parse_file_id(file_id)?;
         Ok(metadata_of(&self.complete_file(&id).await?))
@@ -595,7 +609,7 @@ impl Files {
         request: DownloadFileRequest,
     ) -> Result<impl Stream<Item = Result<FileChunk, Status>> + Send + 'static> {
         let id = parse_file_id(&request.file_id)?;
-        let row = self.complete_file(&id).await?;
+        let row = self.readable_file(&id).await?;
         if request.offset < 0 || request.offset as u64 > row.total_size {
             return Err(Error::OutOfRange(format!(
                 "offset {} is outside the file's {} bytes",
@@ -631,9 +645,14 @@ impl Files {
     ///
     /// Every run removes resumable uploads untouched for longer than the expiry. The run at
     /// start (`startup`), before any upload can begin, also repairs what a crash can leave:
-    /// incomplete one-shot uploads and parts, files or rows that have lost their other half go;
-    /// a resumable upload whose verified file was already renamed into place is completed; and
-    /// a resumable upload's recorded bytes are set to what its part durably holds.
+    /// incomplete one-shot uploads and parts without a row go (the single-server lock makes
+    /// them this server's own); an upload whose file was already renamed into place is
+    /// completed when it verifies, and removed when it does not; and a resumable upload's
+    /// recorded bytes are set to what its part durably holds.
+    ///
+    /// It never deletes what it cannot prove is its own: a complete row whose file is missing
+    /// is kept and reported as broken (downloads answer DATA_LOSS), and a file with no row is
+    /// moved to `<storage>/orphans/`, not deleted.
     ///
     /// Each id is examined under its upload claim and re-read, so a sweep never races an upload.
     pub async fn sweep(&self, startup: bool) -> Result<SweepReport> {
@@ -658,10 +677,18 @@ impl Files {
             };
             if row.complete {
                 if startup && !self.blobs.file_exists(id).await {
-                    tracing::warn!(file_id = %id, "file missing for a complete row; removing the row");
-                    self.discard(id).await;
-                    report.rows_removed += 1;
+                    tracing::error!(
+                        file_id = %id,
+                        "stored file is missing from the storage directory; its row is kept as a \
+                         broken record (downloads answer DATA_LOSS) until the bytes are restored"
+                    );
+                    report.files_missing += 1;
                 }
+                continue;
+            }
+            if startup && self.blobs.file_exists(id).await {
+                // Renamed into place, but the crash came before the row said so.
+                self.repair_renamed(id, &row, &mut report).await?;
                 continue;
             }
             if row.updated_at_micros < expired_before || (startup && !row.resumable) {
@@ -670,7 +697,7 @@ impl Files {
                 continue;
             }
             if startup {
-                self.repair_resumable(id, &row, &mut report).await?;
+                self.repair_resumable(id, &row).await?;
             }
         }
         if startup {
@@ -681,11 +708,20 @@ impl Files {
                     report.parts_removed += 1;
                 }
             }
+            let mut orphans = Vec::new();
             for id in inventory.files {
                 if !known.contains(&id) {
-                    self.blobs.remove_file(id).await?;
-                    report.files_removed += 1;
+                    orphans.push(self.blobs.move_to_orphans(id).await?);
+                    report.orphans_moved += 1;
                 }
+            }
+            if !orphans.is_empty() {
+                let moved: Vec<String> = orphans.iter().map(|p| p.display().to_string()).collect();
+                tracing::warn!(
+                    count = moved.len(),
+                    moved = ?moved,
+                    "stored files with no row moved to the orphans directory (not deleted)"
+                );
             }
             for stray in inventory.strays {
                 tracing::warn!(path = %stray.display(), "unexpected entry in the storage directory; left alone");
@@ -694,28 +730,32 @@ impl Files {
         Ok(report)
     }
 
-    /// After a crash: completes a resumable upload whose file is already in place (it was
-    /// verified before its rename), or records what its part durably holds.
-    async fn repair_resumable(
+    /// After a crash between the rename of a verified part and the row's completion: completes
+    /// the upload when the file still verifies (its declared size, and its declared checksum if
+    /// it had one), and removes it like a part otherwise.
+    async fn repair_renamed(
         &self,
         id: Uuid,
         row: &FileRow,
         report: &mut SweepReport,
     ) -> Result<()> {
-        if self.blobs.file_exists(id).await {
-            let sha256 = self.blobs.hash_file(id).await?;
-            if !row.checksum.is_empty() && row.checksum != sha256 {
-                self.discard(id).await;
-                report.rows_removed += 1;
-                return Ok(());
-            }
-            self.blobs.remove_part(id).await?;
-            self.store
-                .complete_upload(&row.file_id, &sha256, now_micros())
-                .await?;
-            report.uploads_completed += 1;
+        let (bytes, sha256) = self.blobs.hash_file(id).await?;
+        if bytes != row.total_size || (!row.checksum.is_empty() && row.checksum != sha256) {
+            tracing::warn!(file_id = %id, "renamed file of an unfinished upload does not verify; removing it");
+            self.discard(id).await;
+            report.rows_removed += 1;
             return Ok(());
         }
+        self.blobs.remove_part(id).await?;
+        self.store
+            .complete_upload(&row.file_id, &sha256, now_micros())
+            .await?;
+        report.uploads_completed += 1;
+        Ok(())
+    }
+
+    /// After a crash: records what a resumable upload's part durably holds.
+    async fn repair_resumable(&self, id: Uuid, row: &FileRow) -> Result<()> {
         let durable = self.blobs.sync_part(id).await?.unwrap_or(0);
         if durable != row.bytes_received {
             let bytes = durable.min(row.total_size);
@@ -727,14 +767,17 @@ impl Files {
     }
 }
 
-/// What a sweep removed.
+/// What a sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub rows_removed: u64,
-    /// Resumable uploads found verified and in place after a crash, and marked complete.
+    /// Uploads found verified and in place after a crash, and marked complete.
     pub uploads_completed: u64,
     pub parts_removed: u64,
-    pub files_removed: u64,
+    /// Complete rows whose file is missing: kept, reported, answering DATA_LOSS.
+    pub files_missing: u64,
+    /// Files with no row, moved to `<storage>/orphans/`.
+    pub orphans_moved: u64,
 }
 
 /// A failed upload, with the part writer when it is still usable (to keep an interrupted

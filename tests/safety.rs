@@ -1,0 +1,473 @@
+//! Data that an operator mistake cannot destroy: one server per database and storage
+//! directory, unsupported database URLs refused without a trace of their password, a WAL that
+//! stays bounded under sustained writes and is truncated by a clean shutdown, and a startup
+//! sweep that keeps what it cannot prove is its own (a missing file stays a broken record that
+//! answers DATA_LOSS; a file with no row moves to `orphans/`).
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use streamhub::proto::file_chunk::Data;
+use streamhub::proto::*;
+use tonic::Code;
+use uuid::Uuid;
+
+/// Runs the binary as a second server and waits for it to exit (a refused start exits at
+/// once; the deadline turns a server that wrongly starts into a failure, not a hang).
+fn run_refused_server(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamhub"));
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("STREAMHUB_LISTEN")
+        .env_remove("STREAMHUB_STORAGE_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn streamhub");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "the second server did not exit within 30 s; its log:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+async fn upload(client: &mut Client, filename: &str, bytes: &[u8]) -> UploadFileResponse {
+    let mut messages = vec![FileChunk {
+        offset: 0,
+        data: Some(Data::Metadata(FileMetadata {
+            filename: filename.to_string(),
+            total_size: bytes.len() as i64,
+            checksum: sha256_hex(bytes),
+            ..Default::default()
+        })),
+    }];
+    for (i, chunk) in bytes.chunks(64 * 1024).enumerate() {
+        messages.push(FileChunk {
+            offset: (i * 64 * 1024) as i64,
+            data: Some(Data::Chunk(chunk.to_vec())),
+        });
+    }
+    client
+        .upload_file(tokio_stream::iter(messages))
+        .await
+        .expect("upload")
+        .into_inner()
+}
+
+/// Downloads a whole file over gRPC: its bytes, or the status it ended with.
+async fn download(client: &mut Client, file_id: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = client
+        .download_file(DownloadFileRequest {
+            file_id: file_id.to_string(),
+            offset: 0,
+        })
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await? {
+        if let Some(Data::Chunk(chunk)) = message.data {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    Ok(bytes)
+}
+
+/// `METHOD path` over HTTP/1.1: the status code and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(
+            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_database_is_refused_and_the_first_keeps_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ChildServer::spawn(dir.path(), &[]);
+    let mut client = connect(&first.url()).await;
+    let bytes = b"kept safe from a second server".to_vec();
+    let uploaded = upload(&mut client, "safe.txt", &bytes).await;
+
+    let other_storage = dir.path().join("other-files");
+    let db = sqlite_url(&dir.path().join("streamhub.db"));
+    let output = run_refused_server(
+        dir.path(),
+        &[
+            "--database-url",
+            &db,
+            "--storage-dir",
+            other_storage.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started:\n{log}"
+    );
+    let holder = format!(
+        "the database is in use by another server (pid={}, listen={})",
+        first.child.id(),
+        first.addr
+    );
+    assert!(log.contains(&holder), "expected `{holder}` in:\n{log}");
+    assert!(log.contains("streamhub.db.lock"), "{log}");
+
+    // The first server is untouched: it still serves the file it stored.
+    assert_eq!(
+        download(&mut client, &uploaded.file_id).await.unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_storage_directory_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ChildServer::spawn(dir.path(), &[]);
+    let mut client = connect(&first.url()).await;
+    let bytes = vec![7u8; 200_000];
+    let uploaded = upload(&mut client, "big.bin", &bytes).await;
+
+    // Its own database, the first one's files: before the lock, its startup sweep removed
+    // every file of the first server as having no row.
+    let other_db = sqlite_url(&dir.path().join("other.db"));
+    let storage = dir.path().join("files");
+    let output = run_refused_server(
+        dir.path(),
+        &[
+            "--database-url",
+            &other_db,
+            "--storage-dir",
+            storage.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started:\n{log}"
+    );
+    let holder = format!(
+        "the storage directory is in use by another server (pid={}, listen={})",
+        first.child.id(),
+        first.addr
+    );
+    assert!(log.contains(&holder), "expected `{holder}` in:\n{log}");
+    assert!(
+        storage.join(&uploaded.file_id).is_file(),
+        "the stored file is still there"
+    );
+    assert_eq!(
+        download(&mut client, &uploaded.file_id).await.unwrap(),
+        bytes
+    );
+
+    // After the first server is gone (even by kill -9), the lock is free again.
+    first.kill9();
+    let again = ChildServer::spawn(dir.path(), &[]);
+    let mut client = connect(&again.url()).await;
+    assert_eq!(
+        download(&mut client, &uploaded.file_id).await.unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn an_unsupported_database_url_is_refused_without_its_password_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "s3cret-pa55";
+    let url = format!("mysql://app:{password}@127.0.0.1:3306/streamhub");
+    let output = run_refused_server(dir.path(), &[], &[("DATABASE_URL", &url)]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a mysql:// URL was accepted:\n{log}"
+    );
+    assert!(
+        log.contains("unsupported DATABASE_URL scheme `mysql:`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("mysql://app:***@127.0.0.1:3306/streamhub"),
+        "the URL is named, redacted: {log}"
+    );
+    assert!(
+        !log.contains(password),
+        "the password reached the log:\n{log}"
+    );
+    let created: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(created.is_empty(), "nothing is created: {created:?}");
+}
+
+#[tokio::test]
+async fn a_passworded_url_in_the_serving_log_is_redacted() {
+    // A URL with credentials reaches the log only in its refusal (a `sqlite:` URL has none);
+    // the password in it must not.
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_refused_server(
+        dir.path(),
+        &[],
+        &[("DATABASE_URL", "postgres://admin:hunter2@db.internal/app")],
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains("postgres://admin:***@db.internal/app"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("hunter2"),
+        "the password reached the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_wal_stays_within_its_bound_under_sustained_writes_and_a_clean_stop_truncates_it() {
+    const BOUND: u64 = 8 * 1024 * 1024;
+    let server = TestServer::start_with(|c| c.max_wal_bytes = BOUND).await;
+    let wal = server.dir.path().join("streamhub.db-wal");
+
+    // A sampler watches the WAL the whole time, not only between batches.
+    let largest = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (wal, largest, done) = (wal.clone(), largest.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                largest.fetch_max(size, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    // A live subscriber holds read snapshots while the writes go on.
+    let mut reader = server.client().await;
+    let mut tail = reader
+        .stream_user_events(StreamUserEventsRequest {
+            user_id: "wal-0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Four writers, 48 batches of 400 records with 1 KiB each: about 20 MB of events in
+    // commits of about 400 KiB. Without the bound, the WAL grew to 98 MB on this load.
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 12;
+    const RECORDS: usize = 400;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = server.client().await;
+        writers.push(tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let records: Vec<DataRecord> = (0..RECORDS)
+                    .map(|i| DataRecord {
+                        id: format!("w{w}-b{b}-r{i}"),
+                        user_id: format!("wal-{}", i % 8),
+                        r#type: UserEventType::Login as i32,
+                        data: Some(prost_types::Any {
+                            type_url: "type.googleapis.com/test.Blob".into(),
+                            value: vec![(i % 251) as u8; 1024],
+                        }),
+                    })
+                    .collect();
+                let result = client
+                    .process_data_batch(tokio_stream::iter(records))
+                    .await
+                    .expect("batch")
+                    .into_inner();
+                assert_eq!(result.records_accepted, RECORDS as u64);
+            }
+        }));
+    }
+    for writer in writers {
+        within(120, "the writers", writer).await.unwrap();
+    }
+    // The subscriber saw every event of its stream, in order: the truncations lost nothing.
+    let expected = (WRITERS * BATCHES * RECORDS / 8) as u64;
+    within(60, "the subscriber's events", async {
+        let mut next = 1;
+        while next <= expected {
+            let event = tail.message().await.unwrap().expect("an event");
+            assert_eq!(event.sequence, next);
+            next += 1;
+        }
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let largest = largest.load(Ordering::Relaxed);
+    assert!(
+        largest < 32 * 1024 * 1024,
+        "the WAL reached {largest} bytes with a bound of {BOUND}"
+    );
+    drop(tail);
+
+    let dir = server.stop().await;
+    let after = std::fs::metadata(dir.path().join("streamhub.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(after, 0, "a clean shutdown leaves the WAL truncated");
+}
+
+#[tokio::test]
+async fn a_stored_file_whose_bytes_are_missing_is_kept_and_answers_data_loss() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let bytes = b"bytes an operator will delete by mistake".to_vec();
+    let uploaded = upload(&mut client, "gone.txt", &bytes).await;
+    let dir = server.stop().await;
+    std::fs::remove_file(dir.path().join("files").join(&uploaded.file_id)).unwrap();
+
+    // The startup sweep keeps the row.
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut client = server.client().await;
+    let info = client
+        .get_file_info(GetFileInfoRequest {
+            file_id: uploaded.file_id.clone(),
+        })
+        .await
+        .expect("GetFileInfo still answers from the row")
+        .into_inner();
+    assert_eq!(info.filename, "gone.txt");
+    assert_eq!(info.total_size, bytes.len() as i64);
+    assert_eq!(info.checksum, sha256_hex(&bytes));
+
+    let status = download(&mut client, &uploaded.file_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(!status.message().contains('/'), "no path: {status:?}");
+
+    let path = format!("/files/{}", uploaded.file_id);
+    let (code, body) = http(server.addr, "GET", &path).await;
+    assert_eq!(code, 500);
+    assert_eq!(
+        body,
+        "the file's bytes are missing from the server's storage\n"
+    );
+    let (code, _) = http(server.addr, "HEAD", &path).await;
+    assert_eq!(code, 500);
+
+    // Another restart still keeps it: a broken record is never silently deleted.
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut client = server.client().await;
+    assert_eq!(
+        client
+            .get_file_info(GetFileInfoRequest {
+                file_id: uploaded.file_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .filename,
+        "gone.txt"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let orphan = Uuid::new_v4().to_string();
+    let bytes = b"a file some other database knows about".to_vec();
+    std::fs::write(files.join(&orphan), &bytes).unwrap();
+    // A name the server never writes is left where it is.
+    std::fs::write(files.join("README.operator"), b"notes").unwrap();
+
+    let server = TestServer::start_in(dir.clone(), |_| {}).await;
+    // The startup sweep runs before the first call is answered.
+    let mut client = server.client().await;
+    let status = client
+        .get_file_info(GetFileInfoRequest {
+            file_id: orphan.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let moved = files.join("orphans").join(&orphan);
+    assert_eq!(std::fs::read(&moved).unwrap(), bytes, "moved whole");
+    assert!(
+        !files.join(&orphan).exists(),
+        "no longer among stored files"
+    );
+    assert_eq!(
+        std::fs::read(files.join("README.operator")).unwrap(),
+        b"notes"
+    );
+
+    // A restart leaves the orphans directory alone.
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut client = server.client().await;
+    let status = client
+        .get_file_info(GetFileInfoRequest { file_id: orphan })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(std::fs::read(&moved).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn the_root_page_says_what_this_is() {
+    let server = TestServer::start().await;
+    let (code, body) = http(server.addr, "GET", "/").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with(&format!("streamhub {}\n", env!("CARGO_PKG_VERSION"))),
+        "{body}"
+    );
+    assert!(body.contains("streaming.v1.StreamingService"), "{body}");
+    assert!(body.contains("docs/contract.md"), "{body}");
+}

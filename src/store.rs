@@ -173,9 +173,20 @@ pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
         .min_connections(1)
         .connect_with(options.read_only(true))
         .await?;
-    tokio::spawn(checkpoint_in_background(checkpointer, readers.clone()));
+    let stop_checkpoints = tokio_util::sync::CancellationToken::new();
+    let checkpoints = tokio::spawn(checkpoint_in_background(
+        checkpointer,
+        stop_checkpoints.clone(),
+    ));
     Ok((
-        Store { readers, meta },
+        Store {
+            readers,
+            meta,
+            checkpointer: Arc::new(Checkpointer {
+                stop: stop_checkpoints,
+                task: std::sync::Mutex::new(Some(checkpoints)),
+            }),
+        },
         StoreWriter {
             conn: writer,
             wal_path,
@@ -187,14 +198,20 @@ pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
 /// How often the background checkpointer moves committed WAL pages into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Runs PASSIVE checkpoints until the store closes. PASSIVE never waits for readers or the
-/// writer; what it cannot copy now it copies next time. When the store closes, the last
-/// connection to close checkpoints the rest.
-async fn checkpoint_in_background(mut conn: SqliteConnection, readers: SqlitePool) {
+/// Runs PASSIVE checkpoints until `stop`. PASSIVE never waits for readers or the writer; what
+/// it cannot copy now it copies next time. It never resets the WAL under steady load: that is
+/// the writer's bound ([`StoreWriter::bound_wal`]) and the final truncation in [`Store::close`].
+async fn checkpoint_in_background(
+    mut conn: SqliteConnection,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !readers.is_closed() {
-        tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
             .await
@@ -214,6 +231,15 @@ pub struct Store {
     readers: SqlitePool,
     /// Read-write connections for everything that is not a log append.
     meta: SqlitePool,
+    checkpointer: Arc<Checkpointer>,
+}
+
+/// The background checkpoint task, stopped before the final truncation: a PASSIVE checkpoint
+/// running at that moment would hold the checkpoint lock and make the truncation fail.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: tokio_util::sync::CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn record_from_row(stream: &StreamKey, row: &SqliteRow) -> Result<LogRecord> {
@@ -331,6 +357,17 @@ impl Store {
     /// leaves nothing in it to replay or to take disk space.
     pub async fn close(&self) {
         self.readers.close().await;
+        self.checkpointer.stop.cancel();
+        let task = self
+            .checkpointer
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        // The pool's busy timeout (5 s) lets a metadata write in flight finish first.
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&self.meta)
             .await

@@ -299,6 +299,7 @@ async fn assert_downloads(client: &mut Client, file_id: &str, expected: &[u8]) -
 // ---------------------------------------------------------------------------------------------
 
 /// Every regular file under `root`, recursively, with its length; nothing if `root` is missing.
+/// The storage directory's lock file is not counted.
 fn regular_files(root: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
@@ -312,7 +313,8 @@ fn regular_files(root: &Path) -> Vec<(PathBuf, u64)> {
             };
             if kind.is_dir() {
                 dirs.push(entry.path());
-            } else if kind.is_file() {
+            } else if kind.is_file() && entry.file_name() != ".streamhub.lock" {
+                // The single-server lock is the server's own, not a stored file.
                 let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
                 out.push((entry.path(), len));
             }

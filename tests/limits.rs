@@ -196,6 +196,8 @@ fn files_in(dir: &std::path::Path) -> Vec<String> {
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // The single-server lock is the server's own, not a stored file.
+                .filter(|name| name != ".streamhub.lock")
                 .collect()
         })
         .unwrap_or_default();

@@ -353,6 +353,8 @@ fn regular_files(dir: &Path) -> Vec<String> {
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // The single-server lock is the server's own, not a stored file.
+                .filter(|name| name != ".streamhub.lock")
                 .collect()
         })
         .unwrap_or_default();

@@ -10,6 +10,7 @@
 //!
 //! Results go to stdout; progress bars, notes and hints go to stderr.
 
+use super::format::{hex_digest, thousands};
 use super::{CliError, CliResult, Connect, fail};
 use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetFileInfoRequest, GetUploadStatusRequest,
@@ -120,52 +121,6 @@ fn parse_file_id(text: &str) -> Result<String, String> {
         .map_err(|_| format!("{text:?} is not a file id; file ids are UUIDs"))
 }
 
-/// Parses a byte size: plain bytes (`1048576`) or a number with a unit, decimal (`kB`, `MB`,
-/// `GB`, `TB`: powers of 1000) or binary (`KiB`, `MiB`, `GiB`, `TiB`: powers of 1024). Units are
-/// case-insensitive, `K`/`M`/`G`/`T` alone are decimal, and fractions are allowed (`1.5GiB`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number = number.replace('_', "");
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" | "ki" => 1 << 10,
-        "m" | "mb" => 1000 * 1000,
-        "mib" | "mi" => 1 << 20,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gib" | "gi" => 1 << 30,
-        "t" | "tb" => 1000 * 1000 * 1000 * 1000,
-        "tib" | "ti" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
-            ));
-        }
-    };
-    if number.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size; try 1GiB, 512MiB, 100MB or 65536"
-        ));
-    }
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("{text:?} is too large"));
-    }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; try 1GiB, 512MiB, 100MB or 65536"))?;
-    let bytes = (value * multiplier as f64).round();
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
-    }
-    Ok(bytes as u64)
-}
-
 /// A MIME type for a few common extensions; application/octet-stream otherwise.
 pub fn guess_content_type(path: &Path) -> &'static str {
     let extension = path
@@ -217,17 +172,8 @@ fn describe_size(bytes: u64) -> String {
     if bytes < 1024 {
         format!("{bytes} bytes")
     } else {
-        format!(
-            "{} bytes ({})",
-            super::bench::thousands(bytes),
-            HumanBytes(bytes)
-        )
+        format!("{} bytes ({})", thousands(bytes), HumanBytes(bytes))
     }
-}
-
-/// Lowercase hex of a finished SHA-256.
-pub fn hex_digest(hasher: Sha256) -> String {
-    format!("{:x}", hasher.finalize())
 }
 
 /// A byte progress bar on stderr (hidden when `quiet` or when stderr is not a terminal).
@@ -324,8 +270,8 @@ fn print_status(status: &GetUploadStatusResponse) {
     println!("id        {}", status.file_id);
     println!(
         "received  {} of {} bytes{percent}",
-        super::bench::thousands(u64::try_from(status.bytes_received).unwrap_or(0)),
-        super::bench::thousands(u64::try_from(status.total_size).unwrap_or(0)),
+        thousands(u64::try_from(status.bytes_received).unwrap_or(0)),
+        thousands(u64::try_from(status.total_size).unwrap_or(0)),
     );
     println!("complete  {}", if status.complete { "yes" } else { "no" });
 }
@@ -453,8 +399,8 @@ async fn start_point(
             return Err(fail(format!(
                 "the server already has {} of {} bytes of upload {id}; add --resume to continue \
                  it, or choose another --id",
-                super::bench::thousands(received),
-                super::bench::thousands(u64::try_from(status.total_size).unwrap_or(0))
+                thousands(received),
+                thousands(u64::try_from(status.total_size).unwrap_or(0))
             )));
         }
         return Ok(Some(0));
@@ -472,8 +418,8 @@ async fn start_point(
     let offset = received.min(total);
     eprintln!(
         "resuming upload {id}: the server has {} of {} bytes",
-        super::bench::thousands(offset),
-        super::bench::thousands(total)
+        thousands(offset),
+        thousands(total)
     );
     Ok(Some(offset))
 }
@@ -498,7 +444,7 @@ fn print_upload(response: &UploadFileResponse, checksum: &str, sent: u64) {
         "bytes         {}{}",
         describe_size(u64::try_from(response.bytes_uploaded).unwrap_or(0)),
         if sent as i64 != response.bytes_uploaded {
-            format!(", {} sent by this call", super::bench::thousands(sent))
+            format!(", {} sent by this call", thousands(sent))
         } else {
             String::new()
         }
@@ -764,8 +710,8 @@ pub async fn download(args: DownloadArgs) -> CliResult<()> {
             eprintln!(
                 "resuming: {} has {} of {} bytes",
                 part.display(),
-                super::bench::thousands(len),
-                super::bench::thousands(total)
+                thousands(len),
+                thousands(total)
             );
             let bar = byte_bar(len, "checking", args.quiet);
             let file = tokio::fs::File::open(&part)
@@ -1014,20 +960,6 @@ fn download_error(status: &Status) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_decimal_and_binary_units() {
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("100MB"), Ok(100_000_000));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("1.5 kib"), Ok(1536));
-        assert_eq!(parse_size("7b"), Ok(7));
-        assert!(parse_size("GiB").is_err());
-        assert!(parse_size("1 furlong").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
 
     #[test]
     fn unsafe_names_are_refused() {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat;
 pub mod events;
 pub mod files;
+pub mod format;
 pub mod live;
 pub mod metrics;
 pub mod notify;

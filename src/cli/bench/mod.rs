@@ -9,6 +9,7 @@ mod live;
 mod metrics;
 mod notify;
 
+use super::format::thousands;
 use super::{CliResult, Connect, fail};
 use crate::proto::{DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
 use clap::{Args, Subcommand};
@@ -98,10 +99,10 @@ pub struct EventsBench {
 pub struct FilesBench {
     /// Size of the generated file: bytes, or a number with a unit (1GiB, 512MiB, 100MB, 64KiB).
     /// The data is pseudo-random, generated on the fly: nothing is read from or written to disk.
-    #[arg(long, default_value = "1GiB", value_parser = super::files::parse_size)]
+    #[arg(long, default_value = "1GiB", value_parser = crate::cli::format::parse_size)]
     pub size: u64,
     /// Bytes per UploadFile chunk message (at most 4 MiB).
-    #[arg(long, default_value = "64KiB", value_parser = super::files::parse_size)]
+    #[arg(long, default_value = "64KiB", value_parser = crate::cli::format::parse_size)]
     pub chunk: u64,
     /// Phases to run, comma separated: upload, download (gRPC DownloadFile), http (GET of the
     /// download_url). download and http fetch the file that upload stored in the same run.
@@ -202,19 +203,6 @@ fn latency_summary(mut samples: Vec<Duration>) -> String {
         percentile(&samples, 99.0).as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     )
-}
-
-/// 1234567 → "1,234,567".
-pub(super) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn rate(count: u64, elapsed: Duration) -> u64 {
@@ -700,7 +688,7 @@ fn generated_checksum(seed: u64, size: u64) -> String {
         sha2::Digest::update(&mut hasher, &buffer[..n]);
         left -= n as u64;
     }
-    super::files::hex_digest(hasher)
+    crate::cli::format::hex_digest(hasher)
 }
 
 use sha2::Digest as _;
@@ -930,7 +918,7 @@ async fn file_download_phase(client: &mut Client, stored: &Uploaded, size: u64) 
             None => {}
         }
     }
-    let digest = super::files::hex_digest(hasher);
+    let digest = crate::cli::format::hex_digest(hasher);
     let elapsed = start.elapsed();
     if !saw_metadata || received != size || digest != stored.checksum {
         return Err(fail(format!(
@@ -1104,7 +1092,7 @@ async fn http_get(url: &str, hash: bool) -> CliResult<HttpBody> {
     Ok(HttpBody {
         length: received,
         etag,
-        sha256: hasher.map(super::files::hex_digest),
+        sha256: hasher.map(crate::cli::format::hex_digest),
     })
 }
 
@@ -1125,11 +1113,5 @@ mod tests {
         }
         assert_eq!(whole, sliced);
         assert_ne!(whole[..8], whole[8..16]);
-    }
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

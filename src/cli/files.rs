@@ -38,14 +38,13 @@ const HASH_BUFFER: usize = 1024 * 1024;
 /// `streamhub upload FILE …`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The file to upload.
     pub file: PathBuf,
-    /// A file id of your choosing (a UUID). It makes the upload resumable: if it is interrupted,
-    /// the server keeps the bytes it received, and the same command with --resume sends the rest.
-    #[arg(long, value_name = "UUID", value_parser = parse_file_id)]
-    pub id: Option<String>,
+    /// A file id of your choosing (a UUID), or `auto` for a fresh one (printed). It makes the
+    /// upload resumable: if it is interrupted, the server keeps the bytes it received, and the
+    /// same command with --resume sends the rest.
+    #[arg(long, value_name = "UUID|auto", value_parser = parse_upload_id)]
+    pub id: Option<UploadId>,
     /// Continue an interrupted upload with the same --id: ask the server how many bytes it
     /// already has and send only the rest. Starts from the beginning if it has none.
     #[arg(long, requires = "id")]
@@ -57,16 +56,35 @@ pub struct UploadArgs {
     /// File name to record on the server; by default FILE's base name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Hide the progress bars.
+    /// Hide the progress bars and notes (the hint about --id too).
     #[arg(long)]
     pub quiet: bool,
+    /// Print the server's answer as proto3 JSON (an UploadFileResponse).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `upload --id` was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadId {
+    /// A UUID, hyphenated and lowercase.
+    Given(String),
+    /// `auto`: make a fresh UUID.
+    Auto,
+}
+
+fn parse_upload_id(text: &str) -> Result<UploadId, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(UploadId::Auto);
+    }
+    parse_file_id(text)
+        .map(UploadId::Given)
+        .map_err(|e| format!("{e} (or `auto` for a fresh one)"))
 }
 
 /// `streamhub download ID …`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The id of the file on the server.
     #[arg(value_parser = parse_file_id)]
     pub id: String,
@@ -84,6 +102,9 @@ pub struct DownloadArgs {
     /// Hide the progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the downloaded file's metadata as proto3 JSON (a FileMetadata) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `streamhub files …`.
@@ -98,19 +119,21 @@ pub struct FilesArgs {
 pub enum FilesCommand {
     /// Print a stored file's metadata: id, name, size, type, SHA-256 and creation time.
     Info {
-        #[command(flatten)]
-        connect: Connect,
         /// The id of the file on the server.
         #[arg(value_parser = parse_file_id)]
         id: String,
+        /// Print it as proto3 JSON (a FileMetadata).
+        #[arg(long)]
+        json: bool,
     },
     /// Print how many bytes of an upload the server has, and whether it is complete.
     Status {
-        #[command(flatten)]
-        connect: Connect,
         /// The id the upload was started with (`upload --id`).
         #[arg(value_parser = parse_file_id)]
         id: String,
+        /// Print it as proto3 JSON (a GetUploadStatusResponse).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -211,9 +234,9 @@ fn rpc_error(action: &str, status: &Status) -> CliError {
 use super::Client;
 
 /// Dispatches `streamhub files …`.
-pub async fn run_files(args: FilesArgs) -> CliResult<()> {
+pub async fn run_files(connect: &Connect, args: FilesArgs) -> CliResult<()> {
     match args.command {
-        FilesCommand::Info { connect, id } => {
+        FilesCommand::Info { id, json } => {
             let mut client = connect.client().await?;
             let info = client
                 .get_file_info(GetFileInfoRequest {
@@ -222,10 +245,13 @@ pub async fn run_files(args: FilesArgs) -> CliResult<()> {
                 .await
                 .map_err(|s| rpc_error(&format!("file info for {id}"), &s))?
                 .into_inner();
+            if json {
+                return super::json::print(&info);
+            }
             print_info(&info);
             Ok(())
         }
-        FilesCommand::Status { connect, id } => {
+        FilesCommand::Status { id, json } => {
             let mut client = connect.client().await?;
             let status = client
                 .get_upload_status(GetUploadStatusRequest {
@@ -234,6 +260,9 @@ pub async fn run_files(args: FilesArgs) -> CliResult<()> {
                 .await
                 .map_err(|s| rpc_error(&format!("upload status for {id}"), &s))?
                 .into_inner();
+            if json {
+                return super::json::print(&status);
+            }
             print_status(&status);
             Ok(())
         }
@@ -280,8 +309,22 @@ fn print_status(status: &GetUploadStatusResponse) {
 
 /// `streamhub upload`: hash the file, then stream it with UploadFile, from the server's
 /// resume point when `--resume` is given.
-pub async fn upload(args: UploadArgs) -> CliResult<()> {
+pub async fn upload(connect: &Connect, args: UploadArgs) -> CliResult<()> {
     let path = args.file.clone();
+    let id = match &args.id {
+        None => None,
+        Some(UploadId::Given(id)) => Some(id.clone()),
+        Some(UploadId::Auto) if args.resume => {
+            return Err(fail(
+                "--resume needs the id of the interrupted upload, not --id auto",
+            ));
+        }
+        Some(UploadId::Auto) => {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            eprintln!("upload id {id}");
+            Some(id)
+        }
+    };
     let meta = match tokio::fs::metadata(&path).await {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -307,10 +350,10 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
         .clone()
         .unwrap_or_else(|| guess_content_type(&path).to_string());
 
-    let mut client = args.connect.client().await?;
+    let mut client = connect.client().await?;
 
     // Where to start: the server's count of received bytes for a resumed upload, else 0.
-    let offset = match &args.id {
+    let offset = match &id {
         Some(id) => match start_point(&mut client, id, args.resume, total, &path).await? {
             Some(offset) => offset,
             None => {
@@ -319,9 +362,9 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
             }
         },
         None => {
-            eprintln!(
-                "hint: pass --id <UUID> (for example --id $(uuidgen)) to make an upload resumable"
-            );
+            if !args.quiet {
+                eprintln!("hint: pass --id auto (or --id UUID) to make an upload resumable");
+            }
             0
         }
     };
@@ -334,7 +377,7 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
         total_size: total_i64,
         content_type,
         checksum: checksum.clone(),
-        file_id: args.id.clone().unwrap_or_default(),
+        file_id: id.clone().unwrap_or_default(),
         created_at: None,
     };
     let bar = byte_bar(total, "uploading", args.quiet);
@@ -349,18 +392,65 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
     let response = match outcome {
         Ok(response) => response,
         Err(Unsent { error, kept }) => {
-            let hint = match &args.id {
-                Some(id) if kept => format!(
-                    "\nthe server keeps the bytes it received: run `streamhub upload {} --id {id} --resume` to continue",
-                    path.display()
-                ),
+            let advice = match &id {
+                Some(id) if kept => advice_after(&mut client, id, &path).await,
                 _ => String::new(),
             };
-            return Err(fail(format!("{error}{hint}")));
+            return Err(fail(format!("{error}{advice}")));
         }
     };
+    if args.json {
+        return super::json::print(&response);
+    }
     print_upload(&response, &checksum, total - offset);
     Ok(())
+}
+
+/// What to do after an interrupted resumable upload, from what the server really holds
+/// (GetUploadStatus), not from what this side sent.
+async fn advice_after(client: &mut Client, id: &str, path: &Path) -> String {
+    let resume = format!("streamhub upload {} --id {id} --resume", path.display());
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_upload_status(GetUploadStatusRequest {
+            file_id: id.to_string(),
+        }),
+    )
+    .await;
+    match asked {
+        Ok(Ok(status)) => {
+            let status = status.into_inner();
+            let received = u64::try_from(status.bytes_received).unwrap_or(0);
+            if status.complete {
+                format!("\nthe server has the complete file {id}: there is nothing to resume")
+            } else if received > 0 {
+                format!(
+                    "\nthe server holds {} of {} bytes of upload {id}: run `{resume}` to send \
+                     the rest",
+                    thousands(received),
+                    thousands(u64::try_from(status.total_size).unwrap_or(0))
+                )
+            } else {
+                format!(
+                    "\nthe server holds no bytes of upload {id}: run the same command again to \
+                     start over"
+                )
+            }
+        }
+        Ok(Err(status)) if status.code() == Code::NotFound => format!(
+            "\nthe server kept nothing of upload {id}: run the same command again to start over"
+        ),
+        Ok(Err(status)) => format!(
+            "\ncould not ask the server what it kept ({:?}: {}); when it is back, `{resume}` \
+             continues from what it holds",
+            status.code(),
+            status.message()
+        ),
+        Err(_) => format!(
+            "\nthe server did not say what it kept within 5 s; `{resume}` continues from what \
+             it holds"
+        ),
+    }
 }
 
 /// Asks the server about upload `id` before sending: returns the offset to send from, or
@@ -652,9 +742,9 @@ fn upload_error(status: &Status, resuming: bool) -> CliError {
 
 /// `streamhub download`: GetFileInfo to name the output, then DownloadFile into `PATH.part`,
 /// verified against the server's SHA-256, fsynced and renamed to `PATH`.
-pub async fn download(args: DownloadArgs) -> CliResult<()> {
+pub async fn download(connect: &Connect, args: DownloadArgs) -> CliResult<()> {
     let id = args.id.clone();
-    let mut client = args.connect.client().await?;
+    let mut client = connect.client().await?;
     let info = client
         .get_file_info(GetFileInfoRequest {
             file_id: id.clone(),
@@ -797,6 +887,10 @@ pub async fn download(args: DownloadArgs) -> CliResult<()> {
         ))
     })?;
     sync_parent_dir(&path);
+    if args.json {
+        eprintln!("saved {}", path.display());
+        return super::json::print(&metadata);
+    }
     println!("saved    {}", path.display());
     println!("id       {}", metadata.file_id);
     println!("size     {}", describe_size(total));

@@ -20,8 +20,6 @@ use tokio::task::JoinSet;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The server's process id: its peak RSS (VmHWM) is read from /proc and reset per phase.
     #[arg(long, global = true)]
     pub pid: Option<u32>,
@@ -114,14 +112,14 @@ pub struct FilesBench {
     pub http_sha256: bool,
 }
 
-pub async fn run(args: BenchArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: BenchArgs) -> CliResult<()> {
     match args.command {
-        BenchCommand::Events(bench) => events(&args.connect, args.pid, bench).await,
-        BenchCommand::Files(bench) => files(&args.connect, args.pid, bench).await,
-        BenchCommand::Chat(bench) => chat::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Notify(bench) => notify::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Metrics(bench) => metrics::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Live(bench) => live::run(&args.connect, args.pid, bench).await,
+        BenchCommand::Events(bench) => events(connect, args.pid, bench).await,
+        BenchCommand::Files(bench) => files(connect, args.pid, bench).await,
+        BenchCommand::Chat(bench) => chat::run(connect, args.pid, bench).await,
+        BenchCommand::Notify(bench) => notify::run(connect, args.pid, bench).await,
+        BenchCommand::Metrics(bench) => metrics::run(connect, args.pid, bench).await,
+        BenchCommand::Live(bench) => live::run(connect, args.pid, bench).await,
     }
 }
 

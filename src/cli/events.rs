@@ -6,10 +6,10 @@
 
 use super::format::{When, parse_when};
 use super::json::{self, json_error};
-use super::{Client, CliResult, Connect, Feed, FeedStream, fail};
+use super::{CliResult, Client, Connect, Feed, FeedStream, fail};
 use crate::proto::{
-    BatchProcessingResult, DataRecord, PublishUserEventRequest, StreamUserEventsRequest,
-    UserEvent, UserEventType, any_from_json, describe_any,
+    BatchProcessingResult, DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEvent,
+    UserEventType, any_from_json, describe_any,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -30,7 +30,12 @@ pub struct User {
     #[arg(value_name = "USER", required_unless_present = "user_flag")]
     pub user: Option<String>,
     /// The same as USER (the older spelling).
-    #[arg(long = "user", value_name = "USER", conflicts_with = "user", hide = true)]
+    #[arg(
+        long = "user",
+        value_name = "USER",
+        conflicts_with = "user",
+        hide = true
+    )]
     pub user_flag: Option<String>,
 }
 
@@ -68,7 +73,12 @@ pub enum EventsCommand {
         #[command(flatten)]
         user: User,
         /// Only events after this sequence (the last one you have); 0 means from the start.
-        #[arg(long, value_name = "SEQUENCE", alias = "from-seq", conflicts_with = "since")]
+        #[arg(
+            long,
+            value_name = "SEQUENCE",
+            alias = "from-seq",
+            conflicts_with = "since"
+        )]
         after: Option<u64>,
         /// Start at the first event at or after this time: a duration ago (90s, 15m, 1h, 7d) or
         /// an RFC 3339 time (2026-11-26T08:00:00Z).
@@ -426,7 +436,9 @@ fn looks_canonical(object: &serde_json::Map<String, serde_json::Value>) -> bool 
             .is_some_and(|d| d.contains_key("@type"))
 }
 
-fn simple_record(object: &serde_json::Map<String, serde_json::Value>) -> Result<DataRecord, String> {
+fn simple_record(
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<DataRecord, String> {
     let text = |field: &str| -> Result<String, String> {
         match object.get(field) {
             None | Some(serde_json::Value::Null) => Ok(String::new()),

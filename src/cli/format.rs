@@ -141,7 +141,12 @@ pub fn parse_when(text: &str) -> Result<When, String> {
                 )
             });
     }
-    parse_duration(text).map(When::Ago)
+    parse_duration(text).map(When::Ago).map_err(|_| {
+        format!(
+            "{text:?} is neither a duration (90s, 15m, 1h, 7d) nor an RFC 3339 time \
+             (2026-11-26T08:00:00Z)"
+        )
+    })
 }
 
 #[cfg(test)]

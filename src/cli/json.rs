@@ -149,10 +149,7 @@ mod tests {
         );
         assert_eq!(from_json::<UserEvent>(&line).expect("reads"), event);
         let snake = r#"{"user_id": "u2", "type": "USER_EVENT_TYPE_LOGOUT"}"#;
-        assert_eq!(
-            from_json::<UserEvent>(snake).expect("reads").user_id,
-            "u2"
-        );
+        assert_eq!(from_json::<UserEvent>(snake).expect("reads").user_id, "u2");
     }
 
     #[test]

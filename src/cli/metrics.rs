@@ -310,7 +310,11 @@ async fn push(connect: &Connect, quiet: bool, json: bool) -> CliResult<()> {
     if json {
         super::json::print(&result)?;
         for error in &result.errors {
-            eprintln!("line {}: rejected: {}", map.line(error.index), error.message);
+            eprintln!(
+                "line {}: rejected: {}",
+                map.line(error.index),
+                error.message
+            );
         }
     } else {
         print_push_result(&result, lines, sent, bad, &map, quiet);

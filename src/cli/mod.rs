@@ -146,7 +146,8 @@ fn top_level_flag(name: &str) -> bool {
     let builtin = ["-h", "--help", "-V", "--version"];
     builtin.contains(&name)
         || command.get_arguments().any(|arg| {
-            arg.get_long().is_some_and(|long| name == format!("--{long}"))
+            arg.get_long()
+                .is_some_and(|long| name == format!("--{long}"))
                 || arg
                     .get_short()
                     .is_some_and(|short| name == format!("-{short}"))
@@ -270,10 +271,7 @@ impl Connect {
             )));
         }
         let tls = self.ca_cert.is_some() || self.client_cert.is_some();
-        Ok(format!(
-            "{}://{server}",
-            if tls { "https" } else { "http" }
-        ))
+        Ok(format!("{}://{server}", if tls { "https" } else { "http" }))
     }
 
     /// The endpoint to connect to, with TLS set up for an https:// server. Calls made on it
@@ -330,8 +328,7 @@ impl Connect {
             .get(..8)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
         if !https {
-            if self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
-            {
+            if self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some() {
                 return Err(fail(format!(
                     "--ca-cert, --client-cert and --client-key need an https:// --server, not {}",
                     self.server
@@ -394,9 +391,14 @@ impl Connect {
 /// A TLS client's handshake answered by a plaintext server: rustls reads HTTP/2 bytes as a
 /// record of an unknown type.
 fn looks_like_plaintext_peer(cause: &str) -> bool {
-    ["InvalidContentType", "corrupt message", "WrongVersion", "HeaderTooLarge"]
-        .iter()
-        .any(|needle| cause.contains(needle))
+    [
+        "InvalidContentType",
+        "corrupt message",
+        "WrongVersion",
+        "HeaderTooLarge",
+    ]
+    .iter()
+    .any(|needle| cause.contains(needle))
 }
 
 /// A plaintext client's first call answered by a TLS server: the connection breaks in one of

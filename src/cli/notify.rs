@@ -215,7 +215,12 @@ async fn tail(connect: &Connect, mut request: SubscribeRequest, json: bool) -> C
         );
         stream = reconnect(connect, |mut client| {
             let request = request.clone();
-            async move { Ok(client.subscribe_to_notifications(request).await?.into_inner()) }
+            async move {
+                Ok(client
+                    .subscribe_to_notifications(request)
+                    .await?
+                    .into_inner())
+            }
         })
         .await?;
         eprintln!(

@@ -363,8 +363,13 @@ impl Connect {
     /// The token as sent: trimmed, without a pasted `Bearer ` prefix; `None` when empty.
     pub fn bare_token(&self) -> Option<&str> {
         let token = self.token.as_deref()?.trim();
-        let token = match token.get(..7) {
-            Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => token[7..].trim_start(),
+        let token = match token.get(..6) {
+            Some(prefix)
+                if prefix.eq_ignore_ascii_case("bearer")
+                    && token[6..].chars().next().is_none_or(char::is_whitespace) =>
+            {
+                token[6..].trim_start()
+            }
             _ => token,
         };
         (!token.is_empty()).then_some(token)
@@ -604,4 +609,112 @@ fn read_file(path: &Path, flag: &str) -> CliResult<Vec<u8>> {
 
 pub fn fail(text: impl Into<String>) -> CliError {
     CliError(text.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn every_option_and_argument_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "streamhub", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_command_means_serve_and_global_flags_go_anywhere() {
+        let serve = |line: &str| {
+            matches!(
+                parse(args(line)),
+                Ok(Cli {
+                    command: Command::Serve(_),
+                    ..
+                })
+            )
+        };
+        assert!(serve("streamhub"));
+        assert!(serve("streamhub --listen localhost:7"));
+        assert!(serve("streamhub --sync=normal"));
+        assert!(serve("streamhub serve --listen 127.0.0.1:7"));
+        for line in [
+            "streamhub --server a:1 events tail u1",
+            "streamhub events tail u1 --server a:1",
+            "streamhub events --server a:1 tail u1",
+        ] {
+            let cli = parse(args(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(cli.connect.server, "a:1", "{line}");
+            assert!(matches!(cli.command, Command::Events(_)), "{line}");
+        }
+        assert!(parse(args("streamhub serve --token x")).is_err());
+        assert!(parse(args("streamhub --server a:1")).is_err());
+    }
+
+    #[test]
+    fn servers_are_urls_or_host_port() {
+        let url = |server: &str, ca: bool| {
+            let mut connect = Connect::plain(server);
+            connect.ca_cert = ca.then(|| PathBuf::from("ca.pem"));
+            connect.url().map_err(|e| e.0)
+        };
+        assert_eq!(
+            url("localhost:50051", false).as_deref(),
+            Ok("http://localhost:50051")
+        );
+        assert_eq!(
+            url("10.0.0.1:443", true).as_deref(),
+            Ok("https://10.0.0.1:443")
+        );
+        assert_eq!(url("[::1]:7", false).as_deref(), Ok("http://[::1]:7"));
+        assert_eq!(url("https://x:1", false).as_deref(), Ok("https://x:1"));
+        assert_eq!(url("http://x:1", true).as_deref(), Ok("http://x:1"));
+        for bad in ["not a url", "x", "x:port", "ftp://x:1", ":80", "http://"] {
+            assert!(url(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pasted_bearer_prefix_is_dropped() {
+        let mut connect = Connect::plain("x:1");
+        for (given, sent) in [
+            ("abc", Some("abc")),
+            ("Bearer abc", Some("abc")),
+            ("bearer   abc \n", Some("abc")),
+            ("  ", None),
+            ("Bearer ", None),
+        ] {
+            connect.token = Some(given.into());
+            assert_eq!(connect.bare_token(), sent, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn server_messages_name_the_flags() {
+        assert_eq!(
+            with_flag_names("up_to_sequence 9 is past the user's last notification (3)"),
+            "--through 9 is past the user's last notification (3)"
+        );
+        assert_eq!(with_flag_names("room_id is required"), "--room is required");
+        assert_eq!(with_flag_names("identity unknown"), "identity unknown");
+        assert_eq!(with_flag_names(""), "");
+    }
 }

@@ -670,3 +670,79 @@ async fn upload_id_auto_makes_a_uuid_and_quiet_hides_the_hint() {
     assert_ok(&quiet);
     assert!(!stderr(&quiet).contains("hint"), "{}", stderr(&quiet));
 }
+
+/// A TLS server's certificate and key (self-signed for 127.0.0.1), written to `dir`.
+fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mismatch_gets_a_hint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = tls_files(dir.path());
+    let tls = TestServer::start_with({
+        let (cert, key) = (cert.clone(), key);
+        move |c| {
+            c.tls_cert = Some(cert);
+            c.tls_key = Some(key);
+        }
+    })
+    .await;
+    let plain = TestServer::start().await;
+
+    // A plaintext client against the TLS server.
+    let out = run(&[
+        "events",
+        "publish",
+        "u1",
+        "--type",
+        "login",
+        "--server",
+        &tls.addr.to_string(),
+    ])
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: if the server speaks TLS"), "{err}");
+
+    // With --ca-cert, HOST:PORT means https://; the same server then answers.
+    let ca = cert.to_str().expect("utf-8");
+    let ok = run(&[
+        "events",
+        "publish",
+        "u1",
+        "--type",
+        "login",
+        "--json",
+        "--ca-cert",
+        ca,
+        "--server",
+        &tls.addr.to_string(),
+    ])
+    .await;
+    assert_ok(&ok);
+    assert_eq!(json_lines(&ok)[0]["sequence"], "1");
+
+    // A TLS client against the plaintext server.
+    let out = run(&[
+        "events",
+        "publish",
+        "u1",
+        "--type",
+        "login",
+        "--ca-cert",
+        ca,
+        "--server",
+        &plain.addr.to_string(),
+    ])
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: the server does not speak TLS"), "{err}");
+}

@@ -746,3 +746,125 @@ async fn a_tls_mismatch_gets_a_hint() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("hint: the server does not speak TLS"), "{err}");
 }
+
+/// A child's output lines, arriving on a channel.
+fn lines_of(
+    pipe: impl std::io::Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `text`; returns it.
+async fn line_with(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &str) -> String {
+    let wait = async {
+        loop {
+            match lines.recv().await {
+                Some(line) if line.contains(text) => return line,
+                Some(_) => {}
+                None => panic!("output ended before a line with {text:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no line with {text:?}"))
+}
+
+/// A server in this process on a chosen address, so that a restart keeps the address.
+async fn serve_on(
+    addr: std::net::SocketAddr,
+    dir: &std::sync::Arc<tempfile::TempDir>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<streamhub::Result<()>>,
+) {
+    let mut config = streamhub::Config::in_dir(dir.path());
+    config.shutdown_grace_secs = 1;
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = streamhub::server::App::open(config).await.expect("open");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reconnects_after_a_restart_and_says_so() {
+    common::init_logs();
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let (addr, stop, task) = serve_on("127.0.0.1:0".parse().expect("addr"), &dir).await;
+    let url = format!("http://{addr}");
+    let mut client = common::connect(&url).await;
+    let login = |id: &str| PublishUserEventRequest {
+        user_id: "u1".into(),
+        r#type: UserEventType::Login as i32,
+        data: None,
+        id: id.into(),
+    };
+    client
+        .publish_user_event(login("r1"))
+        .await
+        .expect("publish");
+
+    let mut child = streamhub()
+        .args([
+            "events",
+            "tail",
+            "u1",
+            "--json",
+            "--server",
+            &addr.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let mut out = lines_of(child.stdout.take().expect("stdout"));
+    let mut err = lines_of(child.stderr.take().expect("stderr"));
+    line_with(&mut out, "\"r1\"").await;
+
+    let _ = stop.send(());
+    task.await.expect("server task").expect("clean stop");
+    line_with(&mut err, "connection lost").await;
+
+    let (_, stop, task) = serve_on(addr, &dir).await;
+    let mut client = common::connect(&url).await;
+    client
+        .publish_user_event(login("r2"))
+        .await
+        .expect("publish");
+    let note = line_with(&mut err, "reconnected").await;
+    assert_eq!(note, format!("reconnected to {url}; resuming after #1"));
+    let second: serde_json::Value =
+        serde_json::from_str(&line_with(&mut out, "\"r2\"").await).expect("JSON");
+    assert_eq!(second["sequence"], "2");
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    let status = within(30, "the tail to exit", async {
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    let _ = stop.send(());
+    task.await.expect("server task").expect("clean stop");
+}

@@ -409,7 +409,10 @@ fn looks_like_plaintext_peer(cause: &str) -> bool {
 /// A plaintext client's first call answered by a TLS server: the connection breaks in one of
 /// the ways tonic reports as a transport failure with a fixed message.
 fn looks_like_tls_peer(status: &Status) -> bool {
+    // Made on this side, from a broken connection (not a server's UNAVAILABLE answer).
+    let local = std::error::Error::source(status).is_some();
     match status.code() {
+        Code::Unavailable => local,
         Code::Unknown => status.message() == "transport error",
         Code::Cancelled => status.message() == "operation was canceled",
         Code::Internal => status.message().starts_with("h2 protocol error"),

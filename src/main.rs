@@ -35,6 +35,8 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_background();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Nothing to say (stdout was closed by its reader): only the status.
+        Err(message) if message.is_empty() => std::process::ExitCode::FAILURE,
         Err(message) => {
             eprintln!("error: {message}");
             std::process::ExitCode::FAILURE

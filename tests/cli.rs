@@ -868,3 +868,68 @@ async fn tail_reconnects_after_a_restart_and_says_so() {
     let _ = stop.send(());
     task.await.expect("server task").expect("clean stop");
 }
+
+/// Ctrl-C during an import cancels the call: the lines already sent are not committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_an_import_in_flight() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("events.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+
+    let mut child = streamhub()
+        .args(["events", "import", "--quiet", "--server", &server.url()])
+        .arg(&fifo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn import");
+    let mut err = lines_of(child.stderr.take().expect("stderr"));
+    // Opening the write end waits for the CLI to open the read end. Kept open: no end of file.
+    let writer_path = fifo.clone();
+    let mut writer = tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .expect("open the FIFO")
+    })
+    .await
+    .expect("opener");
+    writer
+        .write_all(b"{\"id\": \"c1\", \"user_id\": \"cat\", \"type\": \"login\"}\n")
+        .expect("write a line");
+    writer.flush().expect("flush");
+    wait_for_metrics(server.addr, "the import call to open", WAIT, |text| {
+        common::rpc_open(text, "ProcessDataBatch") == 1
+    })
+    .await;
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    line_with(&mut err, "interrupted; the call was cancelled").await;
+    let status = within(30, "the import to exit", async {
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Some(1));
+    drop(writer);
+    wait_for_metrics(server.addr, "the import call to end", WAIT, |text| {
+        common::rpc_open(text, "ProcessDataBatch") == 0
+    })
+    .await;
+    let scrape = common::scrape(server.addr).await;
+    assert!(
+        !scrape.contains("streamhub_rpc_finished_total{rpc=\"ProcessDataBatch\",code=\"OK\"}"),
+        "{scrape}"
+    );
+    assert!(stored_events(&server, "cat").await.is_empty());
+}

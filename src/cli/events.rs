@@ -144,8 +144,7 @@ fn print_event(event: &UserEvent, json: bool) -> CliResult<()> {
     if json {
         json::print(event)
     } else {
-        println!("{}", format_event(event));
-        Ok(())
+        super::print_line(&format_event(event))
     }
 }
 

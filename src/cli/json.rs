@@ -84,9 +84,7 @@ pub fn to_json<M: Proto>(message: &M) -> CliResult<String> {
 
 /// Prints one message as one line of canonical proto3 JSON on stdout.
 pub fn print<M: Proto>(message: &M) -> CliResult<()> {
-    let line = to_json(message)?;
-    println!("{line}");
-    Ok(())
+    super::print_line(&to_json(message)?)
 }
 
 /// Reads one message from proto3 JSON text (either field spelling, `userId` or `user_id`).

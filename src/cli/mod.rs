@@ -186,6 +186,20 @@ fn write_stdout(bytes: &[u8]) -> CliResult<()> {
     }
 }
 
+/// Prints one line of results on stdout. A reader that went away (`tail --json | head -1`)
+/// ends the command with a silent failure (an empty message) instead of a panic, so a tail
+/// stops when nobody reads it.
+pub fn print_line(line: &str) -> CliResult<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => fail(""),
+            _ => fail(format!("cannot write to stdout: {e}")),
+        })
+}
+
 /// How a client command reaches the server. Every flag is global: it may come before or after
 /// the command (`streamhub --server X events tail u1` or `streamhub events tail u1 --server X`).
 #[derive(Debug, Clone, Args)]

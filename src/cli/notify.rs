@@ -103,8 +103,7 @@ fn print_notification(n: &Notification, json: bool) -> CliResult<()> {
     if json {
         super::json::print(n)
     } else {
-        println!("{}", format_notification(n));
-        Ok(())
+        super::print_line(&format_notification(n))
     }
 }
 

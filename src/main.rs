@@ -1,7 +1,7 @@
-//! The `streamhub` binary: parses flags, then runs the server or a client command.
+//! The `streamhub` binary: parses flags, then runs the server or a client command. Everything
+//! else lives in the library; this file never holds a rule of its own.
 
-use clap::Parser;
-use streamhub::cli::{Cli, Command};
+use streamhub::cli::Command;
 
 /// mimalloc instead of the system allocator: replays, imports and fan-out allocate many small,
 /// short-lived buffers, and glibc's allocator both spends more time on them and holds on to
@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     // `.env` first, so its values act as environment for the flags below. A missing file is fine.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli = streamhub::cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -20,77 +20,28 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let outcome = match cli.command {
-            None => serve(cli.serve).await,
-            Some(Command::Serve(config)) => serve(config).await,
-            Some(Command::Events(args)) => {
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(config) => serve(config).await,
+            command => {
                 streamhub::telemetry::init("warn");
-                streamhub::cli::events::run(args)
+                streamhub::cli::run(command, cli.connect)
                     .await
                     .map_err(|e| e.to_string())
-            }
-            Some(Command::Upload(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::files::upload(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Download(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::files::download(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Files(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::files::run_files(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Chat(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::chat::run(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Notify(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::notify::run(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Metrics(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::metrics::run(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Live(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::live::run(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Some(Command::Token(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::token::run(args).map_err(|e| e.to_string())
-            }
-            Some(Command::Bench(args)) => {
-                streamhub::telemetry::init("warn");
-                streamhub::cli::bench::run(args)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        match outcome {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("error: {message}");
-                std::process::ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Not waiting for blocked stdin readers: a client command that is done is done.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Nothing to say (stdout was closed by its reader): only the status.
+        Err(message) if message.is_empty() => std::process::ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(config: streamhub::Config) -> Result<(), String> {

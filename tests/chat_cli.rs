@@ -326,7 +326,14 @@ async fn exit_after_send_leaves_once_every_line_is_stored_and_commands_are_not_s
     ));
     ann.close_stdin();
     let (code, printed, errors) = ann.finish().await;
-    assert_eq!(code, 0, "stderr: {errors:#?}");
+    // The over-long line was not sent: everything else was stored, and the exit status says so.
+    assert_eq!(code, 1, "stderr: {errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e == "error: 1 line(s) were refused and not sent"),
+        "{errors:#?}"
+    );
     assert_eq!(
         timeless(&printed),
         [
@@ -574,7 +581,7 @@ async fn bad_invocations_fail_with_a_clear_message_and_exit_code() {
                 url.as_str(),
             ],
             1,
-            "error: InvalidArgument: room_id is required",
+            "error: InvalidArgument: --room is required",
         ),
         (
             &[
@@ -587,7 +594,7 @@ async fn bad_invocations_fail_with_a_clear_message_and_exit_code() {
                 url.as_str(),
             ],
             1,
-            "error: InvalidArgument: user_id must not contain control characters",
+            "error: InvalidArgument: --user must not contain control characters",
         ),
         (
             &[
@@ -607,7 +614,7 @@ async fn bad_invocations_fail_with_a_clear_message_and_exit_code() {
         (
             &["chat", "history", "--room", "", "--server", url.as_str()],
             1,
-            "error: InvalidArgument: room_id is required",
+            "error: InvalidArgument: --room is required",
         ),
         (
             &[

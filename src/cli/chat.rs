@@ -20,7 +20,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 /// Lines sent (or queued while disconnected) whose copy has not come back yet. Past this the
@@ -70,8 +70,6 @@ Examples:
 pub struct ChatArgs {
     #[command(subcommand)]
     pub command: Option<ChatCommand>,
-    #[command(flatten)]
-    pub connect: Connect,
     /// The room to join.
     #[arg(long, required = true)]
     pub room: Option<String>,
@@ -83,17 +81,21 @@ pub struct ChatArgs {
     #[arg(long, value_name = "SEQUENCE")]
     pub after: Option<u64>,
     /// Leave as soon as stdin ends and every line has been stored (for scripts). Without it,
-    /// a piped stdin's end only stops the sending: the room keeps printing until Ctrl-C.
+    /// a piped stdin's end only stops the sending: the room keeps printing until Ctrl-C. The
+    /// exit status is 1 when a line was refused (not sent).
     #[arg(long)]
     pub exit_after_send: bool,
+    /// Print each room message as one line of proto3 JSON (a ChatMessage) instead of
+    /// `[sequence] HH:MM:SS user: text`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ChatCommand {
     /// Print one page of a room's messages, oldest first, and whether older ones exist.
     History {
-        #[command(flatten)]
-        connect: Connect,
+        /// The room to read.
         #[arg(long)]
         room: String,
         /// Only messages before this sequence (default: up to the newest).
@@ -102,26 +104,31 @@ pub enum ChatCommand {
         /// Messages in the page (at most 500).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: u32,
+        /// Print the page as proto3 JSON (a GetChatHistoryResponse, as grpcurl prints it).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-pub async fn run(args: ChatArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: ChatArgs) -> CliResult<()> {
     match args.command {
         Some(ChatCommand::History {
-            connect,
             room,
             before,
             limit,
-        }) => history(&connect, room, before, limit).await,
+            json,
+        }) => history(connect, room, before, limit, json).await,
         None => {
             let (Some(room), Some(user)) = (args.room, args.user) else {
                 return Err(fail("--room and --user are required"));
             };
             Interactive {
-                connect: args.connect,
+                connect: connect.clone(),
                 state: RoomState::new(room, user, args.after.unwrap_or(0)),
                 style: Style::detect(),
                 exit_after_send: args.exit_after_send,
+                json: args.json,
+                refused: 0,
             }
             .run()
             .await
@@ -134,6 +141,7 @@ async fn history(
     room: String,
     before: Option<u64>,
     limit: u32,
+    json: bool,
 ) -> CliResult<()> {
     let mut client = connect.client().await?;
     let page = client
@@ -144,6 +152,9 @@ async fn history(
         })
         .await?
         .into_inner();
+    if json {
+        return super::json::print(&page);
+    }
     let style = Style::detect();
     let mut out = std::io::stdout().lock();
     for message in &page.messages {
@@ -452,12 +463,12 @@ fn leave_signals() -> mpsc::Receiver<()> {
     rx
 }
 
-/// A channel with HTTP/2 keepalive, so a silently dead connection is noticed and rejoined.
+/// The connection's endpoint (TLS included) with HTTP/2 keepalive, so a silently dead
+/// connection is noticed and rejoined.
 fn endpoint(connect: &Connect) -> Result<Endpoint, Failure> {
-    Ok(Channel::from_shared(connect.server.clone())
-        .map_err(|e| Failure::Fatal(fail(format!("invalid --server {}: {e}", connect.server))))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
+    Ok(connect
+        .endpoint()
+        .map_err(Failure::Fatal)?
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))
@@ -468,6 +479,9 @@ struct Interactive {
     state: RoomState,
     style: Style,
     exit_after_send: bool,
+    json: bool,
+    /// Lines refused here (too long), so never sent.
+    refused: usize,
 }
 
 /// What the person at the keyboard (or the pipe) asked for so far.
@@ -524,7 +538,7 @@ impl Interactive {
                         .session(tx, inbound, &mut input, &mut signals, &mut intent)
                         .await
                     {
-                        Ok(()) => return Ok(()),
+                        Ok(()) => return self.unsent(),
                         Err(failure) => (failure, true),
                     }
                 }
@@ -557,11 +571,11 @@ impl Interactive {
     async fn join(&self) -> Result<Joined, Failure> {
         let attempt = async {
             let channel = endpoint(&self.connect)?.connect().await.map_err(|e| {
-                Failure::Retry(format!(
-                    "cannot reach streamhub at {}: {}",
-                    self.connect.server,
-                    crate::error::cause_chain(&e)
-                ))
+                Failure::Retry(
+                    self.connect
+                        .unreachable(&crate::error::cause_chain(&e))
+                        .to_string(),
+                )
             })?;
             let mut client = self.connect.client_on(channel).map_err(Failure::Fatal)?;
             let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
@@ -679,10 +693,14 @@ impl Interactive {
             }
         };
         match parse_line(&line) {
-            Line::Send(text) if text.len() > MAX_LINE_BYTES => eprintln!(
-                "not sent: the line is {} bytes, over the server's default limit of {MAX_LINE_BYTES}",
-                text.len()
-            ),
+            Line::Send(text) if text.len() > MAX_LINE_BYTES => {
+                self.refused += 1;
+                eprintln!(
+                    "not sent: the line is {} bytes, over the server's default limit of \
+                     {MAX_LINE_BYTES}",
+                    text.len()
+                );
+            }
             Line::Send(text) => {
                 let message = self.state.post(text);
                 if let Some(tx) = tx {
@@ -709,8 +727,13 @@ impl Interactive {
     fn show(&mut self, message: ChatMessage) -> Result<(), Failure> {
         match self.state.receive(message, Instant::now()) {
             Shown::Message(message) => {
+                let line = if self.json {
+                    super::json::to_json(&message).map_err(Failure::Fatal)?
+                } else {
+                    self.style.message(&message)
+                };
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", self.style.message(&message))
+                writeln!(out, "{line}")
                     .and_then(|()| out.flush())
                     .map_err(|e| Failure::Fatal(fail(format!("cannot write to stdout: {e}"))))
             }
@@ -719,6 +742,14 @@ impl Interactive {
                 Ok(())
             }
             Shown::Nothing => Ok(()),
+        }
+    }
+
+    /// The end of a session that left cleanly: an error if a line was refused.
+    fn unsent(&self) -> CliResult<()> {
+        match self.refused {
+            0 => Ok(()),
+            n => Err(fail(format!("{n} line(s) were refused and not sent"))),
         }
     }
 

@@ -10,6 +10,7 @@
 //!
 //! Results go to stdout; progress bars, notes and hints go to stderr.
 
+use super::format::{hex_digest, thousands};
 use super::{CliError, CliResult, Connect, fail};
 use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetFileInfoRequest, GetUploadStatusRequest,
@@ -37,14 +38,13 @@ const HASH_BUFFER: usize = 1024 * 1024;
 /// `streamhub upload FILE …`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The file to upload.
     pub file: PathBuf,
-    /// A file id of your choosing (a UUID). It makes the upload resumable: if it is interrupted,
-    /// the server keeps the bytes it received, and the same command with --resume sends the rest.
-    #[arg(long, value_name = "UUID", value_parser = parse_file_id)]
-    pub id: Option<String>,
+    /// A file id of your choosing (a UUID), or `auto` for a fresh one (printed). It makes the
+    /// upload resumable: if it is interrupted, the server keeps the bytes it received, and the
+    /// same command with --resume sends the rest.
+    #[arg(long, value_name = "UUID|auto", value_parser = parse_upload_id)]
+    pub id: Option<UploadId>,
     /// Continue an interrupted upload with the same --id: ask the server how many bytes it
     /// already has and send only the rest. Starts from the beginning if it has none.
     #[arg(long, requires = "id")]
@@ -56,16 +56,35 @@ pub struct UploadArgs {
     /// File name to record on the server; by default FILE's base name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Hide the progress bars.
+    /// Hide the progress bars and notes (the hint about --id too).
     #[arg(long)]
     pub quiet: bool,
+    /// Print the server's answer as proto3 JSON (an UploadFileResponse).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `upload --id` was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadId {
+    /// A UUID, hyphenated and lowercase.
+    Given(String),
+    /// `auto`: make a fresh UUID.
+    Auto,
+}
+
+fn parse_upload_id(text: &str) -> Result<UploadId, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(UploadId::Auto);
+    }
+    parse_file_id(text)
+        .map(UploadId::Given)
+        .map_err(|e| format!("{e} (or `auto` for a fresh one)"))
 }
 
 /// `streamhub download ID …`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The id of the file on the server.
     #[arg(value_parser = parse_file_id)]
     pub id: String,
@@ -83,6 +102,9 @@ pub struct DownloadArgs {
     /// Hide the progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the downloaded file's metadata as proto3 JSON (a FileMetadata) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `streamhub files …`.
@@ -97,19 +119,21 @@ pub struct FilesArgs {
 pub enum FilesCommand {
     /// Print a stored file's metadata: id, name, size, type, SHA-256 and creation time.
     Info {
-        #[command(flatten)]
-        connect: Connect,
         /// The id of the file on the server.
         #[arg(value_parser = parse_file_id)]
         id: String,
+        /// Print it as proto3 JSON (a FileMetadata).
+        #[arg(long)]
+        json: bool,
     },
     /// Print how many bytes of an upload the server has, and whether it is complete.
     Status {
-        #[command(flatten)]
-        connect: Connect,
         /// The id the upload was started with (`upload --id`).
         #[arg(value_parser = parse_file_id)]
         id: String,
+        /// Print it as proto3 JSON (a GetUploadStatusResponse).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -118,52 +142,6 @@ fn parse_file_id(text: &str) -> Result<String, String> {
     uuid::Uuid::parse_str(text.trim())
         .map(|id| id.hyphenated().to_string())
         .map_err(|_| format!("{text:?} is not a file id; file ids are UUIDs"))
-}
-
-/// Parses a byte size: plain bytes (`1048576`) or a number with a unit, decimal (`kB`, `MB`,
-/// `GB`, `TB`: powers of 1000) or binary (`KiB`, `MiB`, `GiB`, `TiB`: powers of 1024). Units are
-/// case-insensitive, `K`/`M`/`G`/`T` alone are decimal, and fractions are allowed (`1.5GiB`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number = number.replace('_', "");
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" | "ki" => 1 << 10,
-        "m" | "mb" => 1000 * 1000,
-        "mib" | "mi" => 1 << 20,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gib" | "gi" => 1 << 30,
-        "t" | "tb" => 1000 * 1000 * 1000 * 1000,
-        "tib" | "ti" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
-            ));
-        }
-    };
-    if number.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size; try 1GiB, 512MiB, 100MB or 65536"
-        ));
-    }
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("{text:?} is too large"));
-    }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; try 1GiB, 512MiB, 100MB or 65536"))?;
-    let bytes = (value * multiplier as f64).round();
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
-    }
-    Ok(bytes as u64)
 }
 
 /// A MIME type for a few common extensions; application/octet-stream otherwise.
@@ -217,17 +195,8 @@ fn describe_size(bytes: u64) -> String {
     if bytes < 1024 {
         format!("{bytes} bytes")
     } else {
-        format!(
-            "{} bytes ({})",
-            super::bench::thousands(bytes),
-            HumanBytes(bytes)
-        )
+        format!("{} bytes ({})", thousands(bytes), HumanBytes(bytes))
     }
-}
-
-/// Lowercase hex of a finished SHA-256.
-pub fn hex_digest(hasher: Sha256) -> String {
-    format!("{:x}", hasher.finalize())
 }
 
 /// A byte progress bar on stderr (hidden when `quiet` or when stderr is not a terminal).
@@ -265,9 +234,9 @@ fn rpc_error(action: &str, status: &Status) -> CliError {
 use super::Client;
 
 /// Dispatches `streamhub files …`.
-pub async fn run_files(args: FilesArgs) -> CliResult<()> {
+pub async fn run_files(connect: &Connect, args: FilesArgs) -> CliResult<()> {
     match args.command {
-        FilesCommand::Info { connect, id } => {
+        FilesCommand::Info { id, json } => {
             let mut client = connect.client().await?;
             let info = client
                 .get_file_info(GetFileInfoRequest {
@@ -276,10 +245,13 @@ pub async fn run_files(args: FilesArgs) -> CliResult<()> {
                 .await
                 .map_err(|s| rpc_error(&format!("file info for {id}"), &s))?
                 .into_inner();
+            if json {
+                return super::json::print(&info);
+            }
             print_info(&info);
             Ok(())
         }
-        FilesCommand::Status { connect, id } => {
+        FilesCommand::Status { id, json } => {
             let mut client = connect.client().await?;
             let status = client
                 .get_upload_status(GetUploadStatusRequest {
@@ -288,6 +260,9 @@ pub async fn run_files(args: FilesArgs) -> CliResult<()> {
                 .await
                 .map_err(|s| rpc_error(&format!("upload status for {id}"), &s))?
                 .into_inner();
+            if json {
+                return super::json::print(&status);
+            }
             print_status(&status);
             Ok(())
         }
@@ -324,8 +299,8 @@ fn print_status(status: &GetUploadStatusResponse) {
     println!("id        {}", status.file_id);
     println!(
         "received  {} of {} bytes{percent}",
-        super::bench::thousands(u64::try_from(status.bytes_received).unwrap_or(0)),
-        super::bench::thousands(u64::try_from(status.total_size).unwrap_or(0)),
+        thousands(u64::try_from(status.bytes_received).unwrap_or(0)),
+        thousands(u64::try_from(status.total_size).unwrap_or(0)),
     );
     println!("complete  {}", if status.complete { "yes" } else { "no" });
 }
@@ -334,8 +309,22 @@ fn print_status(status: &GetUploadStatusResponse) {
 
 /// `streamhub upload`: hash the file, then stream it with UploadFile, from the server's
 /// resume point when `--resume` is given.
-pub async fn upload(args: UploadArgs) -> CliResult<()> {
+pub async fn upload(connect: &Connect, args: UploadArgs) -> CliResult<()> {
     let path = args.file.clone();
+    let id = match &args.id {
+        None => None,
+        Some(UploadId::Given(id)) => Some(id.clone()),
+        Some(UploadId::Auto) if args.resume => {
+            return Err(fail(
+                "--resume needs the id of the interrupted upload, not --id auto",
+            ));
+        }
+        Some(UploadId::Auto) => {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            eprintln!("upload id {id}");
+            Some(id)
+        }
+    };
     let meta = match tokio::fs::metadata(&path).await {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -361,10 +350,10 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
         .clone()
         .unwrap_or_else(|| guess_content_type(&path).to_string());
 
-    let mut client = args.connect.client().await?;
+    let mut client = connect.client().await?;
 
     // Where to start: the server's count of received bytes for a resumed upload, else 0.
-    let offset = match &args.id {
+    let offset = match &id {
         Some(id) => match start_point(&mut client, id, args.resume, total, &path).await? {
             Some(offset) => offset,
             None => {
@@ -373,9 +362,9 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
             }
         },
         None => {
-            eprintln!(
-                "hint: pass --id <UUID> (for example --id $(uuidgen)) to make an upload resumable"
-            );
+            if !args.quiet {
+                eprintln!("hint: pass --id auto (or --id UUID) to make an upload resumable");
+            }
             0
         }
     };
@@ -388,7 +377,7 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
         total_size: total_i64,
         content_type,
         checksum: checksum.clone(),
-        file_id: args.id.clone().unwrap_or_default(),
+        file_id: id.clone().unwrap_or_default(),
         created_at: None,
     };
     let bar = byte_bar(total, "uploading", args.quiet);
@@ -403,18 +392,65 @@ pub async fn upload(args: UploadArgs) -> CliResult<()> {
     let response = match outcome {
         Ok(response) => response,
         Err(Unsent { error, kept }) => {
-            let hint = match &args.id {
-                Some(id) if kept => format!(
-                    "\nthe server keeps the bytes it received: run `streamhub upload {} --id {id} --resume` to continue",
-                    path.display()
-                ),
+            let advice = match &id {
+                Some(id) if kept => advice_after(&mut client, id, &path).await,
                 _ => String::new(),
             };
-            return Err(fail(format!("{error}{hint}")));
+            return Err(fail(format!("{error}{advice}")));
         }
     };
+    if args.json {
+        return super::json::print(&response);
+    }
     print_upload(&response, &checksum, total - offset);
     Ok(())
+}
+
+/// What to do after an interrupted resumable upload, from what the server really holds
+/// (GetUploadStatus), not from what this side sent.
+async fn advice_after(client: &mut Client, id: &str, path: &Path) -> String {
+    let resume = format!("streamhub upload {} --id {id} --resume", path.display());
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_upload_status(GetUploadStatusRequest {
+            file_id: id.to_string(),
+        }),
+    )
+    .await;
+    match asked {
+        Ok(Ok(status)) => {
+            let status = status.into_inner();
+            let received = u64::try_from(status.bytes_received).unwrap_or(0);
+            if status.complete {
+                format!("\nthe server has the complete file {id}: there is nothing to resume")
+            } else if received > 0 {
+                format!(
+                    "\nthe server holds {} of {} bytes of upload {id}: run `{resume}` to send \
+                     the rest",
+                    thousands(received),
+                    thousands(u64::try_from(status.total_size).unwrap_or(0))
+                )
+            } else {
+                format!(
+                    "\nthe server holds no bytes of upload {id}: run the same command again to \
+                     start over"
+                )
+            }
+        }
+        Ok(Err(status)) if status.code() == Code::NotFound => format!(
+            "\nthe server kept nothing of upload {id}: run the same command again to start over"
+        ),
+        Ok(Err(status)) => format!(
+            "\ncould not ask the server what it kept ({:?}: {}); when it is back, `{resume}` \
+             continues from what it holds",
+            status.code(),
+            status.message()
+        ),
+        Err(_) => format!(
+            "\nthe server did not say what it kept within 5 s; `{resume}` continues from what \
+             it holds"
+        ),
+    }
 }
 
 /// Asks the server about upload `id` before sending: returns the offset to send from, or
@@ -453,8 +489,8 @@ async fn start_point(
             return Err(fail(format!(
                 "the server already has {} of {} bytes of upload {id}; add --resume to continue \
                  it, or choose another --id",
-                super::bench::thousands(received),
-                super::bench::thousands(u64::try_from(status.total_size).unwrap_or(0))
+                thousands(received),
+                thousands(u64::try_from(status.total_size).unwrap_or(0))
             )));
         }
         return Ok(Some(0));
@@ -472,8 +508,8 @@ async fn start_point(
     let offset = received.min(total);
     eprintln!(
         "resuming upload {id}: the server has {} of {} bytes",
-        super::bench::thousands(offset),
-        super::bench::thousands(total)
+        thousands(offset),
+        thousands(total)
     );
     Ok(Some(offset))
 }
@@ -498,7 +534,7 @@ fn print_upload(response: &UploadFileResponse, checksum: &str, sent: u64) {
         "bytes         {}{}",
         describe_size(u64::try_from(response.bytes_uploaded).unwrap_or(0)),
         if sent as i64 != response.bytes_uploaded {
-            format!(", {} sent by this call", super::bench::thousands(sent))
+            format!(", {} sent by this call", thousands(sent))
         } else {
             String::new()
         }
@@ -706,9 +742,9 @@ fn upload_error(status: &Status, resuming: bool) -> CliError {
 
 /// `streamhub download`: GetFileInfo to name the output, then DownloadFile into `PATH.part`,
 /// verified against the server's SHA-256, fsynced and renamed to `PATH`.
-pub async fn download(args: DownloadArgs) -> CliResult<()> {
+pub async fn download(connect: &Connect, args: DownloadArgs) -> CliResult<()> {
     let id = args.id.clone();
-    let mut client = args.connect.client().await?;
+    let mut client = connect.client().await?;
     let info = client
         .get_file_info(GetFileInfoRequest {
             file_id: id.clone(),
@@ -764,8 +800,8 @@ pub async fn download(args: DownloadArgs) -> CliResult<()> {
             eprintln!(
                 "resuming: {} has {} of {} bytes",
                 part.display(),
-                super::bench::thousands(len),
-                super::bench::thousands(total)
+                thousands(len),
+                thousands(total)
             );
             let bar = byte_bar(len, "checking", args.quiet);
             let file = tokio::fs::File::open(&part)
@@ -851,6 +887,10 @@ pub async fn download(args: DownloadArgs) -> CliResult<()> {
         ))
     })?;
     sync_parent_dir(&path);
+    if args.json {
+        eprintln!("saved {}", path.display());
+        return super::json::print(&metadata);
+    }
     println!("saved    {}", path.display());
     println!("id       {}", metadata.file_id);
     println!("size     {}", describe_size(total));
@@ -1014,20 +1054,6 @@ fn download_error(status: &Status) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_decimal_and_binary_units() {
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("100MB"), Ok(100_000_000));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("1.5 kib"), Ok(1536));
-        assert_eq!(parse_size("7b"), Ok(7));
-        assert!(parse_size("GiB").is_err());
-        assert!(parse_size("1 furlong").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
 
     #[test]
     fn unsafe_names_are_refused() {

@@ -15,12 +15,10 @@ use tokio::sync::mpsc;
 #[derive(Debug, Args)]
 #[command(after_help = HELP)]
 pub struct LiveArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// Every line is a value for this key (otherwise lines are `KEY VALUE`).
     #[arg(long)]
     pub key: Option<String>,
-    /// Print each result as a JSON object on one line.
+    /// Print each result as one line of proto3 JSON (as grpcurl prints a ProcessingResult).
     #[arg(long)]
     pub json: bool,
 }
@@ -30,7 +28,8 @@ Input: with --key, every line of stdin is one number for that key. Without it, e
 `KEY VALUE`: the value is the last word, the key everything before it. Blank lines and lines
 starting with # are skipped; a line that does not parse is reported on stderr and skipped.
 Each input's id is its line number, so results can be matched to lines. nan and inf are sent
-as such (the server answers them with an INVALID_VALUE error).
+as such (the server answers them with an INVALID_VALUE error). The exit status is 1 when a
+line was skipped (it was not sent).
 
 Output: one line per result, in input order: n (values in the key's window), mean, sd
 (population standard deviation), min and max of the window including the value, and z, the
@@ -102,34 +101,11 @@ pub fn format_result(result: &ProcessingResult) -> String {
     }
 }
 
-/// One result as a JSON object.
-pub fn result_json(result: &ProcessingResult) -> serde_json::Value {
-    match &result.outcome {
-        Some(Outcome::Stats(s)) => serde_json::json!({
-            "input_id": result.input_id,
-            "key": result.key,
-            "count": s.count,
-            "mean": s.mean,
-            "min": s.min,
-            "max": s.max,
-            "stddev": s.stddev,
-            "z_score": s.z_score,
-            "anomaly": s.anomaly,
-        }),
-        Some(Outcome::Error(e)) => serde_json::json!({
-            "input_id": result.input_id,
-            "key": result.key,
-            "error": { "code": e.code, "message": e.message },
-        }),
-        None => serde_json::json!({ "input_id": result.input_id, "key": result.key }),
-    }
-}
-
-pub async fn run(args: LiveArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: LiveArgs) -> CliResult<()> {
     if args.key.as_deref() == Some("") {
         return Err(fail("--key must not be empty"));
     }
-    let mut client = args.connect.client().await?;
+    let mut client = connect.client().await?;
     // Bounded: when the server or the terminal is slow, reading stdin waits.
     let (tx, rx) = mpsc::channel::<DataInput>(1024);
     let key = args.key.clone();
@@ -175,7 +151,7 @@ pub async fn run(args: LiveArgs) -> CliResult<()> {
                 _ => {}
             }
             if args.json {
-                println!("{}", result_json(&result));
+                super::json::print(&result)?;
             } else {
                 println!("{}", format_result(&result));
             }
@@ -205,7 +181,10 @@ pub async fn run(args: LiveArgs) -> CliResult<()> {
         "{results} results: {anomalies} anomalies, {errors} rejected by the server, \
          {skipped} lines skipped"
     );
-    Ok(())
+    match skipped {
+        0 => Ok(()),
+        n => Err(fail(format!("{n} lines were not sent (they do not parse)"))),
+    }
 }
 
 #[cfg(test)]

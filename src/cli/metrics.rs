@@ -5,18 +5,16 @@
 //! and prints; it never decides what a valid metric is: the server does, and its verdicts are
 //! printed against the input's line numbers.
 
+use super::format::{When, parse_duration, parse_when};
 use super::{CliResult, Connect, fail};
 use crate::proto::{MetricData, MetricSeries, MetricsCollectionResult, QueryMetricsRequest};
 use clap::{Args, Subcommand};
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     #[command(subcommand)]
     pub command: MetricsCommand,
 }
@@ -38,10 +36,16 @@ pub enum MetricsCommand {
     /// The server commits points as they arrive (every 200 ms by default), so they can be
     /// queried while the input is still open, e.g. `tail -f metrics.txt | streamhub metrics
     /// push`. Ctrl-C ends the input like end-of-file: what was sent is stored and summarised.
+    ///
+    /// The exit status is 1 when a line was not sent (it does not parse) or a point was not
+    /// stored (the server rejected it).
     Push {
         /// Print only the summary line, not one line per series.
         #[arg(long)]
         quiet: bool,
+        /// Print the server's result as proto3 JSON (a MetricsCollectionResult).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the buckets of every series called NAME that has the given labels.
     ///
@@ -55,77 +59,18 @@ pub enum MetricsCommand {
         #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
         labels: Vec<(String, String)>,
         /// Start of the range: a duration ago (90s, 10m, 2h, 7d) or an RFC 3339 time.
-        #[arg(long, default_value = "1h", value_parser = parse_when)]
+        #[arg(long, value_name = "WHEN", default_value = "1h", value_parser = parse_when)]
         since: When,
         /// End of the range (excluded): a duration ago or an RFC 3339 time; default now.
-        #[arg(long, value_parser = parse_when)]
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
         until: Option<When>,
         /// Bucket width: seconds, or a duration such as 30s, 5m or 1h.
         #[arg(long, default_value = "60", value_parser = parse_step)]
         step: u32,
+        /// Print the answer as proto3 JSON (a QueryMetricsResponse).
+        #[arg(long)]
+        json: bool,
     },
-}
-
-/// A point in time given on the command line.
-#[derive(Debug, Clone)]
-pub enum When {
-    Ago(Duration),
-    At(prost_types::Timestamp),
-}
-
-impl When {
-    fn timestamp(&self, now: SystemTime) -> prost_types::Timestamp {
-        match self {
-            When::At(ts) => *ts,
-            When::Ago(ago) => {
-                let t = now
-                    .checked_sub(*ago)
-                    .unwrap_or(UNIX_EPOCH)
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                prost_types::Timestamp {
-                    seconds: t.as_secs() as i64,
-                    nanos: t.subsec_nanos() as i32,
-                }
-            }
-        }
-    }
-}
-
-/// `90`, `90s`, `10m`, `2h`, `7d`: a whole number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; try 90s, 10m, 2h or 7d"))?;
-    let unit: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use s, m, h or d"
-            ));
-        }
-    };
-    number
-        .checked_mul(unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
-}
-
-fn parse_when(text: &str) -> Result<When, String> {
-    if text.contains('T') || text.contains('-') {
-        return prost_types::Timestamp::from_str(text)
-            .map(When::At)
-            .map_err(|e| format!("{text:?} is neither a duration nor an RFC 3339 time: {e}"));
-    }
-    parse_duration(text).map(When::Ago)
 }
 
 fn parse_step(text: &str) -> Result<u32, String> {
@@ -275,15 +220,16 @@ impl LineMap {
     }
 }
 
-pub async fn run(args: MetricsArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: MetricsArgs) -> CliResult<()> {
     match args.command {
-        MetricsCommand::Push { quiet } => push(&args.connect, quiet).await,
+        MetricsCommand::Push { quiet, json } => push(connect, quiet, json).await,
         MetricsCommand::Query {
             name,
             labels,
             since,
             until,
             step,
+            json,
         } => {
             let now = SystemTime::now();
             let request = QueryMetricsRequest {
@@ -293,15 +239,18 @@ pub async fn run(args: MetricsArgs) -> CliResult<()> {
                 end: Some(until.unwrap_or(When::Ago(Duration::ZERO)).timestamp(now)),
                 step_seconds: step,
             };
-            let mut client = args.connect.client().await?;
+            let mut client = connect.client().await?;
             let response = client.query_metrics(request).await?.into_inner();
+            if json {
+                return super::json::print(&response);
+            }
             print_series(&response.series, step);
             Ok(())
         }
     }
 }
 
-async fn push(connect: &Connect, quiet: bool) -> CliResult<()> {
+async fn push(connect: &Connect, quiet: bool, json: bool) -> CliResult<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<MetricData>(1024);
     let reader = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -358,8 +307,33 @@ async fn push(connect: &Connect, quiet: bool) -> CliResult<()> {
         .await
         .map_err(|e| fail(format!("reader task failed: {e}")))??;
     let result = result?.into_inner();
-    print_push_result(&result, lines, sent, bad, &map, quiet);
-    Ok(())
+    if json {
+        super::json::print(&result)?;
+        for error in &result.errors {
+            eprintln!(
+                "line {}: rejected: {}",
+                map.line(error.index),
+                error.message
+            );
+        }
+    } else {
+        print_push_result(&result, lines, sent, bad, &map, quiet);
+    }
+    let mut missing = Vec::new();
+    if bad > 0 {
+        missing.push(format!("{bad} unparsable lines were not sent"));
+    }
+    if result.metrics_rejected > 0 {
+        missing.push(format!(
+            "{} points were rejected and not stored",
+            result.metrics_rejected
+        ));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(missing.join("; ")))
+    }
 }
 
 fn print_push_result(
@@ -533,12 +507,6 @@ mod tests {
 
     #[test]
     fn durations_and_steps_parse() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        assert!(parse_duration("10x").is_err());
-        assert!(parse_duration("m").is_err());
         assert_eq!(parse_step("1m"), Ok(60));
         assert!(matches!(
             parse_when("2026-01-02T03:04:05Z"),

@@ -3,19 +3,16 @@
 //! Output goes to stdout, one line per notification; diagnostics go to stderr. Like every client
 //! command it talks to the server only through the generated gRPC client.
 
+use super::events::{User, lost_connection, reconnect};
 use super::{CliResult, Connect, fail};
 use crate::proto::{
     AcknowledgeNotificationsRequest, Notification, PublishNotificationRequest, SubscribeRequest,
-    any_from_json, any_to_json, describe_any,
+    any_from_json, describe_any,
 };
 use clap::{Args, Subcommand};
-use std::time::Duration;
-use tonic::Code;
 
 #[derive(Debug, Args)]
 pub struct NotifyArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     #[command(subcommand)]
     pub command: NotifyCommand,
 }
@@ -24,14 +21,15 @@ pub struct NotifyArgs {
 pub enum NotifyCommand {
     /// Send one notification to a user and print it as stored (with its sequence and time).
     Send {
-        /// The recipient.
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        user: User,
         /// A short name: 1–64 bytes of ASCII letters, digits and . _ - : /
         #[arg(long)]
         topic: String,
+        /// The notification's title.
         #[arg(long, default_value = "")]
         title: String,
+        /// The notification's text.
         #[arg(long, default_value = "")]
         body: String,
         /// Extra data as JSON; sent as a google.protobuf.Value inside the Any.
@@ -40,24 +38,26 @@ pub enum NotifyCommand {
         /// Idempotency id: sending the same id again returns the stored notification.
         #[arg(long)]
         id: Option<String>,
-        /// Print JSON instead of a line for people.
+        /// Print the stored notification as proto3 JSON (as grpcurl prints a Notification).
         #[arg(long)]
         json: bool,
     },
     /// Print a user's unacknowledged notifications, then keep following new ones until Ctrl-C.
     ///
-    /// Reconnects by itself after the server restarts, resuming after the last notification it
-    /// printed. It does not acknowledge anything: use `notify ack` for that.
+    /// Fails at once if the server cannot be reached. Once connected, it reconnects by itself
+    /// after the server restarts, resuming after the last notification it printed, and says so
+    /// on stderr. It does not acknowledge anything: use `notify ack` for that.
     Tail {
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        user: User,
         /// Only these topics (comma separated); all topics when absent.
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
-        /// Start after this sequence, or after the acknowledged cursor when that is further.
-        #[arg(long, default_value_t = 0)]
+        /// Only notifications after this sequence, or after the acknowledged cursor when that is
+        /// further; 0 means all unacknowledged ones.
+        #[arg(long, value_name = "SEQUENCE", default_value_t = 0)]
         after: u64,
-        /// Print JSON lines instead of lines for people.
+        /// Print each notification as one line of proto3 JSON.
         #[arg(long)]
         json: bool,
     },
@@ -67,10 +67,14 @@ pub enum NotifyCommand {
     /// `--through 0` only prints the cursor. A sequence past the user's last notification is
     /// refused (OUT_OF_RANGE).
     Ack {
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
+        #[command(flatten)]
+        user: User,
+        /// The last sequence to acknowledge (included).
+        #[arg(long, value_name = "SEQUENCE", alias = "up-to")]
         through: u64,
+        /// Print the answer as proto3 JSON (an AcknowledgeNotificationsResponse).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,30 +99,15 @@ pub fn format_notification(n: &Notification) -> String {
     .to_string()
 }
 
-/// One notification as a JSON object.
-pub fn notification_json(n: &Notification) -> serde_json::Value {
-    let data = any_to_json(n.data.as_ref());
-    serde_json::json!({
-        "sequence": n.sequence,
-        "id": n.id,
-        "user_id": n.user_id,
-        "topic": n.topic,
-        "title": n.title,
-        "body": n.body,
-        "timestamp": n.timestamp.as_ref().map(ToString::to_string),
-        "data": data,
-    })
-}
-
-fn print_notification(n: &Notification, json: bool) {
+fn print_notification(n: &Notification, json: bool) -> CliResult<()> {
     if json {
-        println!("{}", notification_json(n));
+        super::json::print(n)
     } else {
-        println!("{}", format_notification(n));
+        super::print_line(&format_notification(n))
     }
 }
 
-pub async fn run(args: NotifyArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: NotifyArgs) -> CliResult<()> {
     match args.command {
         NotifyCommand::Send {
             user,
@@ -136,10 +125,10 @@ pub async fn run(args: NotifyArgs) -> CliResult<()> {
                         .map_err(|e| fail(format!("--data is not valid JSON: {e}")))
                 })
                 .transpose()?;
-            let mut client = args.connect.client().await?;
+            let mut client = connect.client().await?;
             let notification = client
                 .publish_notification(PublishNotificationRequest {
-                    user_id: user,
+                    user_id: user.id(),
                     topic,
                     title,
                     body,
@@ -148,8 +137,7 @@ pub async fn run(args: NotifyArgs) -> CliResult<()> {
                 })
                 .await?
                 .into_inner();
-            print_notification(&notification, json);
-            Ok(())
+            print_notification(&notification, json)
         }
         NotifyCommand::Tail {
             user,
@@ -158,17 +146,22 @@ pub async fn run(args: NotifyArgs) -> CliResult<()> {
             json,
         } => {
             let request = SubscribeRequest {
-                user_id: user,
+                user_id: user.id(),
                 topics,
                 after_sequence: after,
             };
             tokio::select! {
-                result = tail(&args.connect, request, json) => result,
+                result = tail(connect, request, json) => result,
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }
-        NotifyCommand::Ack { user, through } => {
-            let mut client = args.connect.client().await?;
+        NotifyCommand::Ack {
+            user,
+            through,
+            json,
+        } => {
+            let user = user.id();
+            let mut client = connect.client().await?;
             let response = client
                 .acknowledge_notifications(AcknowledgeNotificationsRequest {
                     user_id: user.clone(),
@@ -176,6 +169,9 @@ pub async fn run(args: NotifyArgs) -> CliResult<()> {
                 })
                 .await?
                 .into_inner();
+            if json {
+                return super::json::print(&response);
+            }
             println!(
                 "{user}: acknowledged through #{}",
                 response.acknowledged_through
@@ -185,38 +181,51 @@ pub async fn run(args: NotifyArgs) -> CliResult<()> {
     }
 }
 
-/// Follows an inbox, reconnecting after UNAVAILABLE or a lost connection and resuming after the
-/// last printed sequence, so nothing is printed twice or skipped.
+/// Follows an inbox. The first connection must work (else the error is returned at once);
+/// after one that worked, a lost connection is retried with backoff, resuming after the last
+/// printed sequence so nothing is printed twice or skipped, and each reconnect is reported on
+/// stderr.
 async fn tail(connect: &Connect, mut request: SubscribeRequest, json: bool) -> CliResult<()> {
-    let mut backoff = Duration::from_millis(200);
+    let mut stream = connect
+        .client()
+        .await?
+        .subscribe_to_notifications(request.clone())
+        .await?
+        .into_inner();
     loop {
-        let attempt = async {
-            let mut client = connect.client().await?;
-            let mut stream = client
-                .subscribe_to_notifications(request.clone())
-                .await?
-                .into_inner();
-            while let Some(notification) = stream.message().await? {
-                print_notification(&notification, json);
-                // Resume point for a reconnect: after this one, whatever the topic filter.
-                request.after_sequence = notification.sequence;
-                backoff = Duration::from_millis(200);
-            }
-            CliResult::Ok(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(err) => {
-                let retryable = err.0.starts_with(&format!("{:?}", Code::Unavailable))
-                    || err.0.starts_with("cannot reach")
-                    || err.0.starts_with(&format!("{:?}", Code::Unknown));
-                if !retryable {
-                    return Err(err);
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(notification)) => {
+                    print_notification(&notification, json)?;
+                    // Resume point for a reconnect: after this one, whatever the topic filter.
+                    request.after_sequence = notification.sequence;
                 }
-                eprintln!("connection lost ({err}); reconnecting in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Ok(None) => return Ok(()),
+                Err(status) => break status,
             }
+        };
+        if !lost_connection(ended.code()) {
+            return Err(ended.into());
         }
+        eprintln!(
+            "connection lost ({:?}: {}); reconnecting",
+            ended.code(),
+            ended.message()
+        );
+        stream = reconnect(connect, |mut client| {
+            let request = request.clone();
+            async move {
+                Ok(client
+                    .subscribe_to_notifications(request)
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await?;
+        eprintln!(
+            "reconnected to {}; resuming after #{}",
+            connect.url()?,
+            request.after_sequence
+        );
     }
 }

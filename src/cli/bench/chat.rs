@@ -10,8 +10,9 @@
 use super::super::{CliResult, Connect, fail};
 use super::{
     Client, Row, RssProbe, clients, finish_row, latency_summary, now_nanos, percentile,
-    print_table, rate, thousands,
+    print_table, rate,
 };
+use crate::cli::format::thousands;
 use crate::proto::{ChatMessage, ChatMessageType};
 use clap::Args;
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! in order and without an error; it never computes statistics itself.
 
 use super::super::{CliResult, Connect, fail};
-use super::thousands;
 use super::{Client, Row, RssProbe, clients, finish_row, latency_summary, print_table, rate};
+use crate::cli::format::thousands;
 use crate::proto::DataInput;
 use crate::proto::processing_result::Outcome;
 use clap::Args;

@@ -7,9 +7,8 @@
 //! be for a real client. Series are named `bench_<run>_…`: a run never touches other data.
 
 use super::super::{CliResult, Connect, fail};
-use super::{
-    Client, Row, RssProbe, clients, finish_row, latency_summary, print_table, rate, thousands,
-};
+use super::{Client, Row, RssProbe, clients, finish_row, latency_summary, print_table, rate};
+use crate::cli::format::thousands;
 use crate::proto::{MetricData, MetricsCollectionResult, QueryMetricsRequest};
 use clap::Args;
 use std::collections::HashMap;

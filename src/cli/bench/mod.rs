@@ -9,6 +9,7 @@ mod live;
 mod metrics;
 mod notify;
 
+use super::format::thousands;
 use super::{CliResult, Connect, fail};
 use crate::proto::{DataRecord, PublishUserEventRequest, StreamUserEventsRequest, UserEventType};
 use clap::{Args, Subcommand};
@@ -19,8 +20,6 @@ use tokio::task::JoinSet;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    pub connect: Connect,
     /// The server's process id: its peak RSS (VmHWM) is read from /proc and reset per phase.
     #[arg(long, global = true)]
     pub pid: Option<u32>,
@@ -98,10 +97,10 @@ pub struct EventsBench {
 pub struct FilesBench {
     /// Size of the generated file: bytes, or a number with a unit (1GiB, 512MiB, 100MB, 64KiB).
     /// The data is pseudo-random, generated on the fly: nothing is read from or written to disk.
-    #[arg(long, default_value = "1GiB", value_parser = super::files::parse_size)]
+    #[arg(long, default_value = "1GiB", value_parser = crate::cli::format::parse_size)]
     pub size: u64,
     /// Bytes per UploadFile chunk message (at most 4 MiB).
-    #[arg(long, default_value = "64KiB", value_parser = super::files::parse_size)]
+    #[arg(long, default_value = "64KiB", value_parser = crate::cli::format::parse_size)]
     pub chunk: u64,
     /// Phases to run, comma separated: upload, download (gRPC DownloadFile), http (GET of the
     /// download_url). download and http fetch the file that upload stored in the same run.
@@ -113,14 +112,14 @@ pub struct FilesBench {
     pub http_sha256: bool,
 }
 
-pub async fn run(args: BenchArgs) -> CliResult<()> {
+pub async fn run(connect: &Connect, args: BenchArgs) -> CliResult<()> {
     match args.command {
-        BenchCommand::Events(bench) => events(&args.connect, args.pid, bench).await,
-        BenchCommand::Files(bench) => files(&args.connect, args.pid, bench).await,
-        BenchCommand::Chat(bench) => chat::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Notify(bench) => notify::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Metrics(bench) => metrics::run(&args.connect, args.pid, bench).await,
-        BenchCommand::Live(bench) => live::run(&args.connect, args.pid, bench).await,
+        BenchCommand::Events(bench) => events(connect, args.pid, bench).await,
+        BenchCommand::Files(bench) => files(connect, args.pid, bench).await,
+        BenchCommand::Chat(bench) => chat::run(connect, args.pid, bench).await,
+        BenchCommand::Notify(bench) => notify::run(connect, args.pid, bench).await,
+        BenchCommand::Metrics(bench) => metrics::run(connect, args.pid, bench).await,
+        BenchCommand::Live(bench) => live::run(connect, args.pid, bench).await,
     }
 }
 
@@ -202,19 +201,6 @@ fn latency_summary(mut samples: Vec<Duration>) -> String {
         percentile(&samples, 99.0).as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     )
-}
-
-/// 1234567 → "1,234,567".
-pub(super) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn rate(count: u64, elapsed: Duration) -> u64 {
@@ -700,7 +686,7 @@ fn generated_checksum(seed: u64, size: u64) -> String {
         sha2::Digest::update(&mut hasher, &buffer[..n]);
         left -= n as u64;
     }
-    super::files::hex_digest(hasher)
+    crate::cli::format::hex_digest(hasher)
 }
 
 use sha2::Digest as _;
@@ -930,7 +916,7 @@ async fn file_download_phase(client: &mut Client, stored: &Uploaded, size: u64) 
             None => {}
         }
     }
-    let digest = super::files::hex_digest(hasher);
+    let digest = crate::cli::format::hex_digest(hasher);
     let elapsed = start.elapsed();
     if !saw_metadata || received != size || digest != stored.checksum {
         return Err(fail(format!(
@@ -1104,7 +1090,7 @@ async fn http_get(url: &str, hash: bool) -> CliResult<HttpBody> {
     Ok(HttpBody {
         length: received,
         etag,
-        sha256: hasher.map(super::files::hex_digest),
+        sha256: hasher.map(crate::cli::format::hex_digest),
     })
 }
 
@@ -1125,11 +1111,5 @@ mod tests {
         }
         assert_eq!(whole, sliced);
         assert_ne!(whole[..8], whole[8..16]);
-    }
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

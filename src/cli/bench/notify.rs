@@ -9,8 +9,9 @@
 use super::super::{CliResult, Connect, fail};
 use super::{
     Row, RssProbe, clients, finish_row, latency_of, latency_summary, percentile, print_table, rate,
-    stamped_data, thousands,
+    stamped_data,
 };
+use crate::cli::format::thousands;
 use crate::proto::{PublishNotificationRequest, SubscribeRequest};
 use clap::Args;
 use std::sync::Arc;

@@ -730,7 +730,7 @@ fn cli_flags_end_to_end_with_mutual_tls() {
     );
     let event: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     assert_eq!(event["id"], "f1");
-    assert_eq!(event["sequence"], 1);
+    assert_eq!(event["sequence"], "1");
 
     let refused = cli(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);

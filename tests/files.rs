@@ -1866,6 +1866,16 @@ async fn uploads_during_periodic_sweeps_are_never_lost() {
     seed_pending_uploads(dir.path(), 20_000).await;
     let server = TestServer::start_in(dir, |config| config.upload_sweep_secs = 1).await;
     let storage = server.dir.path().join("files");
+    // The server answers once its startup sweep has examined all 20 000 rows (it sweeps before
+    // it serves), which takes long on a loaded machine. Wait for that first, so that the
+    // uploads below run during the periodic sweeps this test is about, and so that the time it
+    // takes is not counted against their deadline.
+    let mut probe = server.client().await;
+    let answer = within(300, "the startup sweep of 20 000 pending uploads", async {
+        status(&mut probe, &new_id()).await
+    })
+    .await;
+    expect_code("status of an unknown id", answer, Code::NotFound);
     let acked: Arc<Mutex<Vec<(String, u64, usize)>>> = Arc::default();
     let failed: Arc<Mutex<Vec<String>>> = Arc::default();
     let until = Instant::now() + Duration::from_millis(4500);

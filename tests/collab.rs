@@ -594,12 +594,17 @@ async fn presence_joins_cursors_and_leaves_reach_the_others() {
         );
         assert_eq!(rows(&ann.next_n(1).await), [signal("join", "dan", b"")]);
         assert_eq!(rows(&bob.next_n(1).await), [signal("join", "dan", b"")]);
+        // Aborted once it is reading (it says so), not after a guessed pause.
+        let (reading, started) = tokio::sync::oneshot::channel();
         let holder = tokio::spawn(async move {
             let mut dan = dan;
+            let _ = reading.send(());
             while let Some(Ok(_)) = dan.rx.next().await {}
             dan
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        within(15, "the holder task starts", started)
+            .await
+            .expect("holder started");
         holder.abort();
         assert_eq!(rows(&ann.next_n(1).await), [signal("leave", "dan", b"")]);
         assert_eq!(rows(&bob.next_n(1).await), [signal("leave", "dan", b"")]);
@@ -647,71 +652,116 @@ async fn a_participant_that_falls_behind_resynchronises_presence() {
         );
 
         // Sam reads nothing from here. 300 cursors of 32 KiB (9.6 MB) go by, and meanwhile cat
-        // joins and ann leaves.
+        // joins and ann leaves. Each flood ends with an operation of bob's: its echo on bob's
+        // stream proves the session has relayed every cursor before it (one session handles its
+        // events in order), so what comes next comes after the flood, not amid it.
         let big = vec![9u8; 32 * 1024];
-        let reader = |mut p: Participant| {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                while let Ok(Some(Ok(e))) =
-                    tokio::time::timeout(Duration::from_millis(500), p.rx.next()).await
-                {
-                    got.push(e);
+        async fn flood_done(bob: &mut Participant, id: &str) {
+            bob.op(id, id.as_bytes(), None).await;
+            loop {
+                let e = bob.next().await;
+                if e.r#type == Operation as i32 && e.id == id {
+                    return;
                 }
-                (p, got)
+            }
+        }
+        // Reads `p` (so that it never holds anyone back) until `done` says it has what it
+        // waits for.
+        fn reader(
+            mut p: Participant,
+            mut done: impl FnMut(&CollaborationEvent) -> bool + Send + 'static,
+        ) -> tokio::task::JoinHandle<Participant> {
+            tokio::spawn(async move {
+                loop {
+                    let e = p.next().await;
+                    if done(&e) {
+                        return p;
+                    }
+                }
             })
-        };
-        let ann_reads = reader(ann);
+        }
+        // Ann reads until she has cat's JOIN and the first flood's operation, the last things
+        // that happen before she leaves. As a signal the JOIN comes after every cursor of the
+        // first flood; announced after a lag, the cursors before it are gone. The operation
+        // comes by the log, which may be later than the JOIN. Then nothing is left for her.
+        let (mut cat_joined, mut flood_1) = (false, false);
+        let ann_reads = reader(ann, move |e| {
+            cat_joined |= e.r#type == Join as i32 && e.user_id == "cat";
+            flood_1 |= e.r#type == Operation as i32 && e.id == "flood-1";
+            cat_joined && flood_1
+        });
         for _ in 0..CURSORS / 2 {
             bob.send(cursor(DOC, "bob", &big)).await;
         }
+        flood_done(&mut bob, "flood-1").await;
         let cat = Participant::join(&server, DOC, "cat", 0).await;
-        let cat_reads = reader(cat);
-        let (ann, _) = ann_reads.await.expect("ann");
+        // Cat reads until the end of the second flood (its operation is durable: never lost).
+        let cat_reads = reader(cat, |e| e.r#type == Operation as i32 && e.id == "flood-2");
+        let ann = ann_reads.await.expect("ann");
         assert_eq!(ann.finish().await, []);
         for _ in 0..CURSORS / 2 {
             bob.send(cursor(DOC, "bob", &big)).await;
         }
-        let bob_reads = reader(bob);
+        flood_done(&mut bob, "flood-2").await;
 
-        // Sam reads again: everything until the room is quiet.
+        // Sam reads again, until it has both operations and its view of who is here has
+        // settled on bob and cat. Sam lagged (the check below), so its presence was resynced
+        // after the floods were relayed: no stale cursor can follow.
         let mut transcript = Vec::new();
-        while let Ok(Some(item)) =
-            tokio::time::timeout(Duration::from_millis(500), sam.rx.next()).await
-        {
-            transcript.push(item.expect("sam's stream"));
-        }
         let mut present: HashSet<String> = HashSet::new();
-        let mut cursors = 0;
-        for e in &transcript {
+        let want = HashSet::from(["bob".to_string(), "cat".to_string()]);
+        let mut ops = 0;
+        while ops < 2 || present != want {
+            let e = match tokio::time::timeout(READ_LIMIT, sam.rx.next()).await {
+                Ok(Some(Ok(e))) => e,
+                Ok(other) => panic!("sam: expected an event, got {other:?}"),
+                Err(_) => panic!(
+                    "sam's view stayed at {present:?} with {ops} of 2 operations for \
+                     {READ_LIMIT:?}; expected {want:?}"
+                ),
+            };
             match CollaborationEventType::try_from(e.r#type) {
                 Ok(Join) => assert!(
                     present.insert(e.user_id.clone()),
                     "JOIN of a present user: {e:?}"
                 ),
                 Ok(Leave) => assert!(present.remove(&e.user_id), "LEAVE of an absent user: {e:?}"),
-                Ok(Cursor) => cursors += 1,
+                Ok(Operation) => ops += 1,
+                Ok(Cursor) => {}
                 _ => panic!("unexpected {e:?}"),
             }
+            transcript.push(e);
         }
+        let cursors = transcript
+            .iter()
+            .filter(|e| e.r#type == Cursor as i32)
+            .count();
+        assert_eq!(
+            rows(
+                &transcript
+                    .iter()
+                    .filter(|e| e.r#type == Operation as i32)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            ),
+            [
+                stored_op(1, "bob", "flood-1", b"flood-1"),
+                stored_op(2, "bob", "flood-2", b"flood-2")
+            ]
+        );
         eprintln!("presence lag: sam got {cursors} of {CURSORS} cursors");
         assert!(
             cursors < CURSORS,
             "no cursor was lost: the flood did not lag"
         );
-        assert_eq!(
-            present,
-            HashSet::from(["bob".to_string(), "cat".to_string()]),
-            "sam's view of who is here"
-        );
 
         // Live again.
-        let (cat, _) = cat_reads.await.expect("cat");
+        let cat = cat_reads.await.expect("cat");
         cat.send(cursor(DOC, "cat", b"cat@1")).await;
         assert_eq!(
             rows(&sam.next_n(1).await),
             [signal("cursor", "cat", b"cat@1")]
         );
-        let (bob, _) = bob_reads.await.expect("bob");
         for p in [sam, bob, cat] {
             p.finish().await;
         }
@@ -745,11 +795,18 @@ async fn a_user_flapping_on_two_streams_is_announced_in_order() {
         for task in tasks {
             task.await.expect("flapper");
         }
+        // Every flap stream has ended, and a session announces its LEAVE before its stream
+        // ends: all of flap's events are out. A marker joins now; its JOIN reaches the watcher
+        // after all of them (one room channel, in order; after a lag, the resync announces
+        // who is present, the marker included), so reading up to it reads them all.
+        let marker = Participant::join(&server, DOC, "marker", 0).await;
         let mut heard = Vec::new();
-        while let Ok(Some(item)) =
-            tokio::time::timeout(Duration::from_millis(300), watcher.rx.next()).await
-        {
-            let e = item.expect("watcher's stream");
+        loop {
+            let e = watcher.next().await;
+            if e.user_id == "marker" {
+                assert_eq!(kind_name(e.r#type), "join", "{e:?}");
+                break;
+            }
             assert_eq!(e.user_id, "flap");
             heard.push(kind_name(e.r#type));
         }
@@ -767,6 +824,7 @@ async fn a_user_flapping_on_two_streams_is_announced_in_order() {
             );
         }
         assert_eq!(watcher.finish().await, []);
+        drop(marker);
     })
     .await;
     server.stop().await;

@@ -230,9 +230,12 @@ async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
     const SUBSCRIBERS: usize = 20;
     const USER: &str = "hot-user";
 
-    let server = TestServer::start().await;
+    // fsync at checkpoints only: this test is about the handover from replay to live, not
+    // durability, and 16,000 fsynced one-event commits made its time depend on the disk and
+    // the machine's load. The deadline only catches a hang; how fast is `streamhub bench`'s.
+    let server = TestServer::start_with(|c| c.sync = streamhub::config::SyncMode::Normal).await;
     let mut rng = rng_from_env_or_time();
-    within(120, "handover under load", async {
+    within(600, "handover under load", async {
         let acked = Arc::new(AtomicU64::new(0));
         let answers: Arc<Mutex<Vec<Option<UserEvent>>>> =
             Arc::new(Mutex::new(vec![None; TOTAL as usize]));
@@ -1091,6 +1094,18 @@ async fn channel_batch(
     (tx, call)
 }
 
+/// Waits until the server has no ProcessDataBatch call open: a cancelled call's handler, and
+/// whatever it had received, are gone.
+async fn batch_calls_closed(server: &TestServer) {
+    wait_for_metrics(
+        server.addr,
+        "no ProcessDataBatch call open",
+        Duration::from_secs(15),
+        |text| rpc_open(text, "ProcessDataBatch") == 0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_cancelled_before_half_close_commits_nothing() {
     let server = TestServer::start().await;
@@ -1107,16 +1122,17 @@ async fn batch_cancelled_before_half_close_commits_nothing() {
 
         // 1. The call's task is aborted (the call future is dropped) before half-close.
         let (tx, call) = channel_batch(&client, "cancel", ["cancel-a", "cancel-b"], 50).await;
-        // Let the records reach the server, then cancel the call without half-closing.
+        // Give the records a moment to reach the server (what is asserted below holds whether
+        // they did or not; it only makes the cancel land mid-batch), then cancel the call
+        // without half-closing.
         tokio::time::sleep(Duration::from_millis(200)).await;
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
-        // Give the server a moment to see the reset.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The server has seen the reset once the call is no longer open there.
+        batch_calls_closed(&server).await;
         assert_eq!(history(&mut client, "cancel-a").await, []);
         // Ending the record stream now must not count as a late half-close either.
         drop(tx);
-        tokio::time::sleep(Duration::from_millis(300)).await;
 
         // 2. The call future is dropped in place (a client-side timeout) before half-close.
         let (tx, rx) = mpsc::channel::<DataRecord>(64);
@@ -1136,9 +1152,8 @@ async fn batch_cancelled_before_half_close_commits_nothing() {
             timed_out.is_err(),
             "without a half-close the call cannot finish"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        batch_calls_closed(&server).await;
         drop(tx);
-        tokio::time::sleep(Duration::from_millis(300)).await;
 
         for user in ["cancel-a", "cancel-b", "cancel-c", "cancel-d"] {
             assert_eq!(history(&mut client, user).await, [], "{user}");

@@ -177,7 +177,7 @@ async fn upload_retrying_aborted(
     client: &mut Client,
     msgs: Vec<FileChunk>,
 ) -> Result<UploadFileResponse, Status> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match upload(client, msgs.clone()).await {
             Err(s) if s.code() == Code::Aborted && Instant::now() < deadline => {
@@ -1342,21 +1342,24 @@ async fn cut_off_unsettled(
     }
     // A dropped call loses what is still in flight, so first wait until the server shows the
     // bytes: live in GetUploadStatus, or in a temp file of exactly that length.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let live = matches!(status(probe, &id).await, Ok(s) if s.bytes_received == cut as i64);
-        let on_disk = regular_files(storage)
-            .iter()
-            .any(|(_, len)| *len == cut as u64);
-        if live || on_disk {
-            break;
-        }
-        if Instant::now() >= deadline {
-            eprintln!("note: the server showed no sign of holding {cut} bytes of {id} after 5 s");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // (Proceeding without that sign, as this once did after 5 s, only moved the failure to the
+    // status check after the cut.)
+    eventually(
+        &format!("the server to hold {cut} bytes of {id} before the cut"),
+        Duration::from_secs(30),
+        async || {
+            let live = matches!(status(probe, &id).await, Ok(s) if s.bytes_received == cut as i64);
+            let on_disk = regular_files(storage)
+                .iter()
+                .any(|(_, len)| *len == cut as u64);
+            if live || on_disk {
+                Ok(())
+            } else {
+                Err("neither GetUploadStatus nor a temp file shows them".to_string())
+            }
+        },
+    )
+    .await;
     call.abort();
     assert!(
         call.await.expect_err("the call was aborted").is_cancelled(),
@@ -1513,7 +1516,7 @@ async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition() {
             let chunk = &bytes[wrong.min(size - 1)..(wrong + 1000).min(size)];
             let msgs = vec![metadata_msg(m.clone()), chunk_msg(chunk, wrong)];
             // Right after the cut the server may still hold the old call for a moment.
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(15);
             let result = loop {
                 match upload_held_open(&mut client, msgs.clone()).await {
                     Err(s) if s.code() == Code::Aborted && Instant::now() < deadline => {
@@ -1865,6 +1868,16 @@ async fn uploads_during_periodic_sweeps_are_never_lost() {
     seed_pending_uploads(dir.path(), 20_000).await;
     let server = TestServer::start_in(dir, |config| config.upload_sweep_secs = 1).await;
     let storage = server.dir.path().join("files");
+    // The server answers once its startup sweep has examined all 20 000 rows (it sweeps before
+    // it serves), which takes long on a loaded machine. Wait for that first, so that the
+    // uploads below run during the periodic sweeps this test is about, and so that the time it
+    // takes is not counted against their deadline.
+    let mut probe = server.client().await;
+    let answer = within(300, "the startup sweep of 20 000 pending uploads", async {
+        status(&mut probe, &new_id()).await
+    })
+    .await;
+    expect_code("status of an unknown id", answer, Code::NotFound);
     let acked: Arc<Mutex<Vec<(String, u64, usize)>>> = Arc::default();
     let failed: Arc<Mutex<Vec<String>>> = Arc::default();
     let until = Instant::now() + Duration::from_millis(4500);
@@ -2434,6 +2447,10 @@ impl Drop for RssSampler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_1gib_upload_and_download_keep_server_rss_under_128mib() {
     const SIZE: u64 = 1 << 30;
+    // Memory bound. Expected: the server streams through bounded buffers and grows by about
+    // 4 MiB over its baseline while 1 GiB goes up and down (measured: 58.5 MiB before, 62.5 MiB
+    // peak; debug build, under load). The bound is 128 MiB, over 4x (32x) that, so allocator
+    // noise never fails it, while a server holding any large part of the file in memory does.
     const BOUND: u64 = 128 * MIB as u64;
     let dir = tempfile::tempdir().expect("temp dir");
     let child = ChildServer::spawn(dir.path(), &[]);

@@ -484,7 +484,17 @@ async fn a_client_that_stops_reading_stalls_the_server_intake() {
             let next = input(sent.to_string(), "k", (sent % 7) as f64);
             match tokio::time::timeout(Duration::from_secs(2), tx.send(next)).await {
                 Ok(sent_ok) => sent_ok.expect("the stream stays open"),
-                Err(_) => break, // stalled: nothing drained the channel for 2 s
+                // Nothing drained the channel for 2 s. A stall stays a stall: still full a
+                // second later, the intake has stopped. A loaded machine that only paused
+                // drains it again; then the same input is sent again (the timed-out send
+                // dropped it) and the flow goes on. Either way `LIMIT` bounds the loop.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if tx.capacity() == 0 {
+                        break;
+                    }
+                    continue;
+                }
             }
             sent += 1;
             assert!(
@@ -493,9 +503,6 @@ async fn a_client_that_stops_reading_stalls_the_server_intake() {
             );
         }
         eprintln!("intake stalled after {sent} inputs");
-        // Still stalled a while later: the channel stays full.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(tx.capacity(), 0, "the stalled request stream was drained");
 
         // Reading again resumes the flow, and nothing was lost or reordered.
         let reader = tokio::spawn(async move {

@@ -138,17 +138,19 @@ async fn a_silent_peer_is_found_by_keepalive_and_its_streams_are_freed() {
         );
 
         network.freeze();
+        // Keepalive finds the silent peer after about interval + timeout (2 s); the deadline
+        // is generous for a loaded machine, since without keepalive it would never happen.
         let took = wait_for_metrics(
             addr,
             "the silent peer's streams freed",
-            Duration::from_secs(5),
+            Duration::from_secs(20),
             |text| live(text) == (0, 0, Some(0)),
         )
         .await;
         eprintln!("silent peer's streams freed {took:?} after the freeze (keepalive 1 s + 1 s)");
 
         // The session stores its leave notice as it ends.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let contents = history(&mut control, "dead").await;
             if contents == ["User zed joined the chat", "User zed left the chat"] {
@@ -269,12 +271,18 @@ async fn thousands_of_abandoned_streams_release_their_work_and_memory() {
     within(120, "abandoned streams", async {
         let started = Instant::now();
         let warm = abandon_a_round(&server, 0).await;
-        // Settle: freed memory goes back to the allocator's pools (and partly to the OS).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Measured right after the warm-up round is released, the same point of round 2 that
+        // `after` is measured at (which then gets up to 10 s to settle): no pause is needed.
         let before = rss_kib_of(pid);
         assert!(before > 0, "cannot read the server's RSS");
 
         let loaded = abandon_a_round(&server, 1).await;
+        // Memory bound. Expected: no growth. After round 2 the server is back at or below
+        // where it was before it (three runs, debug build under load: -3, -7 and -10 MiB of
+        // about 145 MiB; round 2 reuses the pools round 0 left). The bound, +10 % (about
+        // 14 MiB), leaves over 4x a 3.5 MiB allowance for allocator noise above the expected
+        // figure, and still fails a server that keeps part of each round (the work of 2,000
+        // streams) instead of releasing it.
         let limit = before + before / 10;
         let deadline = Instant::now() + Duration::from_secs(10);
         let after = loop {

@@ -296,16 +296,20 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
 
 /// Many connections that never finish a handshake (silent, or a ClientHello cut short) do not
 /// delay a real client: it connects and completes a call while all of them are still open.
+/// A server that handled handshakes one at a time would hold the real client until the stalled
+/// ones timed out: 64 x 10 minutes, far past the deadline below, so the deadline tells the two
+/// apart without asserting how fast the call is.
 #[tokio::test]
 async fn stalled_handshakes_do_not_block_other_clients() {
     let pki = Pki::new();
-    // A long deadline, so that every stalled connection is certainly still open below.
+    // A handshake deadline far longer than the test, so that every stalled connection is
+    // certainly still open below.
     let server = TestServer::start_with(|c| {
         pki.server(false)(c);
-        c.tls_handshake_timeout_secs = 30;
+        c.tls_handshake_timeout_secs = 600;
     })
     .await;
-    within(20, "a client past stalled handshakes", async {
+    within(120, "a client past stalled handshakes", async {
         let mut stalled = Vec::new();
         for n in 0..64 {
             let mut raw = TcpStream::connect(server.addr).await.expect("raw connect");
@@ -316,16 +320,10 @@ async fn stalled_handshakes_do_not_block_other_clients() {
             }
             stalled.push(raw);
         }
-        let started = Instant::now();
         let event = try_publish(&pki.connect(https(server.addr), None), "carol", "x")
             .await
             .expect("a real client completes its call");
         assert_eq!(event.sequence, 1);
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(5),
-            "the real client took {took:?}"
-        );
         let open = stalled.iter().filter(|s| still_open(s)).count();
         assert_eq!(
             open,
@@ -338,10 +336,11 @@ async fn stalled_handshakes_do_not_block_other_clients() {
 }
 
 /// A connection that stalls in its handshake is closed by the server once the handshake
-/// deadline (1 s here) passes: not before, and well within 3 s. Meanwhile another client
-/// completes a call.
+/// deadline (1 s here) passes: not before, and before the default deadline (10 s) would have
+/// passed, so it is the configured one. Meanwhile another client completes a call.
 #[tokio::test]
 async fn stalled_handshakes_are_closed_at_the_deadline() {
+    const CLOSED_BY: Duration = Duration::from_secs(8);
     let pki = Pki::new();
     let server = TestServer::start_with(|c| {
         pki.server(false)(c);
@@ -365,9 +364,11 @@ async fn stalled_handshakes_are_closed_at_the_deadline() {
 
     for (what, raw) in [("silent", &mut silent), ("partial hello", &mut partial)] {
         let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut buf))
+        // Waits for the close itself; the deadline only tells "closed at the configured 1 s"
+        // from "closed at the default 10 s, or never", with room for a loaded machine.
+        let read = tokio::time::timeout_at((started + CLOSED_BY).into(), raw.read(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("{what}: not closed within 3 s"));
+            .unwrap_or_else(|_| panic!("{what}: not closed within {CLOSED_BY:?} of connecting"));
         let elapsed = started.elapsed();
         match read {
             Ok(0) | Err(_) => {}
@@ -376,10 +377,6 @@ async fn stalled_handshakes_are_closed_at_the_deadline() {
         assert!(
             elapsed >= Duration::from_millis(900),
             "{what}: closed after {elapsed:?}, before the 1 s deadline"
-        );
-        assert!(
-            elapsed < Duration::from_secs(3),
-            "{what}: closed after {elapsed:?}"
         );
     }
     server.stop().await;

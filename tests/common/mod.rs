@@ -450,3 +450,25 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Re-checks `probe` every 20 ms until it answers `Ok`, and returns that value. After `limit` it
+/// fails the test, naming `what` and the probe's last `Err` (what it saw instead). For
+/// conditions that take an await to check (a history read, a query), where [`wait_for`] cannot.
+pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

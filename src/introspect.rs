@@ -206,6 +206,8 @@ pub struct Introspection {
     pub rpcs: RpcMetrics,
     pub log: Log,
     pub transfers: Arc<TransferStats>,
+    /// Points received by CollectMetrics, committed or not.
+    pub metric_points_received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// `INVALID_ARGUMENT` for 3: the canonical gRPC spelling.
@@ -298,6 +300,17 @@ impl Introspection {
             out,
             "streamhub_file_bytes_total{{direction=\"downloaded\"}} {}",
             self.transfers.downloaded.load(Ordering::Relaxed)
+        );
+
+        out.push_str(
+            "# HELP streamhub_metric_points_received_total Points received by CollectMetrics, \
+             valid or not, committed or not.\n",
+        );
+        out.push_str("# TYPE streamhub_metric_points_received_total counter\n");
+        let _ = writeln!(
+            out,
+            "streamhub_metric_points_received_total {}",
+            self.metric_points_received.load(Ordering::Relaxed)
         );
         out
     }

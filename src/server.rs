@@ -151,13 +151,10 @@ impl App {
         ));
 
         let sessions = tokio_util::task::TaskTracker::new();
-        let api = StreamingServiceServer::new(Api::new(
-            self.log.clone(),
-            files.clone(),
-            config,
-            sessions.clone(),
-        ))
-        .max_decoding_message_size(config.max_message_bytes);
+        let api = Api::new(self.log.clone(), files.clone(), config, sessions.clone());
+        let metric_points_received = api.metric_points_received();
+        let api =
+            StreamingServiceServer::new(api).max_decoding_message_size(config.max_message_bytes);
         // gRPC and plain HTTP (download URLs) share the listener.
         let routes = Routes::new(health)
             .add_service(reflection)
@@ -170,6 +167,7 @@ impl App {
                     rpcs: self.rpc_metrics.clone(),
                     log: self.log.clone(),
                     transfers: files.transfers.clone(),
+                    metric_points_received,
                 },
             ));
 

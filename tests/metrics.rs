@@ -880,8 +880,15 @@ async fn shutdown_commits_open_streams_and_restart_keeps_series() {
                 .await
                 .expect("the call takes points");
         }
-        // Give the server the points; the commit window is a minute, so none is committed.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Wait until the server has received the points; the commit window is a minute, so
+        // none is committed before the shutdown.
+        wait_for_metrics(
+            server.addr,
+            "the server to receive 100 points",
+            Duration::from_secs(20),
+            |text| metric(text, "streamhub_metric_points_received_total") == Some(100),
+        )
+        .await;
         let stopped = tokio::spawn(server.stop());
         let status = call
             .await

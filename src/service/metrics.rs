@@ -32,6 +32,7 @@ use crate::proto::{
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
@@ -83,6 +84,9 @@ pub struct Metrics {
     /// Series ids by series key (see [`StreamSeries::key`]), shared by every stream, so that a
     /// known series costs no lookup. Only committed series are entered.
     cache: Arc<Mutex<HashMap<Arc<str>, i64>>>,
+    /// Points received by every CollectMetrics call so far, valid or not, committed or not:
+    /// `/metrics` shows it, so an operator (or a test) can see points arrive before a commit.
+    pub points_received: Arc<AtomicU64>,
 }
 
 fn now_micros() -> i64 {
@@ -293,6 +297,7 @@ struct Committed {
 struct Collector {
     store: Store,
     cache: Arc<Mutex<HashMap<Arc<str>, i64>>>,
+    points_received: Arc<AtomicU64>,
     started_micros: i64,
     result: MetricsCollectionResult,
     series: Vec<StreamSeries>,
@@ -311,6 +316,7 @@ impl Collector {
         Collector {
             store: metrics.log.store.clone(),
             cache: metrics.cache.clone(),
+            points_received: metrics.points_received.clone(),
             started_micros: now_micros(),
             result: MetricsCollectionResult::default(),
             series: Vec::new(),
@@ -328,6 +334,7 @@ impl Collector {
     fn receive(&mut self, point: MetricData) {
         let index = self.result.metrics_received;
         self.result.metrics_received += 1;
+        self.points_received.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = self.accept(index, &point) {
             self.result.metrics_rejected += 1;
             if self.result.errors.len() < MAX_LISTED_ERRORS {
@@ -506,6 +513,7 @@ impl Metrics {
             log,
             commit_after: Duration::from_millis(config.metrics_commit_ms),
             cache: Arc::default(),
+            points_received: Arc::default(),
         }
     }
 

@@ -78,6 +78,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// Points received by CollectMetrics, for `/metrics`.
+    pub fn metric_points_received(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.metrics.points_received.clone()
+    }
+
     /// `sessions` tracks the tasks of bidirectional sessions, so shutdown can let them store
     /// their leave notices before the writer stops.
     pub fn new(

@@ -174,9 +174,11 @@ pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
         .connect_with(options.read_only(true))
         .await?;
     let stop_checkpoints = tokio_util::sync::CancellationToken::new();
+    let one_checkpoint_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     let checkpoints = tokio::spawn(checkpoint_in_background(
         checkpointer,
         stop_checkpoints.clone(),
+        one_checkpoint_at_a_time.clone(),
     ));
     Ok((
         Store {
@@ -191,6 +193,7 @@ pub async fn open(config: &Config) -> Result<(Store, StoreWriter)> {
             conn: writer,
             wal_path,
             max_wal_bytes: config.max_wal_bytes,
+            one_checkpoint_at_a_time,
         },
     ))
 }
@@ -204,6 +207,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 async fn checkpoint_in_background(
     mut conn: SqliteConnection,
     stop: tokio_util::sync::CancellationToken,
+    one_checkpoint_at_a_time: Arc<tokio::sync::Mutex<()>>,
 ) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,6 +216,7 @@ async fn checkpoint_in_background(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
+        let _turn = one_checkpoint_at_a_time.lock().await;
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
             .await
@@ -391,6 +396,10 @@ pub struct StoreWriter {
     wal_path: std::path::PathBuf,
     /// Past this size the WAL is truncated before the next commit.
     max_wal_bytes: u64,
+    /// Shared with the background checkpointer. SQLite lets one checkpoint run at a time and
+    /// fails a second one at once (without waiting), so the truncation waits here for a running
+    /// PASSIVE checkpoint to finish instead of failing against it.
+    one_checkpoint_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a WAL truncation waits for readers to leave old snapshots, per attempt, in
@@ -401,8 +410,7 @@ macro_rules! wal_truncate_wait_ms {
         "100"
     };
 }
-/// Attempts per commit; a background PASSIVE checkpoint holding the checkpoint lock makes one
-/// attempt fail at once.
+/// Attempts per commit, each waiting up to the time above for readers on old snapshots.
 const WAL_TRUNCATE_ATTEMPTS: usize = 3;
 
 /// A record ready to insert: its sequence and timestamp are already assigned.
@@ -432,15 +440,17 @@ impl StoreWriter {
     /// background checkpointer has not yet copied and resets the file to zero bytes.
     ///
     /// A PASSIVE checkpoint alone never gets there under steady load: new frames always arrive,
-    /// so the WAL never restarts and grows without bound. TRUNCATE waits for readers on old
-    /// snapshots, but only briefly (100 ms per attempt); when they stay, it
-    /// tries again after the next commit and never blocks the writer for long. The busy timeout
+    /// so the WAL never restarts and grows without bound. TRUNCATE waits for a running
+    /// background checkpoint to finish, and for readers on old snapshots, but only briefly
+    /// (100 ms per attempt, three attempts); when readers stay, it tries again after the next
+    /// commit and never blocks the writer for long. The busy timeout
     /// goes back to the writer's usual 5 s afterwards (the same as `connect_options`).
     pub async fn bound_wal(&mut self) -> Result<()> {
         let before = self.wal_bytes();
         if before <= self.max_wal_bytes {
             return Ok(());
         }
+        let _turn = self.one_checkpoint_at_a_time.lock().await;
         sqlx::query(concat!("PRAGMA busy_timeout = ", wal_truncate_wait_ms!()))
             .execute(&mut self.conn)
             .await?;
@@ -469,8 +479,8 @@ impl StoreWriter {
             tracing::warn!(
                 wal_bytes = before,
                 max_wal_bytes = self.max_wal_bytes,
-                "WAL is over its bound and readers kept it from being truncated; retrying after \
-                 the next commit"
+                "WAL is over its bound and readers on old snapshots kept it from being \
+                 truncated; retrying after the next commit"
             );
         }
         Ok(())

@@ -55,6 +55,22 @@ fn run_refused_server(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Outpu
     }
 }
 
+/// Asserts that a second server exited with an error naming the first one as the holder of
+/// `what` ("database", "storage directory").
+fn assert_refused_for(output: &Output, what: &str, first: &ChildServer) {
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started:\n{log}"
+    );
+    let holder = format!(
+        "the {what} is in use by another server (pid={}, listen={})",
+        first.child.id(),
+        first.addr
+    );
+    assert!(log.contains(&holder), "expected `{holder}` in:\n{log}");
+}
+
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
@@ -104,31 +120,6 @@ async fn download(client: &mut Client, file_id: &str) -> Result<Vec<u8>, tonic::
     Ok(bytes)
 }
 
-/// `METHOD path` over HTTP/1.1: the status code and the body.
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    socket
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("send");
-    let mut raw = Vec::new();
-    socket.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
 #[tokio::test]
 async fn a_second_server_on_the_same_database_is_refused_and_the_first_keeps_its_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,17 +140,8 @@ async fn a_second_server_on_the_same_database_is_refused_and_the_first_keeps_its
         ],
         &[],
     );
+    assert_refused_for(&output, "database", &first);
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "the second server started:\n{log}"
-    );
-    let holder = format!(
-        "the database is in use by another server (pid={}, listen={})",
-        first.child.id(),
-        first.addr
-    );
-    assert!(log.contains(&holder), "expected `{holder}` in:\n{log}");
     assert!(log.contains("streamhub.db.lock"), "{log}");
 
     // The first server is untouched: it still serves the file it stored.
@@ -191,17 +173,7 @@ async fn a_second_server_on_the_same_storage_directory_is_refused_and_deletes_no
         ],
         &[],
     );
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "the second server started:\n{log}"
-    );
-    let holder = format!(
-        "the storage directory is in use by another server (pid={}, listen={})",
-        first.child.id(),
-        first.addr
-    );
-    assert!(log.contains(&holder), "expected `{holder}` in:\n{log}");
+    assert_refused_for(&output, "storage directory", &first);
     assert!(
         storage.join(&uploaded.file_id).is_file(),
         "the stored file is still there"
@@ -389,13 +361,13 @@ async fn a_stored_file_whose_bytes_are_missing_is_kept_and_answers_data_loss() {
     assert!(!status.message().contains('/'), "no path: {status:?}");
 
     let path = format!("/files/{}", uploaded.file_id);
-    let (code, body) = http(server.addr, "GET", &path).await;
+    let (code, body) = http_request(server.addr, "GET", &path).await;
     assert_eq!(code, 500);
     assert_eq!(
         body,
         "the file's bytes are missing from the server's storage\n"
     );
-    let (code, _) = http(server.addr, "HEAD", &path).await;
+    let (code, _) = http_request(server.addr, "HEAD", &path).await;
     assert_eq!(code, 500);
 
     // Another restart still keeps it: a broken record is never silently deleted.
@@ -462,7 +434,7 @@ async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted() {
 #[tokio::test]
 async fn the_root_page_says_what_this_is() {
     let server = TestServer::start().await;
-    let (code, body) = http(server.addr, "GET", "/").await;
+    let (code, body) = http_request(server.addr, "GET", "/").await;
     assert_eq!(code, 200);
     assert!(
         body.starts_with(&format!("streamhub {}\n", env!("CARGO_PKG_VERSION"))),

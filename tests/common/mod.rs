@@ -351,11 +351,16 @@ impl Drop for Freezable {
 /// `GET path` over plain HTTP/1.1 (the server's `/metrics` and download routes); returns the
 /// status line's code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// `METHOD path` over HTTP/1.1 with `connection: close`: the status code and the body.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
     socket
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
         )
         .await
         .expect("send request");

@@ -267,22 +267,6 @@ impl Config {
         Duration::from_secs(self.keepalive_timeout_secs)
     }
 
-    /// Where the database's single-server lock lives: beside the SQLite file, as
-    /// `<file>.lock`. `None` for a URL without a file (an in-memory database).
-    pub fn database_lock_path(&self) -> Option<PathBuf> {
-        let path = self
-            .database_url
-            .strip_prefix("sqlite://")
-            .or_else(|| self.database_url.strip_prefix("sqlite:"))?;
-        let path = path.split('?').next().unwrap_or(path);
-        if path.is_empty() || path == ":memory:" {
-            return None;
-        }
-        let mut lock = path.to_string();
-        lock.push_str(".lock");
-        Some(PathBuf::from(lock))
-    }
-
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
@@ -306,21 +290,5 @@ mod tests {
         for bad in ["localhost", "localhost:x", "example.com:1", "", ":80"] {
             assert!(parse_listen(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_database_lock_sits_beside_the_file() {
-        let mut config = Config::in_dir(std::path::Path::new("/tmp/x"));
-        assert_eq!(
-            config.database_lock_path(),
-            Some(PathBuf::from("/tmp/x/streamhub.db.lock"))
-        );
-        config.database_url = "sqlite:data/a.db?mode=rwc".into();
-        assert_eq!(
-            config.database_lock_path(),
-            Some(PathBuf::from("data/a.db.lock"))
-        );
-        config.database_url = "sqlite::memory:".into();
-        assert_eq!(config.database_lock_path(), None);
     }
 }

@@ -49,12 +49,11 @@ impl App {
         let tls = Tls::load(&config)?;
         // Bad auth settings stop the start before anything is opened.
         let auth = crate::auth::Auth::from_config(&config)?;
-        // An unsupported URL is refused before anything is created in its name.
-        crate::store::check_database_url(&config.database_url)?;
         // No other server may share the files: its startup sweep would take this one's
-        // uploads for leftovers.
+        // uploads for leftovers. An unsupported URL is refused here, before anything is
+        // created in its name.
         let mut locks = Vec::new();
-        if let Some(path) = config.database_lock_path() {
+        if let Some(path) = crate::store::database_lock_path(&config)? {
             locks.push(ServerLock::acquire(&path, "database")?);
         }
         std::fs::create_dir_all(&config.storage_dir).map_err(|e| {

@@ -91,7 +91,7 @@ const LOOKUP_CHUNK: usize = 900;
 /// Refuses a database URL this build cannot serve, before anything is created in its name.
 /// Without this check, sqlx would take `postgres://u:p@host/db` for a SQLite file name and
 /// create `./postgres:/u:p@host/db`.
-pub fn check_database_url(url: &str) -> Result<()> {
+fn check_database_url(url: &str) -> Result<()> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme);
     match scheme {
         Some(scheme) if scheme.eq_ignore_ascii_case("sqlite") => Ok(()),
@@ -107,6 +107,21 @@ pub fn check_database_url(url: &str) -> Result<()> {
             crate::secret::redact_url(url)
         ))),
     }
+}
+
+/// Where the database's single-server lock lives: beside the SQLite file, as `<file>.lock`,
+/// from the same parse of `DATABASE_URL` that opens the database (so an unsupported URL is
+/// refused here, before anything is created). `None` for an in-memory database.
+pub fn database_lock_path(config: &Config) -> Result<Option<std::path::PathBuf>> {
+    let options = connect_options(config)?;
+    let file = options.get_filename();
+    let name = file.to_string_lossy();
+    if name.is_empty() || name == ":memory:" || name.starts_with("file:sqlx-in-memory") {
+        return Ok(None);
+    }
+    let mut lock = file.as_os_str().to_owned();
+    lock.push(".lock");
+    Ok(Some(lock.into()))
 }
 
 fn connect_options(config: &Config) -> Result<SqliteConnectOptions> {
@@ -729,5 +744,28 @@ impl Store {
         .fetch_all(&self.meta)
         .await?;
         rows.iter().map(file_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_lock_sits_beside_the_file() {
+        let mut config = Config::in_dir(std::path::Path::new("/tmp/x"));
+        assert_eq!(
+            database_lock_path(&config).unwrap(),
+            Some("/tmp/x/streamhub.db.lock".into())
+        );
+        config.database_url = "sqlite:data/a.db?mode=rwc".into();
+        assert_eq!(
+            database_lock_path(&config).unwrap(),
+            Some("data/a.db.lock".into())
+        );
+        config.database_url = "sqlite::memory:".into();
+        assert_eq!(database_lock_path(&config).unwrap(), None);
+        config.database_url = "mysql://u:p@h/db".into();
+        assert!(database_lock_path(&config).is_err());
     }
 }

@@ -17,6 +17,19 @@ use streamhub::proto::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits (30 s at most) for a child to exit, without blocking the runtime.
+async fn exit_of(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    within(30, what, async {
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// The variables that would point the CLI elsewhere than the test says.
 const ENV: &[&str] = &[
     "STREAMHUB_SERVER",
@@ -856,15 +869,7 @@ async fn tail_reconnects_after_a_restart_and_says_so() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill -INT");
-    let status = within(30, "the tail to exit", async {
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = exit_of(&mut child, "the tail to exit").await;
     assert_eq!(status.code(), Some(0));
     let _ = stop.send(());
     task.await.expect("server task").expect("clean stop");
@@ -912,15 +917,7 @@ async fn ctrl_c_cancels_an_import_in_flight() {
         .status()
         .expect("kill -INT");
     line_with(&mut err, "interrupted; the call was cancelled").await;
-    let status = within(30, "the import to exit", async {
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = exit_of(&mut child, "the import to exit").await;
     assert_eq!(status.code(), Some(1));
     drop(writer);
     wait_for_metrics(server.addr, "the import call to end", WAIT, |text| {

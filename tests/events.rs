@@ -1094,18 +1094,6 @@ async fn channel_batch(
     (tx, call)
 }
 
-/// Waits until the server has no ProcessDataBatch call open: a cancelled call's handler, and
-/// whatever it had received, are gone.
-async fn batch_calls_closed(server: &TestServer) {
-    wait_for_metrics(
-        server.addr,
-        "no ProcessDataBatch call open",
-        Duration::from_secs(15),
-        |text| rpc_open(text, "ProcessDataBatch") == 0,
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_cancelled_before_half_close_commits_nothing() {
     let server = TestServer::start().await;
@@ -1129,7 +1117,7 @@ async fn batch_cancelled_before_half_close_commits_nothing() {
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
         // The server has seen the reset once the call is no longer open there.
-        batch_calls_closed(&server).await;
+        rpc_calls_closed(server.addr, "ProcessDataBatch").await;
         assert_eq!(history(&mut client, "cancel-a").await, []);
         // Ending the record stream now must not count as a late half-close either.
         drop(tx);
@@ -1152,7 +1140,7 @@ async fn batch_cancelled_before_half_close_commits_nothing() {
             timed_out.is_err(),
             "without a half-close the call cannot finish"
         );
-        batch_calls_closed(&server).await;
+        rpc_calls_closed(server.addr, "ProcessDataBatch").await;
         drop(tx);
 
         for user in ["cancel-a", "cancel-b", "cancel-c", "cancel-d"] {

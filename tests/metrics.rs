@@ -162,18 +162,6 @@ async fn stored_count(
 /// Points in a full group: a group commits at this many even with its window still open.
 const GROUP: u64 = streamhub::service::metrics::GROUP_POINTS as u64;
 
-/// Waits until the server has no CollectMetrics call open: every handler has returned, and a
-/// cancelled stream's open group is gone with it.
-async fn collect_calls_closed(server: &TestServer) {
-    wait_for_metrics(
-        server.addr,
-        "no CollectMetrics call open",
-        Duration::from_secs(15),
-        |text| rpc_open(text, "CollectMetrics") == 0,
-    )
-    .await;
-}
-
 fn code<T>(result: Result<tonic::Response<T>, Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
@@ -753,7 +741,7 @@ async fn cancelled_streams_keep_committed_points_and_completed_counts_are_exact(
         assert!(call.await.unwrap_err().is_cancelled());
         // The server's handler has ended (the call is no longer open): its open group went
         // with it, and nothing of this stream can commit any more.
-        collect_calls_closed(&server).await;
+        rpc_calls_closed(server.addr, "CollectMetrics").await;
         drop(tx);
         assert_eq!(
             stored_count(&mut client, "cancel_metric", &[], range).await,
@@ -777,7 +765,7 @@ async fn cancelled_streams_keep_committed_points_and_completed_counts_are_exact(
             timed_out.is_err(),
             "without a half-close the call cannot finish"
         );
-        collect_calls_closed(&server).await;
+        rpc_calls_closed(server.addr, "CollectMetrics").await;
         drop(tx);
         assert_eq!(
             stored_count(&mut client, "timeout_metric", &[], range).await,

@@ -423,6 +423,18 @@ pub async fn wait_for_metrics(
     }
 }
 
+/// Waits until the server has no `rpc` call open: every handler of it has returned (a
+/// cancelled call's handler, and whatever it had received, are gone).
+pub async fn rpc_calls_closed(addr: SocketAddr, rpc: &str) {
+    wait_for_metrics(
+        addr,
+        &format!("no {rpc} call open"),
+        Duration::from_secs(15),
+        |text| rpc_open(text, rpc) == 0,
+    )
+    .await;
+}
+
 /// Resident memory of another process, in KiB (0 when it cannot be read).
 pub fn rss_kib_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -55,8 +55,9 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Seconds a new connection gets to finish its TLS handshake before it is dropped, so that
-    /// clients that connect and stall hold nothing for long.
+    /// Seconds a new connection gets to finish its TLS handshake (with TLS) or send its HTTP
+    /// preface (without) before it is dropped, so that clients that connect and stall hold
+    /// nothing for long.
     #[arg(
         long,
         env = "STREAMHUB_TLS_HANDSHAKE_TIMEOUT_SECS",
@@ -119,6 +120,36 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_MAX_STORAGE_BYTES", default_value_t = 100 * 1024 * 1024 * 1024)]
     pub max_storage_bytes: u64,
 
+    /// Subscriptions one user (a token's `sub`) holds at once: event and notification streams,
+    /// chat and collaboration sessions. One more gets RESOURCE_EXHAUSTED; other users are not
+    /// affected. Applies only with auth on; service tokens count only against the global limit.
+    #[arg(long, env = "STREAMHUB_MAX_SUBSCRIPTIONS_PER_USER", default_value_t = 100)]
+    pub max_subscriptions_per_user: usize,
+
+    /// Bytes of stored files and in-progress uploads (declared sizes) one user may hold. Applies
+    /// only with auth on; service tokens count only against the global quota.
+    #[arg(long, env = "STREAMHUB_MAX_STORAGE_BYTES_PER_USER", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub max_storage_bytes_per_user: u64,
+
+    /// Seconds an upload may send nothing, or a download's reader take nothing, before the call
+    /// ends with DEADLINE_EXCEEDED. An idle upload keeps its durable bytes (resumable) and
+    /// releases the rest of its declared size from the quota.
+    #[arg(long, env = "STREAMHUB_TRANSFER_IDLE_SECS", default_value_t = 60)]
+    pub transfer_idle_secs: u64,
+
+    /// Seconds a connection may stay open with no call before it gets GOAWAY.
+    #[arg(long, env = "STREAMHUB_IDLE_CONNECTION_SECS", default_value_t = 300)]
+    pub idle_connection_secs: u64,
+
+    /// Distinct series (label sets) one metric name may have; a point that would add one more
+    /// is rejected in the CollectMetrics result.
+    #[arg(long, env = "STREAMHUB_MAX_SERIES_PER_METRIC", default_value_t = 10_000)]
+    pub max_series_per_metric: u64,
+
+    /// Series one QueryMetrics call may match; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMHUB_MAX_QUERY_SERIES", default_value_t = 1_000)]
+    pub max_query_series: u64,
+
     /// Appends waiting for the single writer; callers wait when it is full.
     #[arg(long, env = "STREAMHUB_WRITER_QUEUE", default_value_t = 8192)]
     pub writer_queue: usize,
@@ -173,6 +204,25 @@ pub struct Config {
     /// that names any audience is refused (it was meant for someone else).
     #[arg(long, env = "STREAMHUB_AUTH_AUDIENCE")]
     pub auth_audience: Option<String>,
+
+    /// Issuer this server trusts. Set, a token's `iss` must equal it.
+    #[arg(long, env = "STREAMHUB_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// Longest token lifetime accepted (`exp - iat`), in seconds. A longer-lived token, or one
+    /// without `iat`, is refused: a leaked token stays useful only this long.
+    #[arg(long, env = "STREAMHUB_AUTH_MAX_TOKEN_TTL_SECS", default_value_t = 86_400)]
+    pub auth_max_token_ttl_secs: u64,
+
+    /// Chat rooms any authenticated user may use: comma-separated patterns, exact ids or
+    /// prefixes ending in `*` (`lobby,team-*`; `*` opens every room). Never opens an id with a
+    /// `#` user boundary (direct messages).
+    #[arg(long, env = "STREAMHUB_PUBLIC_ROOMS", value_delimiter = ',')]
+    pub public_rooms: Vec<String>,
+
+    /// Collaboration documents any authenticated user may use, in the syntax of --public-rooms.
+    #[arg(long, env = "STREAMHUB_PUBLIC_DOCUMENTS", value_delimiter = ',')]
+    pub public_documents: Vec<String>,
 
     /// Secret that download URLs are signed with when auth is on. Default: derived from the
     /// HS256 secret, or else random at each start (URLs then stop working after a restart).

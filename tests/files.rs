@@ -79,6 +79,7 @@ fn meta(filename: &str, total_size: i64, checksum: &str, file_id: &str) -> FileM
         checksum: checksum.to_string(),
         file_id: file_id.to_string(),
         created_at: None,
+        download_url: String::new(),
     }
 }
 

@@ -379,6 +379,7 @@ pub async fn upload(connect: &Connect, args: UploadArgs) -> CliResult<()> {
         checksum: checksum.clone(),
         file_id: id.clone().unwrap_or_default(),
         created_at: None,
+        download_url: String::new(),
     };
     let bar = byte_bar(total, "uploading", args.quiet);
     bar.set_position(offset);

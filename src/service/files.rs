@@ -165,6 +165,7 @@ fn metadata_of(row: &FileRow) -> FileMetadata {
         checksum: row.checksum.clone(),
         file_id: row.file_id.clone(),
         created_at: Some(timestamp_from_micros(row.created_at_micros)),
+        download_url: String::new(),
     }
 }
 

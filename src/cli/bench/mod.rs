@@ -819,6 +819,7 @@ async fn file_upload_phase(
                 checksum: checksum.clone(),
                 file_id: String::new(),
                 created_at: None,
+                download_url: String::new(),
             },
         )),
         offset: 0,

@@ -35,6 +35,9 @@ pub const LEEWAY_SECS: u64 = 30;
 /// Shortest HS256 or URL-signing secret accepted, in bytes: a shorter one can be guessed offline
 /// from a single token.
 pub const MIN_SECRET_BYTES: usize = 32;
+/// Longest token lifetime (`exp - iat`) accepted unless `--auth-max-token-ttl-secs` says
+/// otherwise: a day. `streamhub token` warns past it.
+pub const DEFAULT_MAX_TOKEN_TTL_SECS: u64 = 86_400;
 /// Shortest RSA modulus accepted, in bits.
 const MIN_RSA_BITS: usize = 2048;
 /// Domain separation for the URL-signing key derived from the HS256 secret, so that a download
@@ -79,6 +82,166 @@ pub struct Identity {
     /// The user id the token was issued to (`sub`).
     pub sub: String,
     pub role: Role,
+    /// What the token opens beyond the user's own streams.
+    pub grants: Grants,
+}
+
+impl Identity {
+    /// A user token with no grants.
+    pub fn user(sub: &str) -> Identity {
+        Identity {
+            sub: sub.to_string(),
+            role: Role::User,
+            grants: Grants::default(),
+        }
+    }
+
+    /// A service token.
+    pub fn service(sub: &str) -> Identity {
+        Identity {
+            sub: sub.to_string(),
+            role: Role::Service,
+            grants: Grants::default(),
+        }
+    }
+
+    /// The user that per-user limits count against: the `sub` of a user token. Services count
+    /// only against the global limits.
+    pub fn limited_user(&self) -> Option<&str> {
+        (self.role == Role::User).then_some(self.sub.as_str())
+    }
+}
+
+/// The per-user limit holder of a caller: `None` with auth off or for a service token.
+pub fn limited_user(identity: Option<&Identity>) -> Option<std::sync::Arc<str>> {
+    identity
+        .and_then(Identity::limited_user)
+        .map(std::sync::Arc::from)
+}
+
+/// What a token's optional claims open: chat rooms (`rooms`), collaboration documents
+/// (`documents`) and metrics (`metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Patterns of the `rooms` claim; empty when the claim is absent.
+    pub rooms: Vec<String>,
+    /// Patterns of the `documents` claim.
+    pub documents: Vec<String>,
+    /// The `metrics` claim.
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// What the `metrics` claim allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAccess {
+    /// QueryMetrics.
+    Read,
+    /// CollectMetrics and QueryMetrics.
+    Write,
+}
+
+impl MetricsAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAccess::Read => "read",
+            MetricsAccess::Write => "write",
+        }
+    }
+}
+
+/// The two kinds of shared spaces that per-object access guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Chat rooms: the `rooms` claim and `--public-rooms`.
+    Room,
+    /// Collaboration documents: the `documents` claim and `--public-documents`.
+    Document,
+}
+
+impl Space {
+    fn noun(self) -> &'static str {
+        match self {
+            Space::Room => "room",
+            Space::Document => "document",
+        }
+    }
+}
+
+/// Whether `pattern` matches `id`: a pattern ending in `*` matches every id that starts with
+/// the text before it (`*` alone matches all); any other pattern matches exactly, byte for byte.
+pub fn pattern_matches(pattern: &str, id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => id.as_bytes().starts_with(prefix.as_bytes()),
+        None => pattern == id,
+    }
+}
+
+/// The user list of an id's `#` boundary (`dm#alice,bob` → `alice,bob`), if it has one.
+fn user_boundary(id: &str) -> Option<&str> {
+    id.rsplit_once('#').map(|(_, users)| users)
+}
+
+/// The per-object rule for rooms and documents. With auth off (`None`) and for services,
+/// anything goes. A user reaches `id` when (1) the id's `#` boundary lists the user, (2) one of
+/// the token's patterns for the space matches it, or (3) one of the server's public patterns
+/// matches it and the id has no `#` boundary. Otherwise PERMISSION_DENIED, which callers
+/// return before anything is stored.
+pub fn may_enter(
+    identity: Option<&Identity>,
+    space: Space,
+    id: &str,
+    public: &[String],
+) -> Result<()> {
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    if identity.role == Role::Service {
+        return Ok(());
+    }
+    let boundary = user_boundary(id);
+    let listed = boundary.is_some_and(|users| users.split(',').any(|u| u == identity.sub));
+    let claims = match space {
+        Space::Room => &identity.grants.rooms,
+        Space::Document => &identity.grants.documents,
+    };
+    let granted = claims.iter().any(|p| pattern_matches(p, id));
+    let open = boundary.is_none() && public.iter().any(|p| pattern_matches(p, id));
+    if listed || granted || open {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "user {:?} may not use {} {id:?}",
+        identity.sub,
+        space.noun()
+    )))
+}
+
+/// CollectMetrics (`write`) and QueryMetrics (`read`): a service token, or a user token whose
+/// `metrics` claim allows it (`write` includes `read`). With auth off, anyone.
+pub fn may_use_metrics(identity: Option<&Identity>, wanted: MetricsAccess) -> Result<()> {
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    let allowed = match (identity.role, identity.grants.metrics, wanted) {
+        (Role::Service, _, _) => true,
+        (Role::User, Some(MetricsAccess::Write), _) => true,
+        (Role::User, Some(MetricsAccess::Read), MetricsAccess::Read) => true,
+        (Role::User, _, _) => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "{} metrics needs a service token or a metrics claim of \"{}\"",
+        match wanted {
+            MetricsAccess::Read => "querying",
+            MetricsAccess::Write => "collecting",
+        },
+        match wanted {
+            MetricsAccess::Read => "read\" or \"write",
+            MetricsAccess::Write => "write",
+        }
+    )))
 }
 
 /// The caller of a request, or `None` when authentication is off.
@@ -118,17 +281,6 @@ pub fn authorize<T>(
     Ok(message)
 }
 
-/// The claims streamhub reads; `exp`, `nbf` and `aud` are checked by `jsonwebtoken`.
-#[derive(Debug, Deserialize)]
-struct Claims {
-    /// Optional here so that a missing `sub` is reported as such by the validation.
-    #[serde(default)]
-    sub: Option<String>,
-    /// Missing means `user`: the least a token can be.
-    #[serde(default)]
-    role: Option<String>,
-}
-
 /// The claims `streamhub token` writes.
 #[derive(Debug, Serialize)]
 struct MintedClaims<'a> {
@@ -138,6 +290,72 @@ struct MintedClaims<'a> {
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rooms: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    documents: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<&'static str>,
+}
+
+/// A claim that must be a JSON array of strings when present; any other shape (a string, an
+/// object, null, an array holding a number) refuses the token rather than being read as "no
+/// grant", so that an identity provider's mistake is loud.
+fn string_list(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Vec<String>, String> {
+    let Some(value) = claims.get(name) else {
+        return Ok(Vec::new());
+    };
+    let shape_error = || format!("token claim {name} must be a JSON array of strings");
+    value
+        .as_array()
+        .ok_or_else(shape_error)?
+        .iter()
+        .map(|item| item.as_str().map(str::to_string).ok_or_else(shape_error))
+        .collect()
+}
+
+/// Reads the optional claims of a checked token into an identity.
+fn identity_from_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Identity, String> {
+    let sub = match claims.get("sub") {
+        Some(serde_json::Value::String(sub)) if !sub.is_empty() => sub.clone(),
+        Some(serde_json::Value::String(_)) => {
+            return Err("token has an empty sub claim".to_string());
+        }
+        Some(_) => return Err("token claim sub is malformed".to_string()),
+        None => return Err("token has no sub claim".to_string()),
+    };
+    let role = match claims.get("role") {
+        // Missing means `user`: the least a token can be.
+        None => Role::User,
+        Some(serde_json::Value::String(name)) => Role::parse(name).ok_or_else(|| {
+            format!("token role {name:?} is unknown; it must be \"user\" or \"service\"")
+        })?,
+        Some(_) => return Err("token claim role must be a string".to_string()),
+    };
+    let metrics = match claims.get("metrics") {
+        None => None,
+        Some(serde_json::Value::String(name)) if name == "read" => Some(MetricsAccess::Read),
+        Some(serde_json::Value::String(name)) if name == "write" => Some(MetricsAccess::Write),
+        Some(_) => {
+            return Err("token claim metrics must be \"read\" or \"write\"".to_string());
+        }
+    };
+    Ok(Identity {
+        sub,
+        role,
+        grants: Grants {
+            rooms: string_list(claims, "rooms")?,
+            documents: string_list(claims, "documents")?,
+            metrics,
+        },
+    })
 }
 
 /// Checks bearer tokens against the configured keys. Cheap to share behind an `Arc`.
@@ -146,6 +364,10 @@ pub struct Verifier {
     /// key (`none`, or HS256 when only a public key is set) is refused.
     keys: Vec<(Algorithm, DecodingKey)>,
     audience: Option<String>,
+    /// Set, a token's `iss` must equal it.
+    issuer: Option<String>,
+    /// Longest `exp - iat` accepted; a token without `iat` is refused.
+    max_token_ttl: Duration,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -156,6 +378,8 @@ impl std::fmt::Debug for Verifier {
                 &self.keys.iter().map(|(alg, _)| alg).collect::<Vec<_>>(),
             )
             .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("max_token_ttl", &self.max_token_ttl)
             .finish()
     }
 }
@@ -264,7 +488,24 @@ impl Verifier {
                  STREAMHUB_AUTH_HS256_SECRET), --auth-hs256-secret-file, or --auth-public-key-file",
             ));
         }
-        Ok(Verifier { keys, audience })
+        Ok(Verifier {
+            keys,
+            audience,
+            issuer: None,
+            max_token_ttl: Duration::from_secs(DEFAULT_MAX_TOKEN_TTL_SECS),
+        })
+    }
+
+    /// Requires `iss` to equal `issuer` (when given).
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Verifier {
+        self.issuer = issuer;
+        self
+    }
+
+    /// Refuses tokens that live longer than `ttl` (`exp - iat`).
+    pub fn with_max_token_ttl(mut self, ttl: Duration) -> Verifier {
+        self.max_token_ttl = ttl;
+        self
     }
 
     /// The algorithms this verifier accepts, for the startup log.
@@ -296,9 +537,16 @@ impl Verifier {
             validation.set_audience(&[audience]);
             validation.required_spec_claims.insert("aud".into());
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => "token has expired".to_string(),
             ErrorKind::ImmatureSignature => "token is not valid yet (nbf)".to_string(),
             ErrorKind::InvalidSignature => "token signature is invalid".to_string(),
@@ -306,22 +554,31 @@ impl Verifier {
                 Some(audience) => format!("token audience is not {audience:?}"),
                 None => "token names an audience; this server accepts none".to_string(),
             },
+            ErrorKind::InvalidIssuer => {
+                "token issuer is not the one this server trusts".to_string()
+            }
             ErrorKind::MissingRequiredClaim(claim) => format!("token has no {claim} claim"),
             ErrorKind::InvalidClaimFormat(claim) => format!("token claim {claim} is malformed"),
             _ => "malformed token".to_string(),
         })?;
-        let Claims { sub, role } = data.claims;
-        let sub = sub.unwrap_or_default();
-        if sub.is_empty() {
-            return Err("token has an empty sub claim".to_string());
-        }
-        let role = match role.as_deref() {
-            None => Role::User,
-            Some(name) => Role::parse(name).ok_or_else(|| {
-                format!("token role {name:?} is unknown; it must be \"user\" or \"service\"")
-            })?,
+        let claims = data.claims;
+        // The lifetime: a token must say when it was issued, and may not live longer than the
+        // server allows, so that a leaked token is useful only for a bounded time.
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+        let iat = match claims.get("iat") {
+            None => return Err("token has no iat claim".to_string()),
+            Some(value) => value
+                .as_u64()
+                .ok_or_else(|| "token claim iat is malformed".to_string())?,
         };
-        Ok(Identity { sub, role })
+        let lifetime = exp.unwrap_or(u64::MAX).saturating_sub(iat);
+        if lifetime > self.max_token_ttl.as_secs() {
+            return Err(format!(
+                "token lives {lifetime} s (exp - iat); this server accepts at most {} s",
+                self.max_token_ttl.as_secs()
+            ));
+        }
+        identity_from_claims(&claims)
     }
 
     /// Finds the bearer token in the headers and checks it.
@@ -364,6 +621,17 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a minted token says beyond its user and role.
+#[derive(Debug, Clone, Default)]
+pub struct TokenGrants<'a> {
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    /// Written as the `rooms` claim when given (even empty).
+    pub rooms: Option<&'a [String]>,
+    pub documents: Option<&'a [String]>,
+    pub metrics: Option<MetricsAccess>,
+}
+
 /// Mints an HS256 token, for `streamhub token` (development) and tests.
 pub fn mint_hs256(
     secret: &[u8],
@@ -372,13 +640,37 @@ pub fn mint_hs256(
     ttl: Duration,
     audience: Option<&str>,
 ) -> Result<String> {
+    mint_hs256_with(
+        secret,
+        sub,
+        role,
+        ttl,
+        &TokenGrants {
+            audience,
+            ..TokenGrants::default()
+        },
+    )
+}
+
+/// Mints an HS256 token with optional claims.
+pub fn mint_hs256_with(
+    secret: &[u8],
+    sub: &str,
+    role: Role,
+    ttl: Duration,
+    grants: &TokenGrants<'_>,
+) -> Result<String> {
     let iat = now_secs();
     let claims = MintedClaims {
         sub,
         role: role.as_str(),
         iat,
         exp: iat.saturating_add(ttl.as_secs()),
-        aud: audience,
+        aud: grants.audience,
+        iss: grants.issuer,
+        rooms: grants.rooms,
+        documents: grants.documents,
+        metrics: grants.metrics.map(MetricsAccess::as_str),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -542,7 +834,9 @@ impl Auth {
             hs256.as_deref(),
             config.auth_public_key_file.as_deref(),
             config.auth_audience.clone(),
-        )?;
+        )?
+        .with_issuer(config.auth_issuer.clone())
+        .with_max_token_ttl(Duration::from_secs(config.auth_max_token_ttl_secs));
         let ttl = Duration::from_secs(config.download_url_ttl_secs);
         let url_key = match (&config.url_signing_secret, &hs256) {
             (Some(secret), _) => {
@@ -569,6 +863,8 @@ impl Auth {
         tracing::info!(
             algorithms = ?verifier.algorithms(),
             audience = ?config.auth_audience,
+            issuer = ?config.auth_issuer,
+            max_token_ttl_secs = config.auth_max_token_ttl_secs,
             leeway_secs = LEEWAY_SECS,
             download_url_ttl_secs = config.download_url_ttl_secs,
             "authentication is on"
@@ -748,94 +1044,86 @@ mod tests {
             "{}.{}.",
             b64url(br#"{"alg":"none","typ":"JWT"}"#),
             b64url(
-                json!({"sub": "ann", "exp": now + 600})
+                json!({"iat": now_secs(), "sub": "ann", "exp": now + 600})
                     .to_string()
                     .as_bytes()
             )
         );
         let hs384 = encode(
             &Header::new(Algorithm::HS384),
-            &json!({"sub": "ann", "exp": now + 600}),
+            &json!({"iat": now_secs(), "sub": "ann", "exp": now + 600}),
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
         let other_secret = encode(
             &Header::new(Algorithm::HS256),
-            &json!({"sub": "ann", "exp": now + 600}),
+            &json!({"iat": now_secs(), "sub": "ann", "exp": now + 600}),
             &EncodingKey::from_secret(b"another secret of thirty-two bytes!!"),
         )
         .unwrap();
         let cases: Vec<(&str, String, Result<Identity, &str>)> = vec![
             (
                 "user",
-                hs256(json!({"sub": "ann", "role": "user", "exp": now + 600})),
-                Ok(Identity {
-                    sub: "ann".into(),
-                    role: Role::User,
-                }),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "role": "user", "exp": now + 600})),
+                Ok(Identity::user("ann")),
             ),
             (
                 "no role means user",
-                hs256(json!({"sub": "ann", "exp": now + 600})),
-                Ok(Identity {
-                    sub: "ann".into(),
-                    role: Role::User,
-                }),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now + 600})),
+                Ok(Identity::user("ann")),
             ),
             (
                 "service",
-                hs256(json!({"sub": "svc", "role": "service", "exp": now + 600})),
-                Ok(Identity {
-                    sub: "svc".into(),
-                    role: Role::Service,
-                }),
+                hs256(
+                    json!({"iat": now_secs(), "sub": "svc", "role": "service", "exp": now + 600}),
+                ),
+                Ok(Identity::service("svc")),
             ),
             (
                 "inside the leeway",
-                hs256(json!({"sub": "ann", "exp": now - LEEWAY_SECS / 2})),
-                Ok(Identity {
-                    sub: "ann".into(),
-                    role: Role::User,
-                }),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now - LEEWAY_SECS / 2})),
+                Ok(Identity::user("ann")),
             ),
             (
                 "expired",
-                hs256(json!({"sub": "ann", "exp": now - LEEWAY_SECS - 5})),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now - LEEWAY_SECS - 5})),
                 Err("token has expired"),
             ),
             (
                 "no exp",
-                hs256(json!({"sub": "ann"})),
+                hs256(json!({"iat": now_secs(), "sub": "ann"})),
                 Err("token has no exp claim"),
             ),
             (
                 "exp not a number",
-                hs256(json!({"sub": "ann", "exp": "tomorrow"})),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": "tomorrow"})),
                 Err("token has no exp claim"),
             ),
             (
                 "no sub",
-                hs256(json!({"exp": now + 600})),
+                hs256(json!({"iat": now_secs(), "exp": now + 600})),
                 Err("token has no sub claim"),
             ),
             (
                 "empty sub",
-                hs256(json!({"sub": "", "exp": now + 600})),
+                hs256(json!({"iat": now_secs(), "sub": "", "exp": now + 600})),
                 Err("token has an empty sub claim"),
             ),
             (
                 "unknown role",
-                hs256(json!({"sub": "ann", "role": "admin", "exp": now + 600})),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "role": "admin", "exp": now + 600})),
                 Err("token role \"admin\" is unknown"),
             ),
             (
                 "not yet valid",
-                hs256(json!({"sub": "ann", "exp": now + 600, "nbf": now + 300})),
+                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now + 600, "nbf": now + 300})),
                 Err("token is not valid yet"),
             ),
             (
                 "audience without one configured",
-                hs256(json!({"sub": "ann", "exp": now + 600, "aud": "elsewhere"})),
+                hs256(
+                    json!({"iat": now_secs(), "sub": "ann", "exp": now + 600, "aud": "elsewhere"}),
+                ),
                 Err("token names an audience"),
             ),
             (
@@ -861,23 +1149,27 @@ mod tests {
     fn audience_when_configured() {
         let now = now_secs();
         let v = Verifier::new(Some(SECRET), None, Some("streamhub".into())).unwrap();
-        let ok = hs256(json!({"sub": "ann", "exp": now + 60, "aud": "streamhub"}));
+        let ok =
+            hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now + 60, "aud": "streamhub"}));
         assert_eq!(v.verify(&ok).unwrap().sub, "ann");
-        let listed = hs256(json!({"sub": "ann", "exp": now + 60, "aud": ["x", "streamhub"]}));
+        let listed = hs256(
+            json!({"iat": now_secs(), "sub": "ann", "exp": now + 60, "aud": ["x", "streamhub"]}),
+        );
         assert_eq!(v.verify(&listed).unwrap().sub, "ann");
-        let wrong = hs256(json!({"sub": "ann", "exp": now + 60, "aud": "other"}));
+        let wrong =
+            hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now + 60, "aud": "other"}));
         assert_eq!(
             v.verify(&wrong).unwrap_err(),
             "token audience is not \"streamhub\""
         );
-        let missing = hs256(json!({"sub": "ann", "exp": now + 60}));
+        let missing = hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now + 60}));
         assert_eq!(v.verify(&missing).unwrap_err(), "token has no aud claim");
     }
 
     #[test]
     fn public_keys_pick_their_algorithm() {
         let now = now_secs();
-        let claims = json!({"sub": "ann", "role": "service", "exp": now + 60});
+        let claims = json!({"iat": now_secs(), "sub": "ann", "role": "service", "exp": now + 60});
         for (public, private, alg) in [
             (
                 "auth_rsa_public.pem",
@@ -898,13 +1190,7 @@ mod tests {
                 _ => EncodingKey::from_ed_pem(&pem).unwrap(),
             };
             let token = encode(&Header::new(alg), &claims, &key).unwrap();
-            assert_eq!(
-                v.verify(&token).unwrap(),
-                Identity {
-                    sub: "ann".into(),
-                    role: Role::Service
-                }
-            );
+            assert_eq!(v.verify(&token).unwrap(), Identity::service("ann"));
             // An HS256 token is refused when only a public key is configured, even one whose
             // "secret" is the public key's own PEM (the classic algorithm confusion).
             let public_pem = std::fs::read(fixture(public)).unwrap();
@@ -937,6 +1223,172 @@ mod tests {
     }
 
     #[test]
+    fn optional_claims_and_their_shapes() {
+        let now = now_secs();
+        let v = verifier();
+        let base = |extra: serde_json::Value| {
+            let mut claims = json!({"iat": now, "sub": "ann", "exp": now + 600});
+            for (k, value) in extra.as_object().unwrap() {
+                claims[k] = value.clone();
+            }
+            hs256(claims)
+        };
+        let granted = v
+            .verify(&base(json!({
+                "rooms": ["team-*", "lobby"],
+                "documents": [],
+                "metrics": "read"
+            })))
+            .unwrap();
+        assert_eq!(granted.grants.rooms, vec!["team-*", "lobby"]);
+        assert!(granted.grants.documents.is_empty());
+        assert_eq!(granted.grants.metrics, Some(MetricsAccess::Read));
+        let refused = [
+            (
+                json!({"rooms": "lobby"}),
+                "token claim rooms must be a JSON array of strings",
+            ),
+            (
+                json!({"rooms": null}),
+                "token claim rooms must be a JSON array of strings",
+            ),
+            (
+                json!({"rooms": ["a", 1]}),
+                "token claim rooms must be a JSON array of strings",
+            ),
+            (
+                json!({"documents": {"a": 1}}),
+                "token claim documents must be a JSON array of strings",
+            ),
+            (json!({"metrics": "admin"}), "token claim metrics must be"),
+            (json!({"metrics": ["read"]}), "token claim metrics must be"),
+            (json!({"role": 1}), "token claim role must be a string"),
+        ];
+        for (extra, want) in refused {
+            let got = v.verify(&base(extra.clone())).unwrap_err();
+            assert!(got.starts_with(want), "{extra}: {got}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_lifetime() {
+        let now = now_secs();
+        let v = verifier()
+            .with_issuer(Some("https://id.example".into()))
+            .with_max_token_ttl(Duration::from_secs(3600));
+        let cases = [
+            (
+                json!({"sub": "ann", "iat": now, "exp": now + 3600, "iss": "https://id.example"}),
+                Ok(()),
+            ),
+            (
+                json!({"sub": "ann", "iat": now, "exp": now + 3601, "iss": "https://id.example"}),
+                Err("token lives 3601 s"),
+            ),
+            (
+                json!({"sub": "ann", "exp": now + 60, "iss": "https://id.example"}),
+                Err("token has no iat claim"),
+            ),
+            (
+                json!({"sub": "ann", "iat": "now", "exp": now + 60, "iss": "https://id.example"}),
+                Err("token claim iat is malformed"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now, "exp": now + 60, "iss": "https://evil.example"}),
+                Err("token issuer is not the one"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now, "exp": now + 60}),
+                Err("token has no iss claim"),
+            ),
+        ];
+        for (claims, want) in cases {
+            match (v.verify(&hs256(claims.clone())), want) {
+                (Ok(identity), Ok(())) => assert_eq!(identity.sub, "ann"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{claims}: {got}"),
+                (got, want) => panic!("{claims}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn room_and_document_access() {
+        let public = vec!["lobby".to_string(), "open-*".to_string()];
+        let mut granted = Identity::user("ann");
+        granted.grants.rooms = vec!["team-*".into(), "exact".into()];
+        granted.grants.documents = vec!["*".into()];
+        let ann = Identity::user("ann");
+        let service = Identity::service("svc");
+        let cases: Vec<(Option<&Identity>, Space, &str, bool)> = vec![
+            (None, Space::Room, "anything", true),
+            (Some(&service), Space::Room, "dm#bob,carl", true),
+            // 1. The user boundary.
+            (Some(&ann), Space::Room, "dm#ann,bob", true),
+            (Some(&ann), Space::Room, "dm#bob,ann", true),
+            (Some(&ann), Space::Room, "notes#ann", true),
+            (Some(&ann), Space::Room, "dm#bob,carl", false),
+            (Some(&ann), Space::Room, "dm# ann", false),
+            (Some(&ann), Space::Room, "dm#Ann", false),
+            (Some(&ann), Space::Room, "a#ann#bob", false),
+            (Some(&ann), Space::Room, "x#ann,", true),
+            (Some(&ann), Space::Room, "x#", false),
+            // 3. Server patterns, never past a boundary.
+            (Some(&ann), Space::Room, "lobby", true),
+            (Some(&ann), Space::Room, "lobby2", false),
+            (Some(&ann), Space::Room, "open-1", true),
+            (Some(&ann), Space::Room, "open-#bob", false),
+            (Some(&ann), Space::Document, "lobby", true),
+            // 2. Token patterns, also past a boundary.
+            (Some(&granted), Space::Room, "team-1", true),
+            (Some(&granted), Space::Room, "team-#bob", true),
+            (Some(&granted), Space::Room, "exact", true),
+            (Some(&granted), Space::Room, "exactly", false),
+            (Some(&granted), Space::Room, "Team-1", false),
+            (Some(&granted), Space::Document, "dm#bob", true),
+            (Some(&ann), Space::Document, "team-1", false),
+        ];
+        for (identity, space, id, allowed) in cases {
+            match may_enter(identity, space, id, &public) {
+                Ok(()) if allowed => {}
+                Err(Error::PermissionDenied(_)) if !allowed => {}
+                got => panic!("{identity:?} {space:?} {id:?}: got {got:?}, want {allowed}"),
+            }
+        }
+        assert!(pattern_matches("*", ""));
+        assert!(pattern_matches("a*", "a"));
+        assert!(!pattern_matches("a*", "b"));
+        assert!(pattern_matches("a*b", "a*b"));
+        assert!(!pattern_matches("a*b", "axb"));
+    }
+
+    #[test]
+    fn metrics_claims() {
+        let mut reader = Identity::user("ann");
+        reader.grants.metrics = Some(MetricsAccess::Read);
+        let mut writer = Identity::user("ann");
+        writer.grants.metrics = Some(MetricsAccess::Write);
+        let plain = Identity::user("ann");
+        let service = Identity::service("svc");
+        use MetricsAccess::{Read, Write};
+        for (identity, wanted, allowed) in [
+            (None, Write, true),
+            (Some(&service), Write, true),
+            (Some(&writer), Write, true),
+            (Some(&writer), Read, true),
+            (Some(&reader), Read, true),
+            (Some(&reader), Write, false),
+            (Some(&plain), Read, false),
+            (Some(&plain), Write, false),
+        ] {
+            assert_eq!(
+                may_use_metrics(identity, wanted).is_ok(),
+                allowed,
+                "{identity:?} {wanted:?}"
+            );
+        }
+    }
+
+    #[test]
     fn short_secrets_are_refused() {
         let short = Secret::from("short".to_string());
         let err = load_hs256_secret(Some(&short), None).unwrap_err();
@@ -947,14 +1399,8 @@ mod tests {
 
     #[test]
     fn act_as_rule() {
-        let user = Identity {
-            sub: "ann".into(),
-            role: Role::User,
-        };
-        let service = Identity {
-            sub: "svc".into(),
-            role: Role::Service,
-        };
+        let user = Identity::user("ann");
+        let service = Identity::service("svc");
         let cases: Vec<(Option<&Identity>, &str, Result<&str, ()>)> = vec![
             (None, "bob", Ok("bob")),
             (None, "", Ok("")),
@@ -1096,7 +1542,7 @@ mod tests {
     async fn layer_checks_service_calls_only() {
         let recorder = Recorder::default();
         let mut service = AuthLayer(Some(Arc::new(verifier()))).layer(recorder.clone());
-        let token = hs256(json!({"sub": "ann", "exp": now_secs() + 60}));
+        let token = hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now_secs() + 60}));
         let rpc = "/streaming.v1.StreamingService/PublishUserEvent";
 
         let ok = service
@@ -1134,10 +1580,7 @@ mod tests {
         off.call(request(rpc, None)).await.unwrap();
 
         let seen = recorder.0.lock().unwrap().clone();
-        let ann = Identity {
-            sub: "ann".into(),
-            role: Role::User,
-        };
+        let ann = Identity::user("ann");
         assert_eq!(
             seen,
             vec![
@@ -1161,13 +1604,7 @@ mod tests {
     fn minted_tokens_verify() {
         let token =
             mint_hs256(SECRET, "ann", Role::Service, Duration::from_secs(60), None).unwrap();
-        assert_eq!(
-            verifier().verify(&token).unwrap(),
-            Identity {
-                sub: "ann".into(),
-                role: Role::Service
-            }
-        );
+        assert_eq!(verifier().verify(&token).unwrap(), Identity::service("ann"));
         let expired = mint_hs256(SECRET, "ann", Role::User, Duration::ZERO, None).unwrap();
         // Inside the leeway a token that expires now still passes.
         assert!(verifier().verify(&expired).is_ok());

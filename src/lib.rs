@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod introspect;
+pub mod limits;
 pub mod lock;
 pub mod log;
 pub mod message_limit;

@@ -75,6 +75,7 @@ impl App {
             writer,
             shutdown: CancellationToken::new(),
             subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
+            user_subscriptions: crate::limits::PerUserLimit::new(config.max_subscriptions_per_user),
         };
         Ok(App {
             config,

@@ -74,11 +74,11 @@ fn hs256(claims: Value) -> String {
 }
 
 fn user_token(sub: &str) -> String {
-    hs256(json!({"sub": sub, "role": "user", "exp": now() + 600}))
+    hs256(json!({"iat": now(), "sub": sub, "role": "user", "exp": now() + 600}))
 }
 
 fn service_token(sub: &str) -> String {
-    hs256(json!({"sub": sub, "role": "service", "exp": now() + 600}))
+    hs256(json!({"iat": now(), "sub": sub, "role": "service", "exp": now() + 600}))
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -270,14 +270,14 @@ async fn only_valid_tokens_get_through_and_refusals_store_nothing() {
         "{}.{}.",
         b64url(br#"{"alg":"none","typ":"JWT"}"#),
         b64url(
-            json!({"sub": "ann", "role": "user", "exp": now + 600})
+            json!({"iat": now, "sub": "ann", "role": "user", "exp": now + 600})
                 .to_string()
                 .as_bytes()
         )
     );
     let hs512 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS512),
-        &json!({"sub": "ann", "exp": now + 600}),
+        &json!({"iat": now, "sub": "ann", "exp": now + 600}),
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
@@ -287,13 +287,13 @@ async fn only_valid_tokens_get_through_and_refusals_store_nothing() {
         ("valid", bearer(&user_token("ann")), Code::Ok, ""),
         (
             "no role is a user",
-            bearer(&hs256(json!({"sub": "ann", "exp": now + 600}))),
+            bearer(&hs256(json!({"iat": now, "sub": "ann", "exp": now + 600}))),
             Code::Ok,
             "",
         ),
         (
             "expired",
-            bearer(&hs256(json!({"sub": "ann", "exp": now - 120}))),
+            bearer(&hs256(json!({"iat": now, "sub": "ann", "exp": now - 120}))),
             Code::Unauthenticated,
             "token has expired",
         ),
@@ -301,7 +301,7 @@ async fn only_valid_tokens_get_through_and_refusals_store_nothing() {
             "wrong signature",
             bearer(&hs256_with(
                 "another secret that is also 32+ bytes long",
-                json!({"sub": "ann", "exp": now + 600}),
+                json!({"iat": now, "sub": "ann", "exp": now + 600}),
             )),
             Code::Unauthenticated,
             "token signature is invalid",
@@ -339,20 +339,22 @@ async fn only_valid_tokens_get_through_and_refusals_store_nothing() {
         (
             "unknown role",
             bearer(&hs256(
-                json!({"sub": "ann", "role": "admin", "exp": now + 600}),
+                json!({"iat": now, "sub": "ann", "role": "admin", "exp": now + 600}),
             )),
             Code::Unauthenticated,
             "token role \"admin\" is unknown",
         ),
         (
             "no sub",
-            bearer(&hs256(json!({"role": "user", "exp": now + 600}))),
+            bearer(&hs256(
+                json!({"iat": now, "role": "user", "exp": now + 600}),
+            )),
             Code::Unauthenticated,
             "token has no sub claim",
         ),
         (
             "no exp",
-            bearer(&hs256(json!({"sub": "ann", "role": "user"}))),
+            bearer(&hs256(json!({"iat": now, "sub": "ann", "role": "user"}))),
             Code::Unauthenticated,
             "token has no exp claim",
         ),
@@ -473,7 +475,7 @@ async fn odd_paths_never_reach_a_handler_without_a_token() {
 
 #[tokio::test]
 async fn rs256_and_eddsa_tokens_check_against_a_public_key_file() {
-    let claims = json!({"sub": "ann", "role": "user", "exp": now() + 600});
+    let claims = json!({"iat": now(), "sub": "ann", "role": "user", "exp": now() + 600});
     for (public, private, alg) in [
         (
             "auth_rsa_public.pem",
@@ -755,7 +757,7 @@ async fn a_user_acts_only_as_itself_on_every_rpc_that_names_a_user() {
         // refused because the session is bound to ann.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(ChatMessage {
-            room_id: "r".into(),
+            room_id: "r#ann".into(),
             ..Default::default()
         })
         .await
@@ -771,7 +773,7 @@ async fn a_user_acts_only_as_itself_on_every_rpc_that_names_a_user() {
             ("ann", "User ann joined the chat")
         );
         tx.send(ChatMessage {
-            room_id: "r".into(),
+            room_id: "r#ann".into(),
             user_id: "bob".into(),
             content: "hi".into(),
             r#type: ChatMessageType::Text as i32,
@@ -792,7 +794,7 @@ async fn a_user_acts_only_as_itself_on_every_rpc_that_names_a_user() {
         // Collaborate: an empty user_id in the JOIN is ann.
         let (ctx, crx) = tokio::sync::mpsc::channel(4);
         ctx.send(CollaborationEvent {
-            document_id: "d".into(),
+            document_id: "d#ann".into(),
             r#type: CollaborationEventType::Join as i32,
             ..Default::default()
         })
@@ -804,10 +806,10 @@ async fn a_user_acts_only_as_itself_on_every_rpc_that_names_a_user() {
         assert!(collab.is_ok(), "{collab:?}");
         drop(ctx);
 
-        // Calls that name no user: any authenticated caller.
+        // GetChatHistory of a room ann may use (its `#ann` boundary), and GetFileInfo.
         let history = ann
             .get_chat_history(GetChatHistoryRequest {
-                room_id: "r".into(),
+                room_id: "r#ann".into(),
                 ..Default::default()
             })
             .await

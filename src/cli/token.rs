@@ -6,7 +6,10 @@
 //! `--auth-public-key-file`): whoever holds the HS256 secret can mint any identity.
 
 use super::{CliResult, fail};
-use crate::auth::{Role, load_hs256_secret, mint_hs256};
+use crate::auth::{
+    DEFAULT_MAX_TOKEN_TTL_SECS, MetricsAccess, Role, TokenGrants, load_hs256_secret,
+    mint_hs256_with,
+};
 use crate::secret::Secret;
 use clap::Args;
 use std::path::PathBuf;
@@ -31,6 +34,20 @@ pub struct TokenArgs {
     /// Audience to put in `aud`; match the server's --auth-audience.
     #[arg(long, env = "STREAMHUB_AUTH_AUDIENCE")]
     pub audience: Option<String>,
+    /// Issuer to put in `iss`; match the server's --auth-issuer.
+    #[arg(long, env = "STREAMHUB_AUTH_ISSUER")]
+    pub issuer: Option<String>,
+    /// Chat rooms the token opens (`rooms` claim): comma-separated exact ids or prefixes ending
+    /// in `*` (`team-*`; `*` opens every room, direct messages included).
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// Collaboration documents the token opens (`documents` claim), in the syntax of --rooms.
+    #[arg(long, value_delimiter = ',')]
+    pub documents: Option<Vec<String>>,
+    /// Metrics access (`metrics` claim): `read` allows QueryMetrics, `write` also
+    /// CollectMetrics.
+    #[arg(long, value_enum)]
+    pub metrics: Option<MetricsAccess>,
     /// The server's HS256 secret.
     #[arg(long, env = "STREAMHUB_AUTH_HS256_SECRET", hide_env_values = true)]
     pub auth_hs256_secret: Option<Secret>,
@@ -83,12 +100,25 @@ pub fn run(args: TokenArgs) -> CliResult<()> {
              (the server's own)",
         )
     })?;
-    let token = mint_hs256(
+    if args.ttl.as_secs() > DEFAULT_MAX_TOKEN_TTL_SECS {
+        eprintln!(
+            "warning: --ttl is {} s; a server with the default --auth-max-token-ttl-secs \
+             ({DEFAULT_MAX_TOKEN_TTL_SECS}) refuses this token",
+            args.ttl.as_secs()
+        );
+    }
+    let token = mint_hs256_with(
         &secret,
         &args.sub,
         args.role,
         args.ttl,
-        args.audience.as_deref(),
+        &TokenGrants {
+            audience: args.audience.as_deref(),
+            issuer: args.issuer.as_deref(),
+            rooms: args.rooms.as_deref(),
+            documents: args.documents.as_deref(),
+            metrics: args.metrics,
+        },
     )
     .map_err(|e| fail(e.to_string()))?;
     println!("{token}");

@@ -25,4 +25,6 @@ pub struct Log {
     pub shutdown: CancellationToken,
     /// One permit per subscription, held by its task for the subscription's whole life.
     pub subscriptions: Arc<Semaphore>,
+    /// The same per user (with auth on), so that one user cannot take every permit.
+    pub user_subscriptions: Arc<crate::limits::PerUserLimit>,
 }

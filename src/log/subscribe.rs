@@ -15,6 +15,7 @@ use super::Log;
 use crate::error::{Error, Result};
 use crate::store::{LogRecord, StreamKey};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::Stream;
@@ -35,11 +36,14 @@ pub enum Start {
 }
 
 /// How a subscription behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     pub start: Start,
     /// End with OK after the last record that existed when the call began.
     pub history_only: bool,
+    /// The user whose per-user subscription limit this one counts against: a user token's
+    /// `sub`; `None` with auth off and for services (they count only against the global limit).
+    pub holder: Option<Arc<str>>,
 }
 
 /// What the subscription task hands to the response side.
@@ -129,6 +133,19 @@ pub fn subscribe<V: RecordView>(
     options: SubscribeOptions,
     view: V,
 ) -> Result<Subscription<V::Item>> {
+    let user_permit = match &options.holder {
+        None => None,
+        Some(user) => Some(
+            log.user_subscriptions
+                .try_acquire(user.clone())
+                .ok_or_else(|| {
+                    Error::ResourceExhausted(format!(
+                        "user {user:?} holds its limit of {} subscriptions; end one first",
+                        log.user_subscriptions.max()
+                    ))
+                })?,
+        ),
+    };
     let permit = log.subscriptions.clone().try_acquire_owned().map_err(|_| {
         Error::ResourceExhausted("the server holds its limit of subscriptions; retry later".into())
     })?;
@@ -143,7 +160,7 @@ pub fn subscribe<V: RecordView>(
     };
     tokio::spawn(async move {
         // Released when the task ends: when the client goes or the stream finishes.
-        let _permit = permit;
+        let _permits = (permit, user_permit);
         if let Err(status) = task.run(options).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = task.tx.send(Err(status)).await;

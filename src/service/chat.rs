@@ -80,6 +80,8 @@ pub struct ChatSettings {
     /// Messages replayed to a member that joins with sequence 0.
     pub replay_messages: u64,
     pub max_content_bytes: usize,
+    /// `--public-rooms`: rooms any authenticated user may use.
+    pub public_rooms: Vec<String>,
 }
 
 /// The chat capability. Cheap to clone.
@@ -165,6 +167,7 @@ impl Chat {
             settings: ChatSettings {
                 replay_messages: config.chat_replay_messages,
                 max_content_bytes: config.max_chat_content_bytes,
+                public_rooms: config.public_rooms.clone(),
             },
             sessions,
         }
@@ -260,6 +263,13 @@ impl Chat {
         crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("room_id", &first.room_id)?;
         validate_key("user_id", &first.user_id)?;
+        // Before anything is stored: no join notice, no presence for a refused user.
+        crate::auth::may_enter(
+            identity.as_ref(),
+            crate::auth::Space::Room,
+            &first.room_id,
+            &self.settings.public_rooms,
+        )?;
         let room: Arc<str> = first.room_id.as_str().into();
         let user: Arc<str> = first.user_id.as_str().into();
         // Everything about the first message is checked before anything is stored.
@@ -284,6 +294,7 @@ impl Chat {
             SubscribeOptions {
                 start: Start::AfterSequence(after),
                 history_only: false,
+                holder: crate::auth::limited_user(identity.as_ref()),
             },
             |record: &LogRecord| message_from_record(record).map(Some),
         )?;
@@ -293,17 +304,28 @@ impl Chat {
                 .first_of_user
                 .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
         })?;
-        if let Some(pending) = join_notice
-            && let Err(e) = pending.outcome().await
-        {
-            drop(member);
-            return Err(e.into());
-        }
-        tracing::debug!(%room, %user, after, "member joined");
-
+        // From here on the session's own task owns the member: a client that resets its stream
+        // while its join notice is being stored drops this call, but the task still sees the
+        // join through and then stores the leave.
         let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let (joined, join_outcome) = tokio::sync::oneshot::channel::<Result<()>>();
         let chat = self.clone();
         self.sessions.spawn(async move {
+            if let Some(pending) = join_notice
+                && let Err(e) = pending.outcome().await
+            {
+                drop(member);
+                let _ = joined.send(Err(e));
+                return;
+            }
+            tracing::debug!(room = %stream.key, %user, after, "member joined");
+            if joined.send(Ok(())).is_err() {
+                // The call is gone: nobody reads the session, but the room is owed the leave.
+                if let Err(e) = chat.leave(member, &stream, &user, false).await {
+                    tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(&e), "leave notice not stored");
+                }
+                return;
+            }
             chat.run(
                 inbound,
                 first_incoming,
@@ -315,6 +337,13 @@ impl Chat {
             )
             .await;
         });
+        match join_outcome.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(Error::Internal("the session ended before its join".into()).into());
+            }
+        }
         Ok(Box::pin(SessionOutput::new(
             control_rx,
             durable,
@@ -482,8 +511,18 @@ impl Chat {
     }
 
     /// GetChatHistory: one page of the room, oldest first, before `before_sequence`.
-    pub async fn history(&self, request: GetChatHistoryRequest) -> Result<GetChatHistoryResponse> {
+    pub async fn history(
+        &self,
+        request: GetChatHistoryRequest,
+        identity: Option<&crate::auth::Identity>,
+    ) -> Result<GetChatHistoryResponse> {
         validate_key("room_id", &request.room_id)?;
+        crate::auth::may_enter(
+            identity,
+            crate::auth::Space::Room,
+            &request.room_id,
+            &self.settings.public_rooms,
+        )?;
         let limit = match request.limit {
             0 => DEFAULT_HISTORY_LIMIT,
             n => n.min(MAX_HISTORY_LIMIT),

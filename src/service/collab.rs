@@ -33,6 +33,8 @@ pub struct Collab {
     log: Log,
     presence: Presence<CollaborationEvent>,
     max_payload_bytes: usize,
+    /// `--public-documents`: documents any authenticated user may use.
+    public_documents: Vec<String>,
     sessions: TaskTracker,
 }
 
@@ -97,6 +99,7 @@ impl Collab {
             log,
             presence: Presence::new(config.presence_capacity, config.max_room_members),
             max_payload_bytes: config.max_collab_payload_bytes,
+            public_documents: config.public_documents.clone(),
             sessions,
         }
     }
@@ -178,6 +181,13 @@ impl Collab {
         crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("document_id", &first.document_id)?;
         validate_key("user_id", &first.user_id)?;
+        // Before anything is stored or announced: no presence for a refused user.
+        crate::auth::may_enter(
+            identity.as_ref(),
+            crate::auth::Space::Document,
+            &first.document_id,
+            &self.public_documents,
+        )?;
         self.check_payload(&first)?;
         let document: Arc<str> = first.document_id.as_str().into();
         let user: Arc<str> = first.user_id.as_str().into();
@@ -198,6 +208,7 @@ impl Collab {
             SubscribeOptions {
                 start: Start::AfterSequence(version),
                 history_only: false,
+                holder: crate::auth::limited_user(identity.as_ref()),
             },
             |record: &LogRecord| operation_from_record(record).map(Some),
         )?;

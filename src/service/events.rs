@@ -129,11 +129,21 @@ impl Events {
 
     /// StreamUserEvents: replays from the requested point, then tails live (or ends, with
     /// `history_only`).
-    pub fn stream(&self, request: StreamUserEventsRequest) -> Result<Subscription<UserEvent>> {
+    /// `holder` is the user whose subscription limit the stream counts against.
+    pub fn stream(
+        &self,
+        request: StreamUserEventsRequest,
+        holder: Option<std::sync::Arc<str>>,
+    ) -> Result<Subscription<UserEvent>> {
         validate_key("user_id", &request.user_id)?;
-        let mut wanted = Vec::with_capacity(request.event_types.len());
+        // Deduplicated, so a long repeated list cannot make every record's filter check slow;
+        // it then holds at most one entry per event type.
+        let mut wanted = Vec::new();
         for value in &request.event_types {
-            wanted.push(event_type(*value, "event_types")? as i32);
+            let value = event_type(*value, "event_types")? as i32;
+            if !wanted.contains(&value) {
+                wanted.push(value);
+            }
         }
         let start = if request.after_sequence > 0 {
             Start::AfterSequence(request.after_sequence)
@@ -152,6 +162,7 @@ impl Events {
         let options = SubscribeOptions {
             start,
             history_only: request.history_only,
+            holder,
         };
         let view = move |record: &LogRecord| -> Result<Option<UserEvent>> {
             let event = event_from_record(record)?;

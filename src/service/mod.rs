@@ -121,8 +121,9 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::StreamUserEventsRequest>,
     ) -> Result<Response<Self::StreamUserEventsStream>, Status> {
+        let holder = crate::auth::limited_user(crate::auth::identity_of(&request).as_ref());
         let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
-        Ok(Response::new(self.events.stream(request)?))
+        Ok(Response::new(self.events.stream(request, holder)?))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
@@ -166,8 +167,9 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeToNotificationsStream>, Status> {
+        let holder = crate::auth::limited_user(crate::auth::identity_of(&request).as_ref());
         let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
-        Ok(Response::new(self.notify.subscribe(request).await?))
+        Ok(Response::new(self.notify.subscribe(request, holder).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -188,6 +190,8 @@ impl StreamingService for Api {
         &self,
         request: Request<Streaming<proto::MetricData>>,
     ) -> Result<Response<proto::MetricsCollectionResult>, Status> {
+        let identity = crate::auth::identity_of(&request);
+        crate::auth::may_use_metrics(identity.as_ref(), crate::auth::MetricsAccess::Write)?;
         let cancelled = crate::cancel::flag_of(&request);
         Ok(Response::new(
             self.metrics
@@ -281,8 +285,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::GetChatHistoryRequest>,
     ) -> Result<Response<proto::GetChatHistoryResponse>, Status> {
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.chat.history(request.into_inner()).await?,
+            self.chat
+                .history(request.into_inner(), identity.as_ref())
+                .await?,
         ))
     }
 
@@ -291,6 +298,8 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::QueryMetricsRequest>,
     ) -> Result<Response<proto::QueryMetricsResponse>, Status> {
+        let identity = crate::auth::identity_of(&request);
+        crate::auth::may_use_metrics(identity.as_ref(), crate::auth::MetricsAccess::Read)?;
         Ok(Response::new(
             self.metrics.query(request.into_inner()).await?,
         ))

@@ -112,9 +112,11 @@ impl Notify {
     /// SubscribeToNotifications: replays the user's notifications after the larger of
     /// `after_sequence` and the acknowledged cursor, then tails live. The topic filter is one
     /// view closure, so replay and live apply it identically.
+    /// `holder` is the user whose subscription limit the stream counts against.
     pub async fn subscribe(
         &self,
         request: proto::SubscribeRequest,
+        holder: Option<std::sync::Arc<str>>,
     ) -> Result<ResponseStream<Notification>> {
         validate_key("user_id", &request.user_id)?;
         if request.topics.len() > MAX_SUBSCRIBE_TOPICS {
@@ -140,6 +142,7 @@ impl Notify {
         let options = SubscribeOptions {
             start: Start::AfterSequence(after),
             history_only: false,
+            holder,
         };
         let view = move |record: &LogRecord| -> Result<Option<Notification>> {
             let notification = notification_from_record(record)?;

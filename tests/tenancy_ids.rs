@@ -17,13 +17,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::codec::Streaming;
 
-/// Fails the test, instead of hanging it, when `what` takes longer than `secs`.
-async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
-}
-
 fn any(value: &str) -> Any {
     Any {
         type_url: "test/order".into(),

@@ -202,12 +202,10 @@ impl App {
             keepalive_interval: config.keepalive_interval(),
             keepalive_timeout: config.keepalive_timeout(),
             max_concurrent_streams: config.max_concurrent_streams,
-            open_timeout: self
-                .tls
-                .as_ref()
-                .map_or(Duration::from_secs(config.tls_handshake_timeout_secs), |t| {
-                    t.handshake_timeout()
-                }),
+            open_timeout: self.tls.as_ref().map_or(
+                Duration::from_secs(config.tls_handshake_timeout_secs),
+                |t| t.handshake_timeout(),
+            ),
             idle_timeout: Duration::from_secs(config.idle_connection_secs),
         };
         let server = async {

@@ -1210,7 +1210,10 @@ async fn batch_counts_duplicates_and_lists_rejects() {
         assert_eq!(events.len(), 5);
         let theirs = history(&mut client, "dup-other-user").await;
         assert_eq!(
-            theirs.iter().map(|e| (e.sequence, e.id.as_str())).collect::<Vec<_>>(),
+            theirs
+                .iter()
+                .map(|e| (e.sequence, e.id.as_str()))
+                .collect::<Vec<_>>(),
             [(1, "dup-a")]
         );
 

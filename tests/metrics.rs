@@ -1220,8 +1220,7 @@ async fn label_caps_hold_at_their_limit_and_one_past_it() {
             (
                 with_labels(one("k\n", "v"), 9.0),
                 Some(
-                    "label name \"k\\n\" is not valid: it must match [a-zA-Z_][a-zA-Z0-9_]*"
-                        .into(),
+                    "label name \"k\\n\" is not valid: it must match [a-zA-Z_][a-zA-Z0-9_]*".into(),
                 ),
             ),
             (
@@ -1376,7 +1375,9 @@ async fn a_query_matches_at_most_max_query_series() {
         ];
         collect(&mut client, points).await.expect("collect");
         let range = Some((BASE, BASE + SECOND));
-        let cases: Vec<(&[(&str, &str)], Result<Vec<f64>, Code>)> = vec![
+        // (matchers, the sums of the series matched, or the code)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<Vec<f64>, Code>);
+        let cases: Vec<Case> = vec![
             (&[("g", "a")], Ok(vec![0.0, 1.0, 2.0])),
             (&[("g", "")], Ok(vec![3.0])),
             (&[("i", "3"), ("g", "")], Ok(vec![3.0])),

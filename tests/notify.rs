@@ -589,7 +589,10 @@ async fn publishing_is_idempotent_by_id_and_a_reused_id_gets_already_exists() {
             },
         )
         .await;
-        assert_eq!((theirs.sequence, theirs.id.as_str()), (1, first.id.as_str()));
+        assert_eq!(
+            (theirs.sequence, theirs.id.as_str()),
+            (1, first.id.as_str())
+        );
         assert_eq!(head(&server, "idem-other").await, 1);
 
         // Without an id the server assigns a fresh one each time.

@@ -213,7 +213,10 @@ async fn a_connection_with_an_open_call_is_not_idle() {
         // Three idle times in all: the held connection is still open and takes a new request.
         tokio::time::sleep_until((subscribed + Duration::from_secs(3)).into()).await;
         assert!(!driven.is_finished(), "the held connection was closed");
-        let mut h2 = h2.ready().await.expect("no GOAWAY: still ready for requests");
+        let mut h2 = h2
+            .ready()
+            .await
+            .expect("no GOAWAY: still ready for requests");
         let probe = http::Request::get(format!("http://{}/metrics", server.addr))
             .body(())
             .expect("request");

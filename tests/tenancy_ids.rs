@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use prost::Message;
 use prost_types::Any;
-use std::time::Duration;
 use streamhub::proto::*;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -81,7 +80,11 @@ fn rows(events: &[UserEvent]) -> Vec<(u64, String, String)> {
         .iter()
         .map(|e| {
             let data = e.data.as_ref().map(|d| d.value.clone()).unwrap_or_default();
-            (e.sequence, e.id.clone(), String::from_utf8_lossy(&data).into())
+            (
+                e.sequence,
+                e.id.clone(),
+                String::from_utf8_lossy(&data).into(),
+            )
         })
         .collect()
 }
@@ -159,7 +162,10 @@ async fn the_same_notification_id_in_two_inboxes_is_two_notifications() {
             .expect("alice's is delivered, not ALREADY_EXISTS")
             .into_inner();
         assert_eq!((bob.sequence, alice.sequence), (1, 1));
-        assert_eq!((bob.title.as_str(), alice.title.as_str()), ("for bob", "for alice"));
+        assert_eq!(
+            (bob.title.as_str(), alice.title.as_str()),
+            ("for bob", "for alice")
+        );
         let status = client
             .publish_notification(note("alice", "order-1-shipped", "changed"))
             .await
@@ -329,14 +335,26 @@ async fn the_same_operation_id_in_two_documents_is_two_operations() {
         let mut client = server.client().await;
         let (ann_tx, mut ann_rx) = open_document(&mut client, "doc-a", "ann").await;
         let (bob_tx, mut bob_rx) = open_document(&mut client, "doc-b", "bob").await;
-        ann_tx.send(op("doc-a", "ann", "op-1", b"a")).await.expect("send");
+        ann_tx
+            .send(op("doc-a", "ann", "op-1", b"a"))
+            .await
+            .expect("send");
         let a = next_op(&mut ann_rx).await.expect("stored in doc-a");
-        bob_tx.send(op("doc-b", "bob", "op-1", b"b")).await.expect("send");
+        bob_tx
+            .send(op("doc-b", "bob", "op-1", b"b"))
+            .await
+            .expect("send");
         let b = next_op(&mut bob_rx)
             .await
             .expect("stored in doc-b: not a conflict with doc-a");
-        assert_eq!((a.sequence, a.id.as_str(), a.payload.as_slice()), (1, "op-1", &b"a"[..]));
-        assert_eq!((b.sequence, b.id.as_str(), b.payload.as_slice()), (1, "op-1", &b"b"[..]));
+        assert_eq!(
+            (a.sequence, a.id.as_str(), a.payload.as_slice()),
+            (1, "op-1", &b"a"[..])
+        );
+        assert_eq!(
+            (b.sequence, b.id.as_str(), b.payload.as_slice()),
+            (1, "op-1", &b"b"[..])
+        );
 
         // A new participant of each document gets its operation replayed.
         for (doc, expected) in [("doc-a", &a), ("doc-b", &b)] {
@@ -376,8 +394,14 @@ async fn a_batch_scopes_ids_to_each_users_stream() {
             (0, 0),
             "{result:?}"
         );
-        assert_eq!(rows(&history(&mut client, "bob").await), [row(1, "x-1", "b1")]);
-        assert_eq!(rows(&history(&mut client, "alice").await), [row(1, "x-1", "a1")]);
+        assert_eq!(
+            rows(&history(&mut client, "bob").await),
+            [row(1, "x-1", "b1")]
+        );
+        assert_eq!(
+            rows(&history(&mut client, "alice").await),
+            [row(1, "x-1", "a1")]
+        );
 
         // Within one stream: a repeat with the same content is a duplicate, with other content
         // a reject with its index; against stored records the same, and other users' ids never
@@ -435,7 +459,10 @@ async fn a_batch_scopes_ids_to_each_users_stream() {
             rows(&history(&mut client, "alice").await),
             [row(1, "x-1", "a1"), row(2, "x-2", "alice's")]
         );
-        assert_eq!(rows(&history(&mut client, "carol").await), [row(1, "x-1", "c1")]);
+        assert_eq!(
+            rows(&history(&mut client, "carol").await),
+            [row(1, "x-1", "c1")]
+        );
     })
     .await;
 }
@@ -514,7 +541,10 @@ async fn a_database_from_the_old_schema_carries_over() {
         let mut client = server.client().await;
         assert_eq!(
             rows(&history(&mut client, "bob").await),
-            [row(1, "order-1", "bob's first"), row(2, "order-2", "bob's second")]
+            [
+                row(1, "order-1", "bob's first"),
+                row(2, "order-2", "bob's second")
+            ]
         );
         // Idempotency holds for the old rows...
         let retry = client

@@ -293,7 +293,13 @@ async fn commit_group(
     }
     let mut found: Vec<Arc<LogRecord>> = Vec::new();
     for (kind, keys) in ids_by_kind {
-        found.extend(store.find_by_ids(kind, &keys).await?.into_iter().map(Arc::new));
+        found.extend(
+            store
+                .find_by_ids(kind, &keys)
+                .await?
+                .into_iter()
+                .map(Arc::new),
+        );
     }
     let already_stored: HashMap<(StreamKind, &str, &str), &Arc<LogRecord>> = found
         .iter()

@@ -101,7 +101,8 @@ impl Store {
             })
             .collect();
         for chunk in allowed.chunks(SERIES_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
             insert.push_values(chunk, |mut row, &(name, labels)| {
                 row.push_bind(name).push_bind(labels);
             });

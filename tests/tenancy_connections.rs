@@ -248,3 +248,74 @@ async fn a_connection_with_an_open_call_is_not_idle() {
     .await;
     server.stop().await;
 }
+
+/// With TLS, the deadline covers the handshake and the HTTP preface together: a client that
+/// finishes its handshake (ALPN h2) and then sends nothing is closed once the 1 s deadline passes,
+/// not before; one that sends the preface in time is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_without_a_preface_is_closed_at_the_deadline() {
+    use std::sync::Arc;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let cert_path = dir.path().join("server.pem");
+    let key_path = dir.path().join("server.key");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+    let server = TestServer::start_with(|c| {
+        c.tls_cert = Some(cert_path.clone());
+        c.tls_key = Some(key_path.clone());
+        c.tls_handshake_timeout_secs = 1;
+    })
+    .await;
+
+    let mut roots = RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("trust");
+    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").expect("name");
+
+    let started = Instant::now();
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let mut silent = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("the handshake completes");
+    let handshaken = started.elapsed();
+    // Another client finishes its handshake and sends its preface: it is served.
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let (mut h2, connection) = h2::client::handshake(tls).await.expect("h2 over TLS");
+    tokio::spawn(connection);
+
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout_at((started + CLOSED_BY).into(), silent.read(&mut buf))
+        .await
+        .expect("closed within the deadline and its margin");
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("the server sent {n} bytes instead of closing"),
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after {elapsed:?} (handshake done after {handshaken:?}), before the 1 s deadline"
+    );
+    // The served client is still served after the deadline.
+    let request = http::Request::get(format!("https://localhost:{}/metrics", server.addr.port()))
+        .body(())
+        .expect("request");
+    let (response, _) = h2.send_request(request, true).expect("send");
+    assert_eq!(response.await.expect("answered").status(), 200);
+    server.stop().await;
+}

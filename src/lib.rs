@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod files;
 pub mod http;

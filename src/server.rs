@@ -1,5 +1,5 @@
 //! Builds and runs the server: opens the store, starts the log writer, and serves gRPC (with
-//! health and reflection) on one listener until shutdown.
+//! health and reflection) on one listener until shutdown; `crate::conn` serves each connection.
 //!
 //! Shutdown order matters and lives only here: stop accepting, end live streams with
 //! UNAVAILABLE, let in-flight calls finish (bounded by a grace period), drain the writer, then
@@ -8,10 +8,9 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::BlobStore;
-use crate::introspect::{Introspection, RpcMetrics, RpcMetricsLayer};
+use crate::introspect::{Introspection, RpcMetrics};
 use crate::lock::ServerLock;
 use crate::log::{Hub, Log, Writer};
-use crate::message_limit::MessageLimitLayer;
 use crate::proto::{FILE_DESCRIPTOR_SET, streaming_service_server::StreamingServiceServer};
 use crate::service::Api;
 use crate::service::files::{FileSettings, Files};
@@ -21,11 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Server;
 
 /// An opened server: its store is migrated and its writer runs, but it does not serve yet.
 /// Tests hold one to look inside (hub receivers, writer figures).
@@ -45,6 +41,18 @@ pub struct App {
 
 impl App {
     pub async fn open(config: Config) -> Result<App> {
+        // A zero deadline would close every connection before its first byte, and a zero idle
+        // time every connection before its first call.
+        if config.tls_handshake_timeout_secs == 0 {
+            return Err(Error::Config(
+                "--tls-handshake-timeout-secs must be at least 1".into(),
+            ));
+        }
+        if config.idle_connection_secs == 0 {
+            return Err(Error::Config(
+                "--idle-connection-secs must be at least 1".into(),
+            ));
+        }
         // Unusable certificate files stop the start before the database is touched.
         let tls = Tls::load(&config)?;
         // Bad auth settings stop the start before anything is opened.
@@ -180,41 +188,32 @@ impl App {
                 token.cancel();
             }
         };
-        let router = Server::builder()
-            .layer(crate::cancel::CancelLayer)
-            .layer(RpcMetricsLayer(self.rpc_metrics.clone()))
-            .layer(crate::auth::AuthLayer(
-                self.auth.as_ref().map(|a| a.verifier.clone()),
-            ))
-            .layer(MessageLimitLayer::new(config.max_message_bytes))
-            .accept_http1(true)
-            .http2_keepalive_interval(Some(config.keepalive_interval()))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout()))
-            .max_concurrent_streams(Some(config.max_concurrent_streams))
-            .add_routes(Routes::from(routes));
         let tls = match &self.tls {
             None => "off",
             Some(tls) if tls.mutual() => "mutual",
             Some(_) => "on",
         };
-        let server = match self.tls {
-            None => {
-                let incoming = TcpListenerStream::new(listener).filter_map(|conn| match conn {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        Some(Ok::<_, std::io::Error>(stream))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        None
-                    }
-                });
-                Either::Left(router.serve_with_incoming_shutdown(incoming, signal))
-            }
-            // Handshakes run in their own tasks, bounded in time; tonic gets finished streams.
-            Some(tls) => {
-                Either::Right(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
-            }
+        // Each connection is served on its own (see `crate::conn`): a deadline to open, GOAWAY
+        // when idle, and at shutdown GOAWAY to all, as tonic's one server would.
+        let settings = crate::conn::Settings {
+            routes: Routes::from(routes),
+            rpc_metrics: self.rpc_metrics.clone(),
+            verifier: self.auth.as_ref().map(|a| a.verifier.clone()),
+            max_message_bytes: config.max_message_bytes,
+            keepalive_interval: config.keepalive_interval(),
+            keepalive_timeout: config.keepalive_timeout(),
+            max_concurrent_streams: config.max_concurrent_streams,
+            open_timeout: self.tls.as_ref().map_or(
+                Duration::from_secs(config.tls_handshake_timeout_secs),
+                |t| t.handshake_timeout(),
+            ),
+            idle_timeout: Duration::from_secs(config.idle_connection_secs),
+        };
+        let server = async {
+            tokio::join!(
+                signal,
+                crate::conn::serve(listener, self.tls.clone(), settings, token.clone())
+            );
         };
 
         tracing::info!(
@@ -230,7 +229,7 @@ impl App {
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            served = server => served.map_err(|e| Error::Internal(format!("transport: {e}")))?,
+            _ = server => {}
             _ = grace_elapsed => tracing::warn!(?grace, "grace period over; dropping remaining calls"),
         }
         health_reporter

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
-use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 /// Which family of streams a log belongs to. Sequences and idempotency ids are scoped by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +85,8 @@ pub struct Head {
 /// 32,766 bound parameters, and one statement per 500 rows removes the per-statement cost that
 /// dominates single-row inserts.
 const INSERT_CHUNK: usize = 500;
-/// Ids per idempotency lookup (`id IN (…)`).
+/// (stream key, id) pairs per idempotency lookup (`(stream_key, id) IN (VALUES …)`): two
+/// parameters a pair, far below SQLite's limit.
 const LOOKUP_CHUNK: usize = 900;
 
 /// Refuses a database URL this build cannot serve, before anything is created in its name.
@@ -524,30 +525,36 @@ impl StoreWriter {
         })
     }
 
-    /// The stored records of `kind` whose ids are among `ids`, keyed by id.
+    /// The stored records of `kind` whose (stream key, id) pairs are among `keys`. Ids are
+    /// unique within one stream, so each pair names at most one record.
     pub async fn find_by_ids(
         &mut self,
         kind: StreamKind,
-        ids: &[&str],
-    ) -> Result<HashMap<String, LogRecord>> {
-        let mut found = HashMap::new();
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<LogRecord>> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(LOOKUP_CHUNK) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 // Without statistics the planner may scan the primary key's `kind` prefix
-                // instead; the id index answers each id with one seek.
+                // instead; the per-stream id index answers each pair with one seek.
                 "SELECT sequence, id, ts_micros, payload, stream_key FROM log_records \
-                 INDEXED BY log_records_id WHERE kind = ",
+                 INDEXED BY log_records_stream_id WHERE kind = ",
             );
-            query.push_bind(kind.as_str()).push(" AND id IN (");
+            query
+                .push_bind(kind.as_str())
+                .push(" AND (stream_key, id) IN (VALUES ");
             let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
+            for &(key, id) in chunk {
+                list.push("(")
+                    .push_bind_unseparated(key)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(id)
+                    .push_unseparated(")");
             }
             query.push(")");
             for row in query.build().fetch_all(&mut self.conn).await? {
                 let stream = StreamKey::new(kind, row.try_get(4)?);
-                let record = record_from_row(&stream, &row)?;
-                found.insert(record.id.clone(), record);
+                found.push(record_from_row(&stream, &row)?);
             }
         }
         Ok(found)

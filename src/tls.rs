@@ -2,21 +2,17 @@
 //!
 //! The PEM files are read once, before the server opens its database, so that a bad certificate
 //! or key stops the start with a message naming the file. Each accepted TCP connection then gets
-//! its handshake in a task of its own, bounded by a deadline: a client that connects and stalls
-//! is dropped when the deadline passes, and never delays another client's accept or handshake.
-//! Only finished TLS streams reach tonic. This module never looks inside a request: what a
-//! connection may call is decided above it.
+//! its handshake in a task of its own (`crate::conn`), bounded by a deadline shared with the HTTP
+//! preface: a client that connects and stalls is dropped when the deadline passes, and never
+//! delays another client's accept or handshake. This module never looks inside a request: what
+//! a connection may call is decided above it.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -24,7 +20,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
-use tokio_stream::Stream;
 
 /// The server's TLS settings, loaded and checked: ready to accept connections.
 #[derive(Clone)]
@@ -122,75 +117,15 @@ impl Tls {
         self.mutual
     }
 
-    /// The connections of `listener`, as finished TLS streams.
-    pub fn incoming(self, listener: TcpListener) -> TlsIncoming {
-        TlsIncoming {
-            listener,
-            tls: self,
-            handshakes: JoinSet::new(),
-        }
+    /// How long a new connection gets for its handshake and HTTP preface together.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
-}
 
-/// Accepts TCP connections and yields those whose TLS handshake finished in time.
-///
-/// Accepting never waits for a handshake: each runs in its own task in `handshakes`, and the
-/// stream hands out whichever finishes first. Dropping the stream (when the server stops
-/// accepting) closes the listener and aborts the handshakes still running.
-pub struct TlsIncoming {
-    listener: TcpListener,
-    tls: Tls,
-    handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
-}
-
-impl Stream for TlsIncoming {
-    type Item = std::io::Result<TlsStream<TcpStream>>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        // Take every connection that is waiting, so that none waits behind a handshake.
-        while let Poll::Ready(accepted) = this.listener.poll_accept(cx) {
-            match accepted {
-                Ok((stream, peer)) => {
-                    let tls = this.tls.clone();
-                    this.handshakes.spawn(handshake(tls, stream, peer));
-                }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            }
-        }
-        loop {
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(stream)))) => return Poll::Ready(Some(Ok(stream))),
-                // Failed or too slow: already logged by the task, the socket is closed.
-                Poll::Ready(Some(Ok(None))) => continue,
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "TLS handshake task ended abnormally");
-                }
-                // No handshake running: the listener's waker is registered above.
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// One handshake, bounded by the configured deadline. Dropping the TCP stream on failure closes
-/// the connection.
-async fn handshake(tls: Tls, stream: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
-    let _ = stream.set_nodelay(true);
-    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed; connection closed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(
-                %peer,
-                timeout = ?tls.handshake_timeout,
-                "TLS handshake not finished in time; connection closed"
-            );
-            None
-        }
+    /// Runs the server side of one handshake. Unbounded in time on its own: the caller gives
+    /// the handshake and the HTTP preface after it one deadline (see `crate::conn`).
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.acceptor.accept(stream).await
     }
 }
 

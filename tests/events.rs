@@ -911,7 +911,6 @@ async fn idempotent_ids_store_once_and_conflicts_get_already_exists() {
                 Some(any("test/other", "payload")),
             ),
             publish_req("idem-1", Login as i32, "idem-id-1", None),
-            publish_req("idem-2", Login as i32, "idem-id-1", data()),
         ];
         for request in conflicts {
             let status = publish_status(&mut client, request.clone()).await;
@@ -927,11 +926,14 @@ async fn idempotent_ids_store_once_and_conflicts_get_already_exists() {
             std::slice::from_ref(&first)
         );
         assert_eq!(history(&mut client, "idem-2").await, []);
+        // Ids are scoped to their stream: another user's stream takes the same id as its own.
+        let theirs = publish(&mut client, "idem-2", Login, "idem-id-1", data()).await;
+        assert_eq!((theirs.sequence, theirs.id.as_str()), (1, "idem-id-1"));
         let next = publish(&mut client, "idem-1", Logout, "", None).await;
         assert_eq!(next.sequence, 2);
         assert_ne!(next.id, first.id);
         let other = publish(&mut client, "idem-2", Login, "", None).await;
-        assert_eq!(other.sequence, 1);
+        assert_eq!(other.sequence, 2);
 
         // Without an id every publish is new, with a fresh server-assigned UUID.
         let a = publish(&mut client, "idem-3", Login, "", data()).await;
@@ -1166,17 +1168,19 @@ async fn batch_counts_duplicates_and_lists_rejects() {
         let stored_a = publish(&mut client, USER, Login, "dup-a", None).await;
         let stored_b = publish(&mut client, USER, Login, "dup-b", None).await;
 
-        // Duplicates: ids already stored (same or other content) and ids repeated in the batch.
+        // Duplicates: ids already stored and ids repeated in the batch, with the same content.
+        // The same id with other content in the same stream is a reject with its index; in
+        // another user's stream it is that stream's own record.
         let records = vec![
             record("new-1", USER, 1, None),                    // accepted
             record("dup-a", USER, 1, None),                    // stored, same content
             record("new-1", USER, 1, None),                    // repeat in batch
             record("", USER, 2, None),                         // accepted (no id)
-            record("dup-b", USER, 3, Some(any("x", "other"))), // stored, other content
+            record("dup-b", USER, 3, Some(any("x", "other"))), // stored, other content: reject
             record("new-2", USER, 2, None),                    // accepted
             record("new-2", USER, 2, None),                    // repeat
-            record("new-2", USER, 4, None),                    // repeat, other content
-            record("dup-a", "dup-other-user", 1, None),        // stored, other user
+            record("new-2", USER, 4, None),                    // repeat, other content: reject
+            record("dup-a", "dup-other-user", 1, None),        // another stream: accepted
         ];
         let result = batch(&mut client, records).await.expect("batch");
         assert_eq!(
@@ -1186,9 +1190,14 @@ async fn batch_counts_duplicates_and_lists_rejects() {
                 result.records_duplicate,
                 result.records_rejected
             ),
-            (9, 3, 6, 0)
+            (9, 4, 3, 2)
         );
-        assert!(result.errors.is_empty());
+        let listed: Vec<(u64, &str)> = result
+            .errors
+            .iter()
+            .map(|e| (e.index, e.record_id.as_str()))
+            .collect();
+        assert_eq!(listed, [(4, "dup-b"), (7, "new-2")]);
         let events = history(&mut client, USER).await;
         assert_contiguous(USER, &events);
         assert_eq!(events[..2], [stored_a, stored_b]);
@@ -1199,7 +1208,14 @@ async fn batch_counts_duplicates_and_lists_rejects() {
             ("new-2", Logout as i32)
         );
         assert_eq!(events.len(), 5);
-        assert_eq!(history(&mut client, "dup-other-user").await, []);
+        let theirs = history(&mut client, "dup-other-user").await;
+        assert_eq!(
+            theirs
+                .iter()
+                .map(|e| (e.sequence, e.id.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "dup-a")]
+        );
 
         // Rejects: listed with their index and record id; the valid records still commit.
         const R: &str = "rej-user";

@@ -487,6 +487,10 @@ async fn invalid_points_are_rejected_counted_and_listed() {
                 "longer than 1024 bytes",
             ),
             (point("ok_name", &too_many, 1.0, t), "at most 32"),
+            (
+                point("ok_name", &[("k", "line\nbreak")], 1.0, t),
+                "control character",
+            ),
             (point("ok_name", &[], f64::NAN, t), "not a finite number"),
             (
                 point("ok_name", &[], f64::INFINITY, t),
@@ -534,7 +538,7 @@ async fn invalid_points_are_rejected_counted_and_listed() {
             point("_under", &[("_x", "y")], 3.0, t),
             point("ok_name", &[("k", &"v".repeat(1024))], 4.0, t),
             point(&"n".repeat(256), &[], 5.0, t),
-            point("ok_name", &[("k", "ünïcödé \" \\ \n")], 6.0, t),
+            point("ok_name", &[("k", "ünïcödé \" \\ ")], 6.0, t),
             point("ok_name", &[], -0.0, t),
             point("ok_name", &[], f64::MAX, t),
             point("ok_name", &[], 1.0, Some(-62_135_596_800 * SECOND)),
@@ -585,14 +589,14 @@ async fn invalid_points_are_rejected_counted_and_listed() {
             &mut client,
             query_req(
                 "ok_name",
-                &[("k", "ünïcödé \" \\ \n")],
+                &[("k", "ünïcödé \" \\ ")],
                 Some((BASE, BASE + SECOND)),
                 1,
             ),
         )
         .await;
         assert_eq!(escaped.len(), 1);
-        assert_eq!(escaped[0].labels["k"], "ünïcödé \" \\ \n");
+        assert_eq!(escaped[0].labels["k"], "ünïcödé \" \\ ");
 
         // 150 bad points: all counted, the first 100 listed.
         let many: Vec<MetricData> = (0..150).map(|_| point("bad-name", &[], 1.0, t)).collect();
@@ -1058,7 +1062,7 @@ async fn bad_queries_get_exact_codes() {
                     r.end = Some(ts(BASE + 11_000 * SECOND + 1));
                     r.step_seconds = 1;
                 }),
-                Code::ResourceExhausted,
+                Code::InvalidArgument,
             ),
             (
                 "a year by the default step",
@@ -1066,7 +1070,7 @@ async fn bad_queries_get_exact_codes() {
                     r.end = Some(ts(BASE + 365 * 24 * hour));
                     r.step_seconds = 0;
                 }),
-                Code::ResourceExhausted,
+                Code::InvalidArgument,
             ),
             (
                 "the whole Timestamp range",
@@ -1096,7 +1100,12 @@ async fn bad_queries_get_exact_codes() {
                     });
                     r.step_seconds = 1;
                 }),
-                Code::ResourceExhausted,
+                Code::InvalidArgument,
+            ),
+            (
+                "control character in a label value",
+                with(&|r| r.labels = labels(&[("k", "a\nb")])),
+                Code::InvalidArgument,
             ),
         ];
         for (what, request, expected) in &cases {
@@ -1153,6 +1162,252 @@ async fn bad_queries_get_exact_codes() {
             buckets(&got[0])[10_000],
             (BASE + 10_000 * SECOND, 1, 10_000.0, 10_000.0, 10_000.0)
         );
+    })
+    .await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Caps on label abuse and bounded queries
+// ---------------------------------------------------------------------------------------------
+
+/// Each label cap at its limit and one past it, in one stream: the points past a cap are
+/// rejects with their exact index and message, the stream goes on, and exactly the others are
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_caps_hold_at_their_limit_and_one_past_it() {
+    let server = TestServer::start().await;
+    within(60, "label caps", async {
+        let mut client = server.client().await;
+        let t = Some(BASE);
+        let n_labels = |n: usize| -> Vec<(String, String)> {
+            (0..n).map(|i| (format!("l{i:02}"), "x".into())).collect()
+        };
+        let borrow = |l: &[(String, String)]| -> Vec<(String, String)> { l.to_vec() };
+        let with_labels = |l: Vec<(String, String)>, value: f64| MetricData {
+            name: "cap_metric".into(),
+            value,
+            timestamp: t.map(ts),
+            labels: l.into_iter().collect(),
+        };
+        let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // (point, the exact reject message, or None when it is stored)
+        let cases: Vec<(MetricData, Option<String>)> = vec![
+            (with_labels(borrow(&n_labels(32)), 1.0), None),
+            (
+                with_labels(borrow(&n_labels(33)), 2.0),
+                Some("33 labels; at most 32 are allowed".into()),
+            ),
+            (with_labels(one("k", &"v".repeat(1024)), 3.0), None),
+            (
+                with_labels(one("k", &"v".repeat(1025)), 4.0),
+                Some("the value of label k is longer than 1024 bytes".into()),
+            ),
+            // 1024 bytes of two-byte characters: at the limit in bytes.
+            (with_labels(one("k", &"é".repeat(512)), 5.0), None),
+            (
+                with_labels(one("k", "tab\there"), 6.0),
+                Some("the value of label k contains a control character".into()),
+            ),
+            (
+                with_labels(one("k", "del\u{7f}"), 7.0),
+                Some("the value of label k contains a control character".into()),
+            ),
+            (
+                with_labels(one("k", "c1\u{85}"), 8.0),
+                Some("the value of label k contains a control character".into()),
+            ),
+            (
+                with_labels(one("k\n", "v"), 9.0),
+                Some(
+                    "label name \"k\\n\" is not valid: it must match [a-zA-Z_][a-zA-Z0-9_]*".into(),
+                ),
+            ),
+            (
+                MetricData {
+                    name: "cap\u{1}metric".into(),
+                    ..with_labels(Vec::new(), 10.0)
+                },
+                Some(
+                    "name \"cap\\u{1}metric\" is not a valid metric name: it must match \
+                     [a-zA-Z_:][a-zA-Z0-9_:]*"
+                        .into(),
+                ),
+            ),
+            (with_labels(one("k", "plain"), 11.0), None),
+        ];
+        let points: Vec<MetricData> = cases.iter().map(|(p, _)| p.clone()).collect();
+        let result = collect(&mut client, points).await.expect("collect");
+        let expected_errors: Vec<(u64, String)> = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, m))| m.clone().map(|m| (i as u64, m)))
+            .collect();
+        let got_errors: Vec<(u64, String)> = result
+            .errors
+            .iter()
+            .map(|e| (e.index, e.message.clone()))
+            .collect();
+        assert_eq!(got_errors, expected_errors);
+        let stored = cases.iter().filter(|(_, m)| m.is_none()).count() as u64;
+        assert_eq!(
+            (
+                result.metrics_received,
+                result.metrics_stored,
+                result.metrics_rejected
+            ),
+            (cases.len() as u64, stored, cases.len() as u64 - stored)
+        );
+        // Exactly the stored points, one series each, by their values.
+        let got = query(
+            &mut client,
+            query_req("cap_metric", &[], Some((BASE, BASE + SECOND)), 1),
+        )
+        .await;
+        let mut values: Vec<f64> = got.iter().map(|s| s.buckets[0].sum).collect();
+        values.sort_by(f64::total_cmp);
+        assert_eq!(values, [1.0, 3.0, 5.0, 11.0], "{:?}", shape(&got));
+        let wide = got
+            .iter()
+            .find(|s| s.buckets[0].sum == 1.0)
+            .expect("the 32-label series");
+        assert_eq!(wide.labels.len(), 32);
+    })
+    .await;
+    server.stop().await;
+}
+
+/// `--max-series-per-metric` counts one name's series server-wide: with a cap of 3, the fourth
+/// series of a name is a reject (each of its points, with its index), in this stream and in
+/// later ones, while the existing series and other names go on being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_holds_at_most_its_series_cap() {
+    let server = TestServer::start_with(|c| c.max_series_per_metric = 3).await;
+    within(60, "series cap", async {
+        let mut client = server.client().await;
+        let t = Some(BASE);
+        let p = |s: &str, v: f64| point("capped", &[("s", s)], v, t);
+        let refused =
+            "metric capped already has 3 series, the most one name may have: this point's \
+             labels would add another";
+        let result = collect(
+            &mut client,
+            vec![
+                p("0", 1.0),                         // 0
+                p("1", 2.0),                         // 1
+                p("2", 3.0),                         // 2: the third series, at the cap
+                p("3", 4.0),                         // 3: a fourth: reject
+                point("other", &[("s", "3")], 5.0, t), // 4: another name
+                p("3", 6.0),                         // 5: the fourth again: reject
+                p("0", 7.0),                         // 6: an existing series
+            ],
+        )
+        .await
+        .expect("collect");
+        assert_eq!(
+            (
+                result.metrics_received,
+                result.metrics_stored,
+                result.metrics_rejected
+            ),
+            (7, 5, 2)
+        );
+        let errors: Vec<(u64, &str)> = result
+            .errors
+            .iter()
+            .map(|e| (e.index, e.message.as_str()))
+            .collect();
+        assert_eq!(errors, [(3, refused), (5, refused)]);
+        let summaries: Vec<(&str, &str, u64)> = result
+            .summaries
+            .iter()
+            .map(|s| (s.name.as_str(), s.labels["s"].as_str(), s.count))
+            .collect();
+        assert_eq!(
+            summaries,
+            [("capped", "0", 2), ("capped", "1", 1), ("capped", "2", 1), ("other", "3", 1)]
+        );
+
+        // A later stream: the cap still holds, existing series still take points.
+        let result = collect(&mut client, vec![p("4", 8.0), p("1", 9.0)])
+            .await
+            .expect("collect");
+        assert_eq!(
+            (result.metrics_stored, result.metrics_rejected),
+            (1, 1),
+            "{result:?}"
+        );
+        assert_eq!(result.errors[0].index, 0);
+        assert_eq!(result.errors[0].message, refused);
+
+        let got = query(
+            &mut client,
+            query_req("capped", &[], Some((BASE, BASE + SECOND)), 1),
+        )
+        .await;
+        assert_eq!(
+            shape(&got),
+            [
+                (pairs(&[("s", "0")]), vec![(BASE, 2, 1.0, 7.0, 8.0)]),
+                (pairs(&[("s", "1")]), vec![(BASE, 2, 2.0, 9.0, 11.0)]),
+                (pairs(&[("s", "2")]), vec![(BASE, 1, 3.0, 3.0, 3.0)]),
+            ]
+        );
+    })
+    .await;
+    server.stop().await;
+}
+
+/// `--max-query-series`: with a limit of 3, a query matching 3 series answers, one matching 4
+/// gets RESOURCE_EXHAUSTED; matchers (an exact value, or an empty value for "no such label")
+/// are applied before the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_matches_at_most_max_query_series() {
+    let server = TestServer::start_with(|c| c.max_query_series = 3).await;
+    within(60, "query series", async {
+        let mut client = server.client().await;
+        let t = Some(BASE);
+        let points = vec![
+            point("qs", &[("i", "0"), ("g", "a")], 0.0, t),
+            point("qs", &[("i", "1"), ("g", "a")], 1.0, t),
+            point("qs", &[("i", "2"), ("g", "a")], 2.0, t),
+            point("qs", &[("i", "3")], 3.0, t),
+        ];
+        collect(&mut client, points).await.expect("collect");
+        let range = Some((BASE, BASE + SECOND));
+        // (matchers, the sums of the series matched, or the code)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<Vec<f64>, Code>);
+        let cases: Vec<Case> = vec![
+            (&[("g", "a")], Ok(vec![0.0, 1.0, 2.0])),
+            (&[("g", "")], Ok(vec![3.0])),
+            (&[("i", "3"), ("g", "")], Ok(vec![3.0])),
+            (&[("i", "3"), ("g", "a")], Ok(vec![])),
+            (&[("i", "")], Ok(vec![])),
+            (&[], Err(Code::ResourceExhausted)),
+            (&[("nope", "")], Err(Code::ResourceExhausted)),
+        ];
+        for (matchers, expected) in cases {
+            let got = client
+                .query_metrics(query_req("qs", matchers, range, 1))
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .series
+                        .iter()
+                        .map(|s| s.buckets[0].sum)
+                        .collect::<Vec<f64>>()
+                })
+                .map_err(|s| {
+                    if s.code() == Code::ResourceExhausted {
+                        assert_eq!(
+                            s.message(),
+                            "more than 3 series match; at most 3 may: give more labels"
+                        );
+                    }
+                    s.code()
+                });
+            assert_eq!(got, expected, "{matchers:?}");
+        }
     })
     .await;
     server.stop().await;

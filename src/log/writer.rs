@@ -26,7 +26,8 @@ const MAX_CACHED_HEADS: usize = 100_000;
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub stream: StreamKey,
-    /// The idempotency id. `None` means the server assigns a fresh UUID, which needs no lookup.
+    /// The idempotency id, unique within its stream. `None` means the server assigns a fresh
+    /// UUID, which needs no lookup.
     pub id: Option<String>,
     pub payload: Vec<u8>,
     /// Optimistic concurrency: store the record only if its stream's head is this sequence.
@@ -39,8 +40,8 @@ pub struct NewRecord {
 pub enum AppendOutcome {
     /// Newly stored.
     Stored(Arc<LogRecord>),
-    /// A record with this id already existed (or came earlier in the same request); this is
-    /// that record. The caller decides whether the content matches.
+    /// A record with this id already existed in the same stream (or came earlier in the same
+    /// group); this is that record. The caller decides whether the content matches.
     Duplicate(Arc<LogRecord>),
     /// `expect_head` did not match; `head` is the stream's head at commit time.
     Rejected { head: u64 },
@@ -279,40 +280,50 @@ async fn commit_group(
     heads: &mut HashMap<StreamKey, Head>,
     requests: Vec<Vec<NewRecord>>,
 ) -> Result<(Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>)> {
-    // Idempotency: one lookup per kind for every client-given id in the group.
-    let mut ids_by_kind: HashMap<StreamKind, Vec<&str>> = HashMap::new();
+    // Idempotency: one lookup per kind for every client-given id in the group. Ids are scoped
+    // to their stream, so the lookup and every match below go by (stream, id).
+    let mut ids_by_kind: HashMap<StreamKind, Vec<(&str, &str)>> = HashMap::new();
     for record in requests.iter().flatten() {
         if let Some(id) = &record.id {
-            ids_by_kind.entry(record.stream.kind).or_default().push(id);
+            ids_by_kind
+                .entry(record.stream.kind)
+                .or_default()
+                .push((&record.stream.key, id));
         }
     }
-    let mut already_stored: HashMap<StreamKind, HashMap<String, Arc<LogRecord>>> = HashMap::new();
-    for (kind, ids) in ids_by_kind {
-        let found = store.find_by_ids(kind, &ids).await?;
-        already_stored.insert(
-            kind,
-            found.into_iter().map(|(id, r)| (id, Arc::new(r))).collect(),
+    let mut found: Vec<Arc<LogRecord>> = Vec::new();
+    for (kind, keys) in ids_by_kind {
+        found.extend(
+            store
+                .find_by_ids(kind, &keys)
+                .await?
+                .into_iter()
+                .map(Arc::new),
         );
     }
+    let already_stored: HashMap<(StreamKind, &str, &str), &Arc<LogRecord>> = found
+        .iter()
+        .map(|r| ((r.stream.kind, &*r.stream.key, r.id.as_str()), r))
+        .collect();
 
     // Each record's fate, borrowing ids rather than copying them: a bulk import can bring a
     // million of them.
     let fates: Vec<Vec<Fate>> = {
-        let mut first_copy: HashMap<(StreamKind, &str), (usize, usize)> = HashMap::new();
+        let mut first_copy: HashMap<(StreamKind, &str, &str), (usize, usize)> = HashMap::new();
         let mut fates = Vec::with_capacity(requests.len());
         for (r, request) in requests.iter().enumerate() {
             let mut request_fates = Vec::with_capacity(request.len());
             for (i, record) in request.iter().enumerate() {
-                let kind = record.stream.kind;
                 let fate = match record.id.as_deref() {
                     None => Fate::New,
                     Some(id) => {
-                        if let Some(stored) = already_stored.get(&kind).and_then(|m| m.get(id)) {
+                        let key = (record.stream.kind, &*record.stream.key, id);
+                        if let Some(&stored) = already_stored.get(&key) {
                             Fate::Stored(stored.clone())
-                        } else if let Some(&(fr, fi)) = first_copy.get(&(kind, id)) {
+                        } else if let Some(&(fr, fi)) = first_copy.get(&key) {
                             Fate::RepeatOf(fr, fi)
                         } else {
-                            first_copy.insert((kind, id), (r, i));
+                            first_copy.insert(key, (r, i));
                             Fate::New
                         }
                     }

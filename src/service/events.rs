@@ -190,6 +190,8 @@ impl Events {
         };
         let mut bytes = 0u64;
         let mut batch = Vec::new();
+        // The batch index of each record in `batch`, for rejects found at commit.
+        let mut indexes = Vec::new();
         while let Some(record) = records.next().await {
             let mut record = record?;
             // One record for another user fails the whole batch: nothing is committed.
@@ -223,7 +225,10 @@ impl Events {
                     }
                 }
                 // An id repeated within the batch comes back from the writer as a duplicate.
-                Ok(new) => batch.push(new),
+                Ok(new) => {
+                    batch.push(new);
+                    indexes.push((index, record.id));
+                }
             }
         }
         // A client's cancel also ends the stream; only the flag tells it from a half-close.
@@ -234,14 +239,43 @@ impl Events {
         }
         let received_in = started.elapsed();
         if !batch.is_empty() {
-            for outcome in self.log.writer.append(batch).await? {
+            // Kept for the content check below: the writer takes the records.
+            let payloads: Vec<Vec<u8>> = batch.iter().map(|r| r.payload.clone()).collect();
+            let outcomes = self.log.writer.append(batch).await?;
+            let mut conflicts = false;
+            for ((outcome, payload), (index, record_id)) in
+                outcomes.into_iter().zip(payloads).zip(indexes)
+            {
                 match outcome {
                     AppendOutcome::Stored(_) => result.records_accepted += 1,
-                    AppendOutcome::Duplicate(_) => result.records_duplicate += 1,
+                    // Ids are scoped to their stream, so the existing record is this user's:
+                    // the same content is a retry, other content a reject (as ALREADY_EXISTS
+                    // is for PublishUserEvent), never a silent duplicate.
+                    AppendOutcome::Duplicate(existing) if existing.payload == payload => {
+                        result.records_duplicate += 1
+                    }
+                    AppendOutcome::Duplicate(_) => {
+                        result.records_rejected += 1;
+                        conflicts = true;
+                        result.errors.push(RecordError {
+                            index,
+                            message: format!(
+                                "event id {record_id} already exists in this user's events \
+                                 with different content"
+                            ),
+                            record_id,
+                        });
+                    }
                     AppendOutcome::Rejected { .. } => {
                         return Err(Error::Internal("unexpected append outcome".into()).into());
                     }
                 }
+            }
+            if conflicts {
+                // Listed in batch order, the first MAX_LISTED_ERRORS of all rejects: every
+                // validation reject left out above came after the ones kept.
+                result.errors.sort_by_key(|e| e.index);
+                result.errors.truncate(MAX_LISTED_ERRORS);
             }
         }
         tracing::info!(

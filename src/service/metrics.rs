@@ -10,8 +10,10 @@
 //! Semantics, in short (README "Metrics" has the long form):
 //! - A point is valid when its name matches `[a-zA-Z_:][a-zA-Z0-9_:]*`, its label names match
 //!   `[a-zA-Z_][a-zA-Z0-9_]*` and do not start with `__` (reserved), it has at most
-//!   [`MAX_LABELS`] labels within the size caps, its value is finite, and its timestamp (if any)
-//!   is a valid protobuf Timestamp. A label with an empty value is the same as no label, as in
+//!   [`MAX_LABELS`] labels within the size caps and with no control character in a value, its
+//!   value is finite, its timestamp (if any) is a valid protobuf Timestamp, and its series
+//!   exists or fits under [`Config::max_series_per_metric`] (one name's series, server-wide;
+//!   checked when the point's group commits, since only the store can count them exactly). A label with an empty value is the same as no label, as in
 //!   Prometheus. A point without a timestamp gets the server's time at receipt.
 //! - Valid points commit in groups: when [`Config::metrics_commit_ms`] has passed since the
 //!   group's first point, or at [`GROUP_POINTS`] points, whichever comes first. A group's commit
@@ -66,8 +68,6 @@ pub const DEFAULT_STEP_SECONDS: u32 = 60;
 pub const DEFAULT_RANGE: Duration = Duration::from_secs(3600);
 /// Most buckets a query's range may be cut into (per series), as in Prometheus.
 pub const MAX_BUCKETS_PER_SERIES: i64 = 11_000;
-/// Most series one query may match.
-pub const MAX_QUERY_SERIES: usize = 1_000;
 /// Most non-empty buckets in one answer (all series together): about 2 MB encoded, well under
 /// the 4 MiB message limit of common gRPC clients.
 pub const MAX_QUERY_BUCKETS: usize = 50_000;
@@ -87,6 +87,10 @@ pub struct Metrics {
     /// Points received by every CollectMetrics call so far, valid or not, committed or not:
     /// `/metrics` shows it, so an operator (or a test) can see points arrive before a commit.
     pub points_received: Arc<AtomicU64>,
+    /// Most series one metric name may have (`--max-series-per-metric`).
+    max_series_per_metric: u64,
+    /// Most series one query may match (`--max-query-series`).
+    max_query_series: u64,
 }
 
 fn now_micros() -> i64 {
@@ -148,6 +152,22 @@ fn validate_label_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A label value is at most [`MAX_LABEL_VALUE_BYTES`] and holds no control character: such
+/// characters only serve to make series that look alike in every display and log.
+fn validate_label_value(name: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_LABEL_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "the value of label {name} is longer than {MAX_LABEL_VALUE_BYTES} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "the value of label {name} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
 /// Validates a label set and returns its non-empty labels sorted by name: the canonical set.
 /// A label with an empty value is dropped, as in Prometheus, where it means "no such label".
 pub fn canonical_labels(labels: &HashMap<String, String>) -> Result<Vec<(&str, &str)>> {
@@ -160,11 +180,7 @@ pub fn canonical_labels(labels: &HashMap<String, String>) -> Result<Vec<(&str, &
     let mut set = Vec::with_capacity(labels.len());
     for (name, value) in labels {
         validate_label_name(name)?;
-        if value.len() > MAX_LABEL_VALUE_BYTES {
-            return Err(Error::invalid(format!(
-                "the value of label {name} is longer than {MAX_LABEL_VALUE_BYTES} bytes"
-            )));
-        }
+        validate_label_value(name, value)?;
         if !value.is_empty() {
             set.push((name.as_str(), value.as_str()));
         }
@@ -263,6 +279,9 @@ struct StreamSeries {
     key: Arc<str>,
     name_len: usize,
     id: Option<i64>,
+    /// Its name had no room for one more series when it committed: every point of it is
+    /// rejected, and it has no summary.
+    refused: bool,
     summary: Summary,
 }
 
@@ -288,9 +307,14 @@ struct PendingPoint {
 
 /// What a group's commit task reports back.
 struct Committed {
-    collection_id: i64,
+    /// `None` while the stream has stored nothing yet.
+    collection_id: Option<i64>,
     /// Ids of the group's series that had none, as (index into [`Collector::series`], id).
     resolved: Vec<(u32, i64)>,
+    /// The group's series that the cap on series per name refused (indexes into
+    /// [`Collector::series`]), and their points, not stored, as (stream index, series).
+    refused: Vec<u32>,
+    refused_points: Vec<(u64, u32)>,
 }
 
 /// The state of one CollectMetrics stream.
@@ -309,6 +333,7 @@ struct Collector {
     /// The group being committed while the next one fills; at most one at a time.
     in_flight: Option<JoinHandle<Result<Committed>>>,
     stored: u64,
+    max_series_per_metric: u64,
 }
 
 impl Collector {
@@ -326,6 +351,7 @@ impl Collector {
             collection_id: None,
             in_flight: None,
             stored: 0,
+            max_series_per_metric: metrics.max_series_per_metric,
         }
     }
 
@@ -337,6 +363,8 @@ impl Collector {
         self.points_received.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = self.accept(index, &point) {
             self.result.metrics_rejected += 1;
+            // Every point listed so far came before this one: when the list is full, this one
+            // is not among the first rejects.
             if self.result.errors.len() < MAX_LISTED_ERRORS {
                 self.result.errors.push(RecordError {
                     index,
@@ -345,6 +373,37 @@ impl Collector {
                 });
             }
         }
+    }
+
+    /// Why a point of a refused series is rejected.
+    fn series_cap_error(&self, name: &str) -> Error {
+        Error::ResourceExhausted(format!(
+            "metric {name} already has {} series, the most one name may have: this point's \
+             labels would add another",
+            self.max_series_per_metric
+        ))
+    }
+
+    /// Rejects points found at commit (or at the flush after it): counts them and lists them
+    /// among the first [`MAX_LISTED_ERRORS`] rejects in stream order. They may come before
+    /// rejects already listed, so the list is sorted and cut again.
+    fn reject_late(&mut self, points: &[(u64, u32)]) {
+        if points.is_empty() {
+            return;
+        }
+        self.result.metrics_rejected += points.len() as u64;
+        self.stored -= points.len() as u64;
+        for &(index, series) in points {
+            let name = self.series[series as usize].name().to_string();
+            let message = self.series_cap_error(&name).to_string();
+            self.result.errors.push(RecordError {
+                index,
+                record_id: String::new(),
+                message,
+            });
+        }
+        self.result.errors.sort_by_key(|e| e.index);
+        self.result.errors.truncate(MAX_LISTED_ERRORS);
     }
 
     fn accept(&mut self, index: u64, point: &MetricData) -> Result<()> {
@@ -364,6 +423,9 @@ impl Collector {
         self.key_buf.push_str(&point.name);
         write_labels(&mut self.key_buf, &labels);
         let series = match self.by_key.get(self.key_buf.as_str()) {
+            Some(&series) if self.series[series as usize].refused => {
+                return Err(self.series_cap_error(&point.name));
+            }
             Some(&series) => {
                 self.series[series as usize]
                     .summary
@@ -383,6 +445,7 @@ impl Collector {
                     key: key.clone(),
                     name_len: point.name.len(),
                     id: None,
+                    refused: false,
                     summary: Summary::new(ts_micros, point.value),
                 });
                 self.by_key.insert(key, series);
@@ -406,10 +469,14 @@ impl Collector {
         let committed = task
             .await
             .map_err(|e| Error::Internal(format!("metrics commit task failed: {e}")))??;
-        self.collection_id = Some(committed.collection_id);
+        self.collection_id = self.collection_id.or(committed.collection_id);
         for (series, id) in committed.resolved {
             self.series[series as usize].id = Some(id);
         }
+        for &series in &committed.refused {
+            self.series[series as usize].refused = true;
+        }
+        self.reject_late(&committed.refused_points);
         Ok(())
     }
 
@@ -420,8 +487,21 @@ impl Collector {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let points = std::mem::replace(&mut self.pending, Vec::with_capacity(GROUP_POINTS));
+        let mut points = std::mem::replace(&mut self.pending, Vec::with_capacity(GROUP_POINTS));
         self.stored += points.len() as u64;
+        // Points that arrived before the commit that refused their series.
+        let late: Vec<(u64, u32)> = points
+            .iter()
+            .filter(|p| self.series[p.series as usize].refused)
+            .map(|p| (p.index, p.series))
+            .collect();
+        if !late.is_empty() {
+            points.retain(|p| !self.series[p.series as usize].refused);
+            self.reject_late(&late);
+            if points.is_empty() {
+                return Ok(());
+            }
+        }
         // Series that have no id yet: look in the shared cache first.
         let mut unknown: Vec<(u32, Arc<str>, usize)> = Vec::new();
         let mut seen = HashSet::new();
@@ -442,36 +522,58 @@ impl Collector {
         let cache = self.cache.clone();
         let collection_id = self.collection_id;
         let started_micros = self.started_micros;
+        let max_series_per_metric = self.max_series_per_metric;
         self.in_flight = Some(tokio::spawn(async move {
             let mut resolved = Vec::with_capacity(unknown.len());
+            let mut refused = Vec::new();
             if !unknown.is_empty() {
                 let keys: Vec<(&str, &str)> = unknown
                     .iter()
                     .map(|(_, key, name_len)| (&key[..*name_len], &key[*name_len..]))
                     .collect();
-                let new_ids = store.metric_series_ids(&keys).await?;
+                let new_ids = store
+                    .metric_series_ids(&keys, max_series_per_metric)
+                    .await?;
                 let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() + new_ids.len() > MAX_CACHED_SERIES {
                     cache.clear();
                 }
                 for ((series, key, _), id) in unknown.iter().zip(new_ids) {
-                    cache.insert(key.clone(), id);
-                    ids[*series as usize] = Some(id);
-                    resolved.push((*series, id));
+                    match id {
+                        Some(id) => {
+                            cache.insert(key.clone(), id);
+                            ids[*series as usize] = Some(id);
+                            resolved.push((*series, id));
+                        }
+                        None => refused.push(*series),
+                    }
                 }
             }
             let mut rows = Vec::with_capacity(points.len());
+            let mut refused_points = Vec::new();
             for point in &points {
-                let id = ids[point.series as usize]
-                    .ok_or_else(|| Error::Internal("a point's series has no id".into()))?;
-                rows.push((id, point.ts_micros, point.index as i64, point.value));
+                // Every series of the group without an id was in `unknown`: one still
+                // without an id now is one the cap refused.
+                match ids[point.series as usize] {
+                    Some(id) => rows.push((id, point.ts_micros, point.index as i64, point.value)),
+                    None => refused_points.push((point.index, point.series)),
+                }
             }
-            let collection_id = store
-                .insert_metric_points(collection_id, started_micros, &mut rows)
-                .await?;
+            // Only refused points: nothing to store, and no collection to create for them.
+            let collection_id = if rows.is_empty() {
+                collection_id
+            } else {
+                Some(
+                    store
+                        .insert_metric_points(collection_id, started_micros, &mut rows)
+                        .await?,
+                )
+            };
             Ok(Committed {
                 collection_id,
                 resolved,
+                refused,
+                refused_points,
             })
         }));
         Ok(())
@@ -488,7 +590,7 @@ impl Collector {
         self.series
             .sort_unstable_by(|a, b| (a.name(), a.labels()).cmp(&(b.name(), b.labels())));
         let mut summaries = Vec::with_capacity(self.series.len());
-        for series in &self.series {
+        for series in self.series.iter().filter(|s| !s.refused) {
             let s = series.summary;
             summaries.push(MetricSummary {
                 name: series.name().to_string(),
@@ -514,6 +616,8 @@ impl Metrics {
             commit_after: Duration::from_millis(config.metrics_commit_ms),
             cache: Arc::default(),
             points_received: Arc::default(),
+            max_series_per_metric: config.max_series_per_metric,
+            max_query_series: config.max_query_series,
         }
     }
 
@@ -592,11 +696,7 @@ impl Metrics {
             }
             for (name, value) in &request.labels {
                 validate_label_name(name)?;
-                if value.len() > MAX_LABEL_VALUE_BYTES {
-                    return Err(Error::invalid(format!(
-                        "the value of label {name} is longer than {MAX_LABEL_VALUE_BYTES} bytes"
-                    )));
-                }
+                validate_label_value(name, value)?;
             }
             request.labels.into_iter().collect()
         };
@@ -616,30 +716,33 @@ impl Metrics {
             s => s,
         };
         let step = i64::from(step_seconds) * 1_000_000;
+        // (end - start) / step, rounded up: a range of exactly 11,000 steps is allowed, one
+        // microsecond more is not, as in Prometheus.
         let buckets = (end - start + step - 1) / step;
         if buckets > MAX_BUCKETS_PER_SERIES {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::invalid(format!(
                 "the range holds {buckets} buckets of {step_seconds} s; at most \
                  {MAX_BUCKETS_PER_SERIES} are allowed: use a larger step_seconds or a \
                  shorter range"
             )));
         }
 
-        let mut matched = Vec::new();
-        for (series_id, labels_text) in self.log.store.metric_series_named(&request.name).await? {
-            let labels = parse_labels(&labels_text)?;
-            let matches = matchers.iter().all(|(name, value)| {
-                labels.get(name).map(String::as_str).unwrap_or_default() == value
-            });
-            if matches {
-                matched.push((series_id, labels));
-            }
-        }
-        if matched.len() > MAX_QUERY_SERIES {
+        // Matched in SQL, one more than allowed: enough to tell "too many" without loading
+        // every series of a popular name.
+        let limit = self.max_query_series;
+        let found = self
+            .log
+            .store
+            .metric_series_matching(&request.name, &matchers, limit.saturating_add(1))
+            .await?;
+        if found.len() as u64 > limit {
             return Err(Error::ResourceExhausted(format!(
-                "{} series match; at most {MAX_QUERY_SERIES} may: give more labels",
-                matched.len()
+                "more than {limit} series match; at most {limit} may: give more labels"
             )));
+        }
+        let mut matched = Vec::with_capacity(found.len());
+        for (series_id, labels_text) in found {
+            matched.push((series_id, parse_labels(&labels_text)?));
         }
         let mut response = QueryMetricsResponse::default();
         let mut total = 0usize;
@@ -703,15 +806,14 @@ mod tests {
 
     #[test]
     fn canonical_labels_are_sorted_escaped_and_parse_back() {
-        let labels: HashMap<String, String> =
-            [("b", "say \"hi\"\\ \n\t\u{1}é"), ("a", "1"), ("empty", "")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+        let labels: HashMap<String, String> = [("b", "say \"hi\"\\ é"), ("a", "1"), ("empty", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let set = canonical_labels(&labels).expect("valid");
         let mut text = String::new();
         write_labels(&mut text, &set);
-        assert_eq!(text, r#"{"a":"1","b":"say \"hi\"\\ \u000a\u0009\u0001é"}"#);
+        assert_eq!(text, r#"{"a":"1","b":"say \"hi\"\\ é"}"#);
         let back = parse_labels(&text).expect("parses");
         assert_eq!(back.len(), 2);
         assert_eq!(back["b"], labels["b"]);
@@ -719,6 +821,16 @@ mod tests {
         write_labels(&mut none, &[]);
         assert_eq!(none, "{}");
         assert!(parse_labels(&none).expect("parses").is_empty());
+        // Control characters are refused in values now; series stored before that still write
+        // and parse back with them escaped.
+        for bad in ["\n", "\t", "\u{1}", "\u{7f}", "\u{85}"] {
+            let labels: HashMap<String, String> = [("k".to_string(), format!("a{bad}b"))].into();
+            assert!(canonical_labels(&labels).is_err(), "{bad:?}");
+        }
+        let mut old = String::new();
+        write_labels(&mut old, &[("k", "\n\t\u{1}")]);
+        assert_eq!(old, r#"{"k":"\u000a\u0009\u0001"}"#);
+        assert_eq!(parse_labels(&old).expect("parses")["k"], "\n\t\u{1}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! service can use them without this private module being named.
 
 use super::Store;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::collections::HashMap;
 
@@ -40,7 +40,15 @@ impl Store {
     /// The ids of `series`, given as (name, canonical label text), in order. Existing series
     /// are found with a read; only missing ones take a write transaction, which commits them
     /// on its own: a series row without points is harmless (queries leave it out).
-    pub async fn metric_series_ids(&self, series: &[(&str, &str)]) -> Result<Vec<i64>> {
+    ///
+    /// A name holds at most `max_per_name` series: a missing series that would be one more is
+    /// not created and comes back as `None`. The count and the inserts share one write
+    /// transaction, so concurrent streams cannot together pass the cap.
+    pub async fn metric_series_ids(
+        &self,
+        series: &[(&str, &str)],
+        max_per_name: u64,
+    ) -> Result<Vec<Option<i64>>> {
         let position: HashMap<(&str, &str), usize> = series
             .iter()
             .enumerate()
@@ -50,34 +58,60 @@ impl Store {
         for chunk in series.chunks(SERIES_CHUNK) {
             lookup_series(&self.readers, chunk, &position, &mut ids).await?;
         }
-        let missing: Vec<(&str, &str)> = series
-            .iter()
-            .zip(&ids)
-            .filter_map(|(&key, id)| id.is_none().then_some(key))
-            .collect();
-        if !missing.is_empty() {
-            // IMMEDIATE takes the write lock first. A deferred transaction that reads before it
-            // writes fails at once with SQLITE_BUSY when another writer commits in between,
-            // where waiting (the busy timeout) is what we want.
-            let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
-            for chunk in missing.chunks(SERIES_CHUNK) {
-                let mut insert =
-                    QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
-                insert.push_values(chunk, |mut row, &(name, labels)| {
-                    row.push_bind(name).push_bind(labels);
-                });
-                insert.push(" ON CONFLICT (name, labels) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
-                lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
-            }
-            tx.commit().await?;
+        let missing = |ids: &[Option<i64>]| -> Vec<(&str, &str)> {
+            series
+                .iter()
+                .zip(ids)
+                .filter_map(|(&key, id)| id.is_none().then_some(key))
+                .collect()
+        };
+        let first_missing = missing(&ids);
+        if first_missing.is_empty() {
+            return Ok(ids);
         }
-        ids.into_iter()
-            .zip(series)
-            .map(|(id, (name, _))| {
-                id.ok_or_else(|| Error::Internal(format!("series {name} was not stored")))
+        // IMMEDIATE takes the write lock first. A deferred transaction that reads before it
+        // writes fails at once with SQLITE_BUSY when another writer commits in between,
+        // where waiting (the busy timeout) is what we want.
+        let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
+        // Another stream may have created some of them since the read above.
+        for chunk in first_missing.chunks(SERIES_CHUNK) {
+            lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
+        }
+        let still_missing = missing(&ids);
+        // Room left under the cap, per name, counted inside the transaction.
+        let mut room: HashMap<&str, u64> = HashMap::new();
+        for &(name, _) in &still_missing {
+            if !room.contains_key(name) {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM metric_series WHERE name = ?1")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                room.insert(name, max_per_name.saturating_sub(count as u64));
+            }
+        }
+        let allowed: Vec<(&str, &str)> = still_missing
+            .into_iter()
+            .filter(|&(name, _)| match room.get_mut(name) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
             })
-            .collect()
+            .collect();
+        for chunk in allowed.chunks(SERIES_CHUNK) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
+            insert.push_values(chunk, |mut row, &(name, labels)| {
+                row.push_bind(name).push_bind(labels);
+            });
+            insert.push(" ON CONFLICT (name, labels) DO NOTHING");
+            insert.build().execute(&mut *tx).await?;
+            lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Stores `points` atomically and durably: all commit, or none. `collection_id` is the
@@ -123,14 +157,36 @@ impl Store {
         Ok(collection_id)
     }
 
-    /// Every series called `name`, as (series id, canonical label text), in label-text order.
-    pub async fn metric_series_named(&self, name: &str) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query(
-            "SELECT series_id, labels FROM metric_series WHERE name = ?1 ORDER BY labels",
-        )
-        .bind(name)
-        .fetch_all(&self.readers)
-        .await?;
+    /// The series called `name` whose labels match every matcher, as (series id, canonical
+    /// label text), in label-text order; at most `limit`. A matcher (label, value) matches a
+    /// series whose label has that value; with an empty value, a series without the label.
+    /// Label names are `[a-zA-Z_][a-zA-Z0-9_]*` (the service checks), so the JSON path needs
+    /// no escaping; it is bound all the same.
+    pub async fn metric_series_matching(
+        &self,
+        name: &str,
+        matchers: &[(String, String)],
+        limit: u64,
+    ) -> Result<Vec<(i64, String)>> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT series_id, labels FROM metric_series WHERE name = ",
+        );
+        query.push_bind(name);
+        for (label, value) in matchers {
+            query
+                .push(" AND json_extract(labels, ")
+                .push_bind(format!("$.\"{label}\""))
+                .push(")");
+            if value.is_empty() {
+                query.push(" IS NULL");
+            } else {
+                query.push(" = ").push_bind(value);
+            }
+        }
+        query
+            .push(" ORDER BY labels LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = query.build().fetch_all(&self.readers).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()

@@ -225,15 +225,16 @@ fn code_of<T>(result: &Result<T, tonic::Status>) -> Code {
 /// and its sequence; and each user's head sequence.
 #[derive(Default)]
 struct Model {
-    stored: HashMap<String, (String, String, u64)>,
+    /// By (user, id): ids are scoped to their stream.
+    stored: HashMap<(String, String), (String, u64)>,
     heads: HashMap<String, u64>,
 }
 
 impl Model {
     /// The code a publish of `content` for `user` with `id` gets, once its fields are valid.
     fn expect(&self, user: &str, content: &str, id: &str) -> Code {
-        match self.stored.get(id) {
-            Some((u, c, _)) if !id.is_empty() && (u != user || c != content) => Code::AlreadyExists,
+        match self.stored.get(&(user.to_string(), id.to_string())) {
+            Some((c, _)) if !id.is_empty() && c != content => Code::AlreadyExists,
             _ => Code::Ok,
         }
     }
@@ -242,7 +243,7 @@ impl Model {
     /// user's next (which is then recorded).
     fn accept(&mut self, user: &str, content: &str, id: &str) -> u64 {
         if !id.is_empty()
-            && let Some((_, _, sequence)) = self.stored.get(id)
+            && let Some((_, sequence)) = self.stored.get(&(user.to_string(), id.to_string()))
         {
             return *sequence;
         }
@@ -250,8 +251,8 @@ impl Model {
         *head += 1;
         if !id.is_empty() {
             self.stored.insert(
-                id.to_string(),
-                (user.to_string(), content.to_string(), *head),
+                (user.to_string(), id.to_string()),
+                (content.to_string(), *head),
             );
         }
         *head

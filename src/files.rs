@@ -1,24 +1,30 @@
 //! The on-disk blob store for uploaded files.
 //!
-//! Bytes stream into `<storage>/tmp/<id>.part` on a blocking thread that hashes (SHA-256) as it
-//! writes, so a file is never held in memory. A finished part is fsynced, then renamed to
-//! `<storage>/<id>` and the directory fsynced: a crash leaves either the part or the whole file,
-//! never a torn one. Reads stream in bounded chunks through a bounded channel. This module only
-//! moves bytes; it never decides what an upload means and never touches the database. File names
-//! on disk derive from the UUID alone, never from anything a client wrote.
+//! Bytes go to `<storage>/tmp/<id>.part`, hashed (SHA-256) as they are written, so a file is never
+//! held in memory. A finished part is fsynced, then renamed to `<storage>/<id>` and the directory
+//! fsynced: a crash leaves either the part or the whole file, never a torn one.
+//!
+//! No transfer ever holds a blocking thread while it waits on the network: each chunk is written
+//! (or read) by its own short `spawn_blocking` job, with at most one job in flight per transfer,
+//! so a stalled upload or an unread download costs about one chunk of memory and no thread. A read
+//! also carries a send deadline: a reader that takes nothing for the idle time is ended. This
+//! module only moves bytes; it never decides what an upload means and never touches the database.
+//! File names on disk derive from the UUID alone, never from anything a client wrote.
 
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Where the sweep puts stored files that have no row: `<storage>/orphans/`.
 pub const ORPHANS_DIR: &str = "orphans";
-
-/// Chunks queued between an upload call and its writing thread.
-const WRITE_QUEUE: usize = 8;
 
 /// Where files live.
 #[derive(Debug, Clone)]
@@ -54,18 +60,26 @@ impl BlobStore {
         self.root.join(id.hyphenated().to_string())
     }
 
-    /// Starts writing `id`'s part on a blocking thread. With `keep` > 0 the first `keep` bytes of
-    /// an existing part are kept (and hashed again); anything after them is cut off. Returns the
-    /// writer and how many bytes it really kept, which is less than `keep` when the part on disk
-    /// is shorter.
+    /// Opens `id`'s part for writing. With `keep` > 0 the first `keep` bytes of an existing part
+    /// are kept (and hashed again); anything after them is cut off. Returns the writer and how
+    /// many bytes it really kept, which is less than `keep` when the part on disk is shorter.
     pub async fn start_part(&self, id: Uuid, keep: u64) -> io::Result<(PartWriter, u64)> {
         let path = self.part_path(&id);
         let (file, hasher, kept) = tokio::task::spawn_blocking(move || open_part(&path, keep))
             .await
             .map_err(io::Error::other)??;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        let task = tokio::task::spawn_blocking(move || write_part(file, hasher, kept, rx));
-        Ok((PartWriter { tx: Some(tx), task }, kept))
+        let state = PartState {
+            file,
+            hasher,
+            bytes: kept,
+        };
+        Ok((
+            PartWriter {
+                state: Some(state),
+                pending: None,
+            },
+            kept,
+        ))
     }
 
     /// Moves a finished, verified part into place: rename, then fsync the directory so the new
@@ -187,46 +201,127 @@ impl BlobStore {
         .map_err(io::Error::other)?
     }
 
-    /// Streams `len` bytes of `id`'s file from `offset` in chunks of at most `chunk` bytes,
-    /// through a bounded channel. The reading thread stops as soon as the receiver is dropped.
+    /// Streams `len` bytes of `id`'s file from `offset` in chunks of at most `chunk` bytes. A
+    /// small async task reads one chunk at a time (each on a short blocking job) and only when
+    /// the previous one was taken, so at most two chunks exist per reader. When the reader takes
+    /// nothing for `idle`, the task closes the file and stops: the stream then ends with
+    /// [`ReadFailure::Idle`]. Dropping the stream stops the task too.
     pub fn read(
         &self,
         id: Uuid,
         offset: u64,
         len: u64,
         chunk: usize,
-    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
-        let (tx, rx) = mpsc::channel(4);
+        idle: Duration,
+    ) -> ReadStream {
+        let (tx, rx) = mpsc::channel(1);
+        let idled = Arc::new(AtomicBool::new(false));
         let path = self.file_path(&id);
-        tokio::task::spawn_blocking(move || {
-            let result = (|| -> io::Result<()> {
+        let flag = idled.clone();
+        tokio::spawn(async move {
+            let opened = tokio::task::spawn_blocking(move || -> io::Result<File> {
                 let mut file = File::open(&path)?;
                 file.seek(SeekFrom::Start(offset))?;
-                let mut left = len;
-                while left > 0 {
-                    let want = left.min(chunk as u64);
-                    // `read_to_end` fills spare capacity without zeroing it first: a memset of
-                    // every buffer cost ~9 % of an HTTP download.
-                    let mut buf = Vec::with_capacity(want as usize);
-                    (&mut file).take(want).read_to_end(&mut buf)?;
-                    if (buf.len() as u64) < want {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file is shorter than its recorded size",
-                        ));
+                Ok(file)
+            })
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(e) => {
+                    let _ = tx.send(Err(ReadFailure::Io(e))).await;
+                    return;
+                }
+            };
+            let mut left = len;
+            while left > 0 {
+                let permit = match tokio::time::timeout(idle, tx.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return, // The reader went away.
+                    Err(_) => {
+                        // Set before the sender is dropped, so the reader sees it at the end.
+                        flag.store(true, Ordering::Release);
+                        return;
                     }
-                    left -= want;
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return Ok(()); // The reader went away.
+                };
+                let want = left.min(chunk as u64);
+                let read = tokio::task::spawn_blocking(move || read_chunk(file, want))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
+                match read {
+                    Ok((back, buf)) => {
+                        file = back;
+                        left -= want;
+                        permit.send(Ok(buf));
+                    }
+                    Err(e) => {
+                        permit.send(Err(ReadFailure::Io(e)));
+                        return;
                     }
                 }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
             }
         });
-        rx
+        ReadStream {
+            rx,
+            idled,
+            ended: false,
+        }
+    }
+}
+
+/// Reads exactly `want` bytes from where `file` stands, and hands the file back.
+fn read_chunk(mut file: File, want: u64) -> io::Result<(File, Vec<u8>)> {
+    // `read_to_end` fills spare capacity without zeroing it first: a memset of every buffer
+    // cost ~9 % of an HTTP download.
+    let mut buf = Vec::with_capacity(want as usize);
+    (&mut file).take(want).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file is shorter than its recorded size",
+        ));
+    }
+    Ok((file, buf))
+}
+
+/// Why a read stream ended early.
+#[derive(Debug)]
+pub enum ReadFailure {
+    Io(io::Error),
+    /// The reader took nothing for the idle time; the file was closed.
+    Idle,
+}
+
+/// The chunks of one read, from [`BlobStore::read`].
+#[derive(Debug)]
+pub struct ReadStream {
+    rx: mpsc::Receiver<Result<Vec<u8>, ReadFailure>>,
+    idled: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for ReadStream {
+    type Item = Result<Vec<u8>, ReadFailure>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // A reader that comes back after its deadline gets the deadline, not the chunk that
+        // was waiting for it: the transfer is over.
+        if self.idled.load(Ordering::Acquire) {
+            self.ended = true;
+            return Poll::Ready(Some(Err(ReadFailure::Idle)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) if self.idled.load(Ordering::Acquire) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(ReadFailure::Idle)))
+            }
+            other => other,
+        }
     }
 }
 
@@ -270,48 +365,59 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
     Ok((file, hasher, kept))
 }
 
-fn write_part(
-    mut file: File,
-    mut hasher: Sha256,
-    mut bytes: u64,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
-) -> io::Result<PartSummary> {
-    while let Some(chunk) = chunks.blocking_recv() {
-        file.write_all(&chunk)?;
-        hasher.update(&chunk);
-        bytes += chunk.len() as u64;
-    }
-    file.sync_all()?;
-    Ok(PartSummary {
-        bytes,
-        sha256: format!("{:x}", hasher.finalize()),
-    })
+/// An open part, moved into each write job and back.
+#[derive(Debug)]
+struct PartState {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
 }
 
-/// The writing end of a part. Chunks go to a blocking thread that writes and hashes them.
+/// The writing end of a part. Each chunk is written and hashed by its own blocking job; while
+/// one is in flight the caller may already wait for the next chunk, but a second write first
+/// waits for the first. No thread is held between chunks.
 #[derive(Debug)]
 pub struct PartWriter {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    task: tokio::task::JoinHandle<io::Result<PartSummary>>,
+    /// The part when no write is in flight.
+    state: Option<PartState>,
+    pending: Option<tokio::task::JoinHandle<io::Result<PartState>>>,
 }
 
 impl PartWriter {
-    /// Queues a chunk. Fails if the writing thread hit an I/O error; `finish` then tells which.
-    pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        let sent = match &self.tx {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(io::Error::other("the part writer stopped"))
+    /// The part, once the write in flight (if any) is done.
+    async fn settle(&mut self) -> io::Result<PartState> {
+        if let Some(pending) = self.pending.take() {
+            return pending.await.map_err(io::Error::other)?;
         }
+        self.state
+            .take()
+            .ok_or_else(|| io::Error::other("the part writer failed earlier"))
     }
 
-    /// Writes what is queued, fsyncs the part, and returns its size and SHA-256.
+    /// Starts writing a chunk, after the previous one is written. Fails with the previous write's
+    /// I/O error, if it had one; the writer is unusable then.
+    pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let mut state = self.settle().await?;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            state.file.write_all(&chunk)?;
+            state.hasher.update(&chunk);
+            state.bytes += chunk.len() as u64;
+            Ok(state)
+        }));
+        Ok(())
+    }
+
+    /// Writes what is in flight, fsyncs the part, and returns its size and SHA-256.
     pub async fn finish(mut self) -> io::Result<PartSummary> {
-        drop(self.tx.take());
-        (&mut self.task).await.map_err(io::Error::other)?
+        let state = self.settle().await?;
+        tokio::task::spawn_blocking(move || {
+            state.file.sync_all()?;
+            Ok(PartSummary {
+                bytes: state.bytes,
+                sha256: format!("{:x}", state.hasher.finalize()),
+            })
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }

@@ -736,8 +736,11 @@ impl Files {
             )));
         }
         let offset = request.offset as u64;
+        // The same metadata GetFileInfo answers, with a fresh download URL.
+        let mut metadata = metadata_of(&row);
+        metadata.download_url = self.download_url(&id);
         let first = FileChunk {
-            data: Some(file_chunk::Data::Metadata(metadata_of(&row))),
+            data: Some(file_chunk::Data::Metadata(metadata)),
             offset: offset as i64,
         };
         let idle = self.settings.transfer_idle;

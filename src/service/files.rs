@@ -372,7 +372,8 @@ impl Files {
         let key = plan.id.to_string();
         // Someone else's id is taken, whatever its state, before anything else can answer
         // (not even ABORTED for an upload in progress).
-        if let Some(row) = self.store.file(&key).await?
+        if plan.resumable
+            && let Some(row) = self.store.file(&key).await?
             && !reaches(identity, &row.owner)
         {
             return Err(taken(&plan.id).into());

@@ -313,20 +313,6 @@ impl Store {
         Ok(())
     }
 
-    /// The storage totals: every row's reservations, and `owner`'s (for tests and introspection).
-    pub async fn storage_usage(&self, owner: &str) -> Result<(u64, u64)> {
-        let total: i64 = sqlx::query_scalar("SELECT bytes FROM storage_total WHERE id = 1")
-            .fetch_optional(&self.meta)
-            .await?
-            .unwrap_or(0);
-        let mine: i64 = sqlx::query_scalar("SELECT bytes FROM storage_usage WHERE owner = ?1")
-            .bind(owner)
-            .fetch_optional(&self.meta)
-            .await?
-            .unwrap_or(0);
-        Ok((total as u64, mine as u64))
-    }
-
     /// Every file row, for the sweep (complete or not).
     pub async fn all_files(&self) -> Result<Vec<FileRow>> {
         let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))

@@ -763,11 +763,12 @@ async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliRes
     let mut client = connect.client().await?;
     let rss = RssProbe { pid };
     let idle_rss = rss.current();
-    eprintln!(
-        "bench run {run_id} against {}: {} bytes",
-        connect.server,
-        thousands(bench.size)
-    );
+    let sized = if bench.phases.iter().any(|p| p == "upload") {
+        format!(": {} bytes", thousands(bench.size))
+    } else {
+        String::new()
+    };
+    eprintln!("bench run {run_id} against {}{sized}", connect.server);
     let mut rows = Vec::new();
     let mut uploaded: Option<Uploaded> = None;
     for phase in &bench.phases {

@@ -77,6 +77,7 @@ impl BlobStore {
             PartWriter {
                 state: Some(state),
                 pending: None,
+                buffer: Vec::new(),
             },
             kept,
         ))
@@ -202,8 +203,9 @@ impl BlobStore {
     }
 
     /// Streams `len` bytes of `id`'s file from `offset` in chunks of at most `chunk` bytes. A
-    /// small async task reads one chunk at a time (each on a short blocking job) and only when
-    /// the previous one was taken, so at most two chunks exist per reader. When the reader takes
+    /// small async task reads `pieces` chunks at a time (on one short blocking job, so that small
+    /// chunks do not cost a thread hand-off each), and only while the reader has at most `pieces`
+    /// chunks left to take, so at most `2 × pieces` chunks (plus one being read) exist per reader. When the reader takes
     /// nothing for `idle`, the task closes the file and stops: the stream then ends with
     /// [`ReadFailure::Idle`]. Dropping the stream stops the task too.
     pub fn read(
@@ -212,9 +214,12 @@ impl BlobStore {
         offset: u64,
         len: u64,
         chunk: usize,
+        pieces: usize,
         idle: Duration,
     ) -> ReadStream {
-        let (tx, rx) = mpsc::channel(1);
+        let pieces = pieces.max(1);
+        // Room for two reads: the next one starts while the reader still has half to take.
+        let (tx, rx) = mpsc::channel(2 * pieces);
         let idled = Arc::new(AtomicBool::new(false));
         let path = self.file_path(&id);
         let flag = idled.clone();
@@ -236,8 +241,9 @@ impl BlobStore {
             };
             let mut left = len;
             while left > 0 {
-                let permit = match tokio::time::timeout(idle, tx.reserve()).await {
-                    Ok(Ok(permit)) => permit,
+                let n = (left.div_ceil(chunk as u64) as usize).min(pieces);
+                let mut permits = match tokio::time::timeout(idle, tx.reserve_many(n)).await {
+                    Ok(Ok(permits)) => permits,
                     Ok(Err(_)) => return, // The reader went away.
                     Err(_) => {
                         // Set before the sender is dropped, so the reader sees it at the end.
@@ -245,19 +251,25 @@ impl BlobStore {
                         return;
                     }
                 };
-                let want = left.min(chunk as u64);
-                let read = tokio::task::spawn_blocking(move || read_chunk(file, want))
+                let wants: Vec<u64> = (0..n as u64)
+                    .map(|i| (left - i * chunk as u64).min(chunk as u64))
+                    .collect();
+                let read = tokio::task::spawn_blocking(move || read_chunks(file, &wants))
                     .await
                     .map_err(io::Error::other)
                     .and_then(|r| r);
                 match read {
-                    Ok((back, buf)) => {
+                    Ok((back, bufs)) => {
                         file = back;
-                        left -= want;
-                        permit.send(Ok(buf));
+                        for (buf, permit) in bufs.into_iter().zip(&mut permits) {
+                            left -= buf.len() as u64;
+                            permit.send(Ok(buf));
+                        }
                     }
                     Err(e) => {
-                        permit.send(Err(ReadFailure::Io(e)));
+                        if let Some(permit) = permits.next() {
+                            permit.send(Err(ReadFailure::Io(e)));
+                        }
                         return;
                     }
                 }
@@ -269,6 +281,17 @@ impl BlobStore {
             ended: false,
         }
     }
+}
+
+/// Reads one chunk of each size in `wants` from where `file` stands, and hands the file back.
+fn read_chunks(mut file: File, wants: &[u64]) -> io::Result<(File, Vec<Vec<u8>>)> {
+    let mut out = Vec::with_capacity(wants.len());
+    for &want in wants {
+        let (back, buf) = read_chunk(file, want)?;
+        file = back;
+        out.push(buf);
+    }
+    Ok((file, out))
 }
 
 /// Reads exactly `want` bytes from where `file` stands, and hands the file back.
@@ -365,6 +388,16 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
     Ok((file, hasher, kept))
 }
 
+/// Writes and hashes `data` at the end of the part.
+fn write_data(mut state: PartState, data: &[u8]) -> io::Result<PartState> {
+    if !data.is_empty() {
+        state.file.write_all(data)?;
+        state.hasher.update(data);
+        state.bytes += data.len() as u64;
+    }
+    Ok(state)
+}
+
 /// An open part, moved into each write job and back.
 #[derive(Debug)]
 struct PartState {
@@ -373,14 +406,19 @@ struct PartState {
     bytes: u64,
 }
 
-/// The writing end of a part. Each chunk is written and hashed by its own blocking job; while
-/// one is in flight the caller may already wait for the next chunk, but a second write first
-/// waits for the first. No thread is held between chunks.
+/// Bytes an upload gathers while a write job is in flight, before it waits for that job.
+const WRITE_BUFFER: usize = 512 * 1024;
+
+/// The writing end of a part. Chunks are written and hashed by short blocking jobs, one at a
+/// time; while one is in flight, arriving chunks gather in a buffer of at most 512 KiB that the
+/// next job writes. No thread is held between jobs, so a stalled upload holds none.
 #[derive(Debug)]
 pub struct PartWriter {
     /// The part when no write is in flight.
     state: Option<PartState>,
     pending: Option<tokio::task::JoinHandle<io::Result<PartState>>>,
+    /// Chunks received while a job was in flight, for the next job.
+    buffer: Vec<u8>,
 }
 
 impl PartWriter {
@@ -394,23 +432,33 @@ impl PartWriter {
             .ok_or_else(|| io::Error::other("the part writer failed earlier"))
     }
 
-    /// Starts writing a chunk, after the previous one is written. Fails with the previous write's
+    /// Takes a chunk: gathers it while a job is in flight and the buffer has room, else waits
+    /// for that job and starts the next with everything gathered. Fails with an earlier job's
     /// I/O error, if it had one; the writer is unusable then.
     pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        let mut state = self.settle().await?;
+        let busy = self.pending.as_ref().is_some_and(|p| !p.is_finished());
+        if self.buffer.is_empty() {
+            self.buffer = chunk;
+        } else {
+            self.buffer.extend_from_slice(&chunk);
+        }
+        if busy && self.buffer.len() < WRITE_BUFFER {
+            return Ok(());
+        }
+        let state = self.settle().await?;
+        let data = std::mem::take(&mut self.buffer);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            state.file.write_all(&chunk)?;
-            state.hasher.update(&chunk);
-            state.bytes += chunk.len() as u64;
-            Ok(state)
+            write_data(state, &data)
         }));
         Ok(())
     }
 
-    /// Writes what is in flight, fsyncs the part, and returns its size and SHA-256.
+    /// Writes what is in flight and gathered, fsyncs the part, and returns its size and SHA-256.
     pub async fn finish(mut self) -> io::Result<PartSummary> {
         let state = self.settle().await?;
+        let data = std::mem::take(&mut self.buffer);
         tokio::task::spawn_blocking(move || {
+            let state = write_data(state, &data)?;
             state.file.sync_all()?;
             Ok(PartSummary {
                 bytes: state.bytes,

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_stream::StreamExt;
 
-/// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most two of
-/// them exist per response (one waiting for the client, one being read), so a response that its
-/// client does not read costs about 1 MiB.
+/// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most three of
+/// them exist per response (two waiting for the client, one being read), so a response that its
+/// client does not read costs at most 1.5 MiB.
 const HTTP_CHUNK: usize = 512 * 1024;
 
 pub fn router(files: Files, introspection: Introspection) -> Router {
@@ -237,7 +237,7 @@ async fn download(
         Body::empty()
     } else {
         let idle = files.transfer_idle();
-        let chunks = files.blobs().read(id, start, len, HTTP_CHUNK, idle);
+        let chunks = files.blobs().read(id, start, len, HTTP_CHUNK, 1, idle);
         let transfers = files.transfers.clone();
         Body::from_stream(chunks.map(move |c| match c {
             Ok(bytes) => {

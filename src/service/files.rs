@@ -31,7 +31,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use uuid::Uuid;
 
-/// Largest chunk a download sends over gRPC.
+/// Largest chunk a download sends over gRPC. Two are read per blocking job, so an unread
+/// download holds at most four (256 KiB).
 pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 /// Longest filename, in bytes.
 const MAX_FILENAME_BYTES: usize = 255;
@@ -747,7 +748,7 @@ impl Files {
         let idle = self.settings.transfer_idle;
         let chunks = self
             .blobs
-            .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK, idle);
+            .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK, 2, idle);
         let mut position = offset;
         let transfers = self.transfers.clone();
         let chunks = chunks.map(move |read| {

@@ -76,8 +76,8 @@ impl BlobStore {
         Ok((
             PartWriter {
                 state: Some(state),
-                pending: None,
-                buffer: Vec::new(),
+                job: None,
+                queue: Arc::default(),
             },
             kept,
         ))
@@ -389,13 +389,11 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
 }
 
 /// Writes and hashes `data` at the end of the part.
-fn write_data(mut state: PartState, data: &[u8]) -> io::Result<PartState> {
-    if !data.is_empty() {
-        state.file.write_all(data)?;
-        state.hasher.update(data);
-        state.bytes += data.len() as u64;
-    }
-    Ok(state)
+fn write_data(state: &mut PartState, data: &[u8]) -> io::Result<()> {
+    state.file.write_all(data)?;
+    state.hasher.update(data);
+    state.bytes += data.len() as u64;
+    Ok(())
 }
 
 /// An open part, moved into each write job and back.
@@ -409,56 +407,76 @@ struct PartState {
 /// Bytes an upload gathers while a write job is in flight, before it waits for that job.
 const WRITE_BUFFER: usize = 512 * 1024;
 
-/// The writing end of a part. Chunks are written and hashed by short blocking jobs, one at a
-/// time; while one is in flight, arriving chunks gather in a buffer of at most 512 KiB that the
-/// next job writes. No thread is held between jobs, so a stalled upload holds none.
+/// Chunks waiting for the write job, and whether one is running.
+#[derive(Debug, Default)]
+struct Pending {
+    buffer: Vec<u8>,
+    running: bool,
+}
+
+/// The writing end of a part. A short blocking job writes and hashes what has arrived and keeps
+/// going while more arrives (at most 512 KiB waits for it); when nothing is left it ends, so no
+/// thread is held while the upload waits on the network, and every byte received reaches the
+/// file without waiting for the next one.
 #[derive(Debug)]
 pub struct PartWriter {
-    /// The part when no write is in flight.
+    /// The part when no job holds it.
     state: Option<PartState>,
-    pending: Option<tokio::task::JoinHandle<io::Result<PartState>>>,
-    /// Chunks received while a job was in flight, for the next job.
-    buffer: Vec<u8>,
+    job: Option<tokio::task::JoinHandle<io::Result<PartState>>>,
+    queue: Arc<std::sync::Mutex<Pending>>,
 }
 
 impl PartWriter {
-    /// The part, once the write in flight (if any) is done.
+    /// The part, once the running job (if any) has written everything queued.
     async fn settle(&mut self) -> io::Result<PartState> {
-        if let Some(pending) = self.pending.take() {
-            return pending.await.map_err(io::Error::other)?;
+        if let Some(job) = self.job.take() {
+            return job.await.map_err(io::Error::other)?;
         }
         self.state
             .take()
             .ok_or_else(|| io::Error::other("the part writer failed earlier"))
     }
 
-    /// Takes a chunk: gathers it while a job is in flight and the buffer has room, else waits
-    /// for that job and starts the next with everything gathered. Fails with an earlier job's
-    /// I/O error, if it had one; the writer is unusable then.
+    /// Queues a chunk for the running job, or starts a job for it. Waits only when 512 KiB are
+    /// already queued. Fails with an earlier job's I/O error, if it had one; the writer is
+    /// unusable then.
     pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        let busy = self.pending.as_ref().is_some_and(|p| !p.is_finished());
-        if self.buffer.is_empty() {
-            self.buffer = chunk;
-        } else {
-            self.buffer.extend_from_slice(&chunk);
-        }
-        if busy && self.buffer.len() < WRITE_BUFFER {
-            return Ok(());
+        let mut chunk = Some(chunk);
+        loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.running && queue.buffer.len() < WRITE_BUFFER {
+                    if let Some(chunk) = chunk.take() {
+                        queue.buffer.extend_from_slice(&chunk);
+                    }
+                    return Ok(());
+                }
+                if !queue.running {
+                    if let Some(chunk) = chunk.take() {
+                        if queue.buffer.is_empty() {
+                            queue.buffer = chunk;
+                        } else {
+                            queue.buffer.extend_from_slice(&chunk);
+                        }
+                    }
+                    queue.running = true;
+                    break;
+                }
+            }
+            // Full: the running job drains the queue and ends; then start the next one.
+            let state = self.settle().await?;
+            self.state = Some(state);
         }
         let state = self.settle().await?;
-        let data = std::mem::take(&mut self.buffer);
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            write_data(state, &data)
-        }));
+        let queue = self.queue.clone();
+        self.job = Some(tokio::task::spawn_blocking(move || drain(state, &queue)));
         Ok(())
     }
 
-    /// Writes what is in flight and gathered, fsyncs the part, and returns its size and SHA-256.
+    /// Writes everything received, fsyncs the part, and returns its size and SHA-256.
     pub async fn finish(mut self) -> io::Result<PartSummary> {
         let state = self.settle().await?;
-        let data = std::mem::take(&mut self.buffer);
         tokio::task::spawn_blocking(move || {
-            let state = write_data(state, &data)?;
             state.file.sync_all()?;
             Ok(PartSummary {
                 bytes: state.bytes,
@@ -467,5 +485,24 @@ impl PartWriter {
         })
         .await
         .map_err(io::Error::other)?
+    }
+}
+
+/// The write job: writes what is queued until the queue is empty, then ends (marking itself
+/// stopped under the lock, so a chunk queued at that moment starts the next job).
+fn drain(mut state: PartState, queue: &std::sync::Mutex<Pending>) -> io::Result<PartState> {
+    loop {
+        let data = {
+            let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.buffer.is_empty() {
+                queue.running = false;
+                return Ok(state);
+            }
+            std::mem::take(&mut queue.buffer)
+        };
+        if let Err(e) = write_data(&mut state, &data) {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+            return Err(e);
+        }
     }
 }

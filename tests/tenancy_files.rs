@@ -656,6 +656,22 @@ async fn a_resume_over_quota_is_refused_and_keeps_its_bytes() {
         let id = Uuid::new_v4().to_string();
         interrupted(&mut alice, &bytes, &sum, &id, CHUNK).await;
         wait_for_kept(&mut alice, &id, CHUNK).await;
+        // Once the server has seen the cut, the upload reserves only its kept bytes.
+        poll_until(
+            "the reservation shrinks to the kept bytes",
+            Duration::from_secs(15),
+            || {
+                let mut alice = alice.clone();
+                async move {
+                    if fits(&mut alice, N - CHUNK).await {
+                        Ok(())
+                    } else {
+                        Err("N - kept does not fit yet".to_string())
+                    }
+                }
+            },
+        )
+        .await;
         // Interrupted, it holds CHUNK bytes: fill the rest of the quota.
         upload(&mut alice, &data(7, N - CHUNK)).await;
         let refused = resume(&mut alice, &bytes, &sum, &id, CHUNK).await;

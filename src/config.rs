@@ -123,11 +123,7 @@ pub struct Config {
     /// Subscriptions one user (a token's `sub`) holds at once: event and notification streams,
     /// chat and collaboration sessions. One more gets RESOURCE_EXHAUSTED; other users are not
     /// affected. Applies only with auth on; service tokens count only against the global limit.
-    #[arg(
-        long,
-        env = "STREAMHUB_MAX_SUBSCRIPTIONS_PER_USER",
-        default_value_t = 100
-    )]
+    #[arg(long, env = "STREAMHUB_MAX_SUBSCRIPTIONS_PER_USER", default_value_t = 100)]
     pub max_subscriptions_per_user: usize,
 
     /// Bytes of stored files and in-progress uploads (declared sizes) one user may hold. Applies
@@ -147,11 +143,7 @@ pub struct Config {
 
     /// Distinct series (label sets) one metric name may have; a point that would add one more
     /// is rejected in the CollectMetrics result.
-    #[arg(
-        long,
-        env = "STREAMHUB_MAX_SERIES_PER_METRIC",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "STREAMHUB_MAX_SERIES_PER_METRIC", default_value_t = 10_000)]
     pub max_series_per_metric: u64,
 
     /// Series one QueryMetrics call may match; more get RESOURCE_EXHAUSTED.
@@ -219,11 +211,7 @@ pub struct Config {
 
     /// Longest token lifetime accepted (`exp - iat`), in seconds. A longer-lived token, or one
     /// without `iat`, is refused: a leaked token stays useful only this long.
-    #[arg(
-        long,
-        env = "STREAMHUB_AUTH_MAX_TOKEN_TTL_SECS",
-        default_value_t = 86_400
-    )]
+    #[arg(long, env = "STREAMHUB_AUTH_MAX_TOKEN_TTL_SECS", default_value_t = 86_400)]
     pub auth_max_token_ttl_secs: u64,
 
     /// Chat rooms any authenticated user may use: comma-separated patterns, exact ids or

@@ -26,6 +26,9 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     DataLoss(String),
+    /// A transfer that moved nothing for its idle time (`--transfer-idle-secs`).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// No valid credentials: a missing, malformed, expired or wrongly signed token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -118,6 +121,7 @@ impl From<Error> for Status {
             Error::OutOfRange(m) => Status::out_of_range(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::DataLoss(m) => Status::data_loss(m),
+            Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Unavailable => Status::unavailable("server is shutting down"),

@@ -1,24 +1,30 @@
 //! The on-disk blob store for uploaded files.
 //!
-//! Bytes stream into `<storage>/tmp/<id>.part` on a blocking thread that hashes (SHA-256) as it
-//! writes, so a file is never held in memory. A finished part is fsynced, then renamed to
-//! `<storage>/<id>` and the directory fsynced: a crash leaves either the part or the whole file,
-//! never a torn one. Reads stream in bounded chunks through a bounded channel. This module only
-//! moves bytes; it never decides what an upload means and never touches the database. File names
-//! on disk derive from the UUID alone, never from anything a client wrote.
+//! Bytes go to `<storage>/tmp/<id>.part`, hashed (SHA-256) as they are written, so a file is never
+//! held in memory. A finished part is fsynced, then renamed to `<storage>/<id>` and the directory
+//! fsynced: a crash leaves either the part or the whole file, never a torn one.
+//!
+//! No transfer ever holds a blocking thread while it waits on the network: each chunk is written
+//! (or read) by its own short `spawn_blocking` job, with at most one job in flight per transfer,
+//! so a stalled upload or an unread download costs about one chunk of memory and no thread. A read
+//! also carries a send deadline: a reader that takes nothing for the idle time is ended. This
+//! module only moves bytes; it never decides what an upload means and never touches the database.
+//! File names on disk derive from the UUID alone, never from anything a client wrote.
 
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Where the sweep puts stored files that have no row: `<storage>/orphans/`.
 pub const ORPHANS_DIR: &str = "orphans";
-
-/// Chunks queued between an upload call and its writing thread.
-const WRITE_QUEUE: usize = 8;
 
 /// Where files live.
 #[derive(Debug, Clone)]
@@ -54,18 +60,27 @@ impl BlobStore {
         self.root.join(id.hyphenated().to_string())
     }
 
-    /// Starts writing `id`'s part on a blocking thread. With `keep` > 0 the first `keep` bytes of
-    /// an existing part are kept (and hashed again); anything after them is cut off. Returns the
-    /// writer and how many bytes it really kept, which is less than `keep` when the part on disk
-    /// is shorter.
+    /// Opens `id`'s part for writing. With `keep` > 0 the first `keep` bytes of an existing part
+    /// are kept (and hashed again); anything after them is cut off. Returns the writer and how
+    /// many bytes it really kept, which is less than `keep` when the part on disk is shorter.
     pub async fn start_part(&self, id: Uuid, keep: u64) -> io::Result<(PartWriter, u64)> {
         let path = self.part_path(&id);
         let (file, hasher, kept) = tokio::task::spawn_blocking(move || open_part(&path, keep))
             .await
             .map_err(io::Error::other)??;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        let task = tokio::task::spawn_blocking(move || write_part(file, hasher, kept, rx));
-        Ok((PartWriter { tx: Some(tx), task }, kept))
+        let state = PartState {
+            file,
+            hasher,
+            bytes: kept,
+        };
+        Ok((
+            PartWriter {
+                state: Some(state),
+                job: None,
+                queue: Arc::default(),
+            },
+            kept,
+        ))
     }
 
     /// Moves a finished, verified part into place: rename, then fsync the directory so the new
@@ -187,46 +202,149 @@ impl BlobStore {
         .map_err(io::Error::other)?
     }
 
-    /// Streams `len` bytes of `id`'s file from `offset` in chunks of at most `chunk` bytes,
-    /// through a bounded channel. The reading thread stops as soon as the receiver is dropped.
+    /// Streams `len` bytes of `id`'s file from `offset` in chunks of at most `chunk` bytes. A
+    /// small async task reads `pieces` chunks at a time (on one short blocking job, so that small
+    /// chunks do not cost a thread hand-off each), and only while the reader has at most `pieces`
+    /// chunks left to take, so at most `2 × pieces` chunks (plus one being read) exist per reader. When the reader takes
+    /// nothing for `idle`, the task closes the file and stops: the stream then ends with
+    /// [`ReadFailure::Idle`]. Dropping the stream stops the task too.
     pub fn read(
         &self,
         id: Uuid,
         offset: u64,
         len: u64,
         chunk: usize,
-    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
-        let (tx, rx) = mpsc::channel(4);
+        pieces: usize,
+        idle: Duration,
+    ) -> ReadStream {
+        let pieces = pieces.max(1);
+        // Room for two reads: the next one starts while the reader still has half to take.
+        let (tx, rx) = mpsc::channel(2 * pieces);
+        let idled = Arc::new(AtomicBool::new(false));
         let path = self.file_path(&id);
-        tokio::task::spawn_blocking(move || {
-            let result = (|| -> io::Result<()> {
+        let flag = idled.clone();
+        tokio::spawn(async move {
+            let opened = tokio::task::spawn_blocking(move || -> io::Result<File> {
                 let mut file = File::open(&path)?;
                 file.seek(SeekFrom::Start(offset))?;
-                let mut left = len;
-                while left > 0 {
-                    let want = left.min(chunk as u64);
-                    // `read_to_end` fills spare capacity without zeroing it first: a memset of
-                    // every buffer cost ~9 % of an HTTP download.
-                    let mut buf = Vec::with_capacity(want as usize);
-                    (&mut file).take(want).read_to_end(&mut buf)?;
-                    if (buf.len() as u64) < want {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file is shorter than its recorded size",
-                        ));
+                Ok(file)
+            })
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(e) => {
+                    let _ = tx.send(Err(ReadFailure::Io(e))).await;
+                    return;
+                }
+            };
+            let mut left = len;
+            while left > 0 {
+                let n = (left.div_ceil(chunk as u64) as usize).min(pieces);
+                let mut permits = match tokio::time::timeout(idle, tx.reserve_many(n)).await {
+                    Ok(Ok(permits)) => permits,
+                    Ok(Err(_)) => return, // The reader went away.
+                    Err(_) => {
+                        // Set before the sender is dropped, so the reader sees it at the end.
+                        flag.store(true, Ordering::Release);
+                        return;
                     }
-                    left -= want;
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return Ok(()); // The reader went away.
+                };
+                let wants: Vec<u64> = (0..n as u64)
+                    .map(|i| (left - i * chunk as u64).min(chunk as u64))
+                    .collect();
+                let read = tokio::task::spawn_blocking(move || read_chunks(file, &wants))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
+                match read {
+                    Ok((back, bufs)) => {
+                        file = back;
+                        for (buf, permit) in bufs.into_iter().zip(&mut permits) {
+                            left -= buf.len() as u64;
+                            permit.send(Ok(buf));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(permit) = permits.next() {
+                            permit.send(Err(ReadFailure::Io(e)));
+                        }
+                        return;
                     }
                 }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
             }
         });
-        rx
+        ReadStream {
+            rx,
+            idled,
+            ended: false,
+        }
+    }
+}
+
+/// Reads one chunk of each size in `wants` from where `file` stands, and hands the file back.
+fn read_chunks(mut file: File, wants: &[u64]) -> io::Result<(File, Vec<Vec<u8>>)> {
+    let mut out = Vec::with_capacity(wants.len());
+    for &want in wants {
+        let (back, buf) = read_chunk(file, want)?;
+        file = back;
+        out.push(buf);
+    }
+    Ok((file, out))
+}
+
+/// Reads exactly `want` bytes from where `file` stands, and hands the file back.
+fn read_chunk(mut file: File, want: u64) -> io::Result<(File, Vec<u8>)> {
+    // `read_to_end` fills spare capacity without zeroing it first: a memset of every buffer
+    // cost ~9 % of an HTTP download.
+    let mut buf = Vec::with_capacity(want as usize);
+    (&mut file).take(want).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file is shorter than its recorded size",
+        ));
+    }
+    Ok((file, buf))
+}
+
+/// Why a read stream ended early.
+#[derive(Debug)]
+pub enum ReadFailure {
+    Io(io::Error),
+    /// The reader took nothing for the idle time; the file was closed.
+    Idle,
+}
+
+/// The chunks of one read, from [`BlobStore::read`].
+#[derive(Debug)]
+pub struct ReadStream {
+    rx: mpsc::Receiver<Result<Vec<u8>, ReadFailure>>,
+    idled: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for ReadStream {
+    type Item = Result<Vec<u8>, ReadFailure>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // A reader that comes back after its deadline gets the deadline, not the chunk that
+        // was waiting for it: the transfer is over.
+        if self.idled.load(Ordering::Acquire) {
+            self.ended = true;
+            return Poll::Ready(Some(Err(ReadFailure::Idle)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) if self.idled.load(Ordering::Acquire) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(ReadFailure::Idle)))
+            }
+            other => other,
+        }
     }
 }
 
@@ -270,48 +388,121 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
     Ok((file, hasher, kept))
 }
 
-fn write_part(
-    mut file: File,
-    mut hasher: Sha256,
-    mut bytes: u64,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
-) -> io::Result<PartSummary> {
-    while let Some(chunk) = chunks.blocking_recv() {
-        file.write_all(&chunk)?;
-        hasher.update(&chunk);
-        bytes += chunk.len() as u64;
-    }
-    file.sync_all()?;
-    Ok(PartSummary {
-        bytes,
-        sha256: format!("{:x}", hasher.finalize()),
-    })
+/// Writes and hashes `data` at the end of the part.
+fn write_data(state: &mut PartState, data: &[u8]) -> io::Result<()> {
+    state.file.write_all(data)?;
+    state.hasher.update(data);
+    state.bytes += data.len() as u64;
+    Ok(())
 }
 
-/// The writing end of a part. Chunks go to a blocking thread that writes and hashes them.
+/// An open part, moved into each write job and back.
+#[derive(Debug)]
+struct PartState {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+/// Bytes an upload gathers while a write job is in flight, before it waits for that job.
+const WRITE_BUFFER: usize = 512 * 1024;
+
+/// Chunks waiting for the write job, and whether one is running.
+#[derive(Debug, Default)]
+struct Pending {
+    buffer: Vec<u8>,
+    running: bool,
+}
+
+/// The writing end of a part. A short blocking job writes and hashes what has arrived and keeps
+/// going while more arrives (at most 512 KiB waits for it); when nothing is left it ends, so no
+/// thread is held while the upload waits on the network, and every byte received reaches the
+/// file without waiting for the next one.
 #[derive(Debug)]
 pub struct PartWriter {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    task: tokio::task::JoinHandle<io::Result<PartSummary>>,
+    /// The part when no job holds it.
+    state: Option<PartState>,
+    job: Option<tokio::task::JoinHandle<io::Result<PartState>>>,
+    queue: Arc<std::sync::Mutex<Pending>>,
 }
 
 impl PartWriter {
-    /// Queues a chunk. Fails if the writing thread hit an I/O error; `finish` then tells which.
-    pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
-        let sent = match &self.tx {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(io::Error::other("the part writer stopped"))
+    /// The part, once the running job (if any) has written everything queued.
+    async fn settle(&mut self) -> io::Result<PartState> {
+        if let Some(job) = self.job.take() {
+            return job.await.map_err(io::Error::other)?;
         }
+        self.state
+            .take()
+            .ok_or_else(|| io::Error::other("the part writer failed earlier"))
     }
 
-    /// Writes what is queued, fsyncs the part, and returns its size and SHA-256.
+    /// Queues a chunk for the running job, or starts a job for it. Waits only when 512 KiB are
+    /// already queued. Fails with an earlier job's I/O error, if it had one; the writer is
+    /// unusable then.
+    pub async fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let mut chunk = Some(chunk);
+        loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.running && queue.buffer.len() < WRITE_BUFFER {
+                    if let Some(chunk) = chunk.take() {
+                        queue.buffer.extend_from_slice(&chunk);
+                    }
+                    return Ok(());
+                }
+                if !queue.running {
+                    if let Some(chunk) = chunk.take() {
+                        if queue.buffer.is_empty() {
+                            queue.buffer = chunk;
+                        } else {
+                            queue.buffer.extend_from_slice(&chunk);
+                        }
+                    }
+                    queue.running = true;
+                    break;
+                }
+            }
+            // Full: the running job drains the queue and ends; then start the next one.
+            let state = self.settle().await?;
+            self.state = Some(state);
+        }
+        let state = self.settle().await?;
+        let queue = self.queue.clone();
+        self.job = Some(tokio::task::spawn_blocking(move || drain(state, &queue)));
+        Ok(())
+    }
+
+    /// Writes everything received, fsyncs the part, and returns its size and SHA-256.
     pub async fn finish(mut self) -> io::Result<PartSummary> {
-        drop(self.tx.take());
-        (&mut self.task).await.map_err(io::Error::other)?
+        let state = self.settle().await?;
+        tokio::task::spawn_blocking(move || {
+            state.file.sync_all()?;
+            Ok(PartSummary {
+                bytes: state.bytes,
+                sha256: format!("{:x}", state.hasher.finalize()),
+            })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+/// The write job: writes what is queued until the queue is empty, then ends (marking itself
+/// stopped under the lock, so a chunk queued at that moment starts the next job).
+fn drain(mut state: PartState, queue: &std::sync::Mutex<Pending>) -> io::Result<PartState> {
+    loop {
+        let data = {
+            let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.buffer.is_empty() {
+                queue.running = false;
+                return Ok(state);
+            }
+            std::mem::take(&mut queue.buffer)
+        };
+        if let Err(e) = write_data(&mut state, &data) {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+            return Err(e);
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! `GET /metrics`, and `GET /`, a short page that says what is listening here.
 //!
 //! Responses carry Content-Length, Content-Type, Content-Disposition, an ETag holding the
-//! SHA-256, and support one byte range (206/416). Bytes stream from disk through a bounded
-//! channel. With auth on, a download needs a signed, unexpired URL (403 otherwise; see
+//! SHA-256, and support one byte range (206/416). Bytes stream from disk one chunk at a time, as
+//! the client takes them, with no thread held while it does not; a client that takes nothing for
+//! `--transfer-idle-secs` has its response aborted (the connection is closed mid-body). With auth on, a download needs a signed, unexpired URL (403 otherwise; see
 //! `auth::UrlSigner`). This module only speaks HTTP; what a file is and whether it is complete comes from
 //! the files service.
 
@@ -18,9 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_stream::StreamExt;
 
-/// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most a few of
-/// them are in flight per response.
-const HTTP_CHUNK: usize = 2 * 1024 * 1024;
+/// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most three of
+/// them exist per response (two waiting for the client, one being read), so a response that its
+/// client does not read costs at most 1.5 MiB.
+const HTTP_CHUNK: usize = 512 * 1024;
 
 pub fn router(files: Files, introspection: Introspection) -> Router {
     Router::new()
@@ -162,7 +164,8 @@ async fn download(
     if let Err(refusal) = files.check_download_url(&id, query.as_deref()) {
         return plain(StatusCode::FORBIDDEN, refusal.message());
     }
-    let row = match files.readable_file(&id).await {
+    // The signed URL is the capability: it reaches the file whoever holds it.
+    let row = match files.readable_file(&id, None).await {
         Ok(row) => row,
         Err(Error::NotFound(_)) => return plain(StatusCode::NOT_FOUND, "no such file\n"),
         Err(Error::DataLoss(_)) => {
@@ -233,18 +236,19 @@ async fn download(
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        let chunks = files.blobs().read(id, start, len, HTTP_CHUNK);
+        let idle = files.transfer_idle();
+        let chunks = files.blobs().read(id, start, len, HTTP_CHUNK, 1, idle);
         let transfers = files.transfers.clone();
-        Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |c| {
-                c.map(|bytes| {
-                    transfers
-                        .downloaded
-                        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    bytes::Bytes::from(bytes)
-                })
-            }),
-        )
+        Body::from_stream(chunks.map(move |c| match c {
+            Ok(bytes) => {
+                transfers
+                    .downloaded
+                    .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(bytes::Bytes::from(bytes))
+            }
+            // An error aborts the response: the client sees a body shorter than its length.
+            Err(failure) => Err(crate::service::files::read_error(failure, idle)),
+        }))
     };
     response
         .status(status)

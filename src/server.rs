@@ -146,6 +146,8 @@ impl App {
             FileSettings {
                 max_upload_bytes: config.max_upload_bytes,
                 max_storage_bytes: config.max_storage_bytes,
+                max_storage_bytes_per_user: config.max_storage_bytes_per_user,
+                transfer_idle: Duration::from_secs(config.transfer_idle_secs.max(1)),
                 upload_expiry: Duration::from_secs(config.upload_expiry_secs),
                 public_url,
                 url_signer: self.auth.as_ref().map(|a| a.url_signer.clone()),

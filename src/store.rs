@@ -5,8 +5,11 @@
 //! lookups, and [`StoreWriter`], the one read-write connection that only the log writer task holds.
 //! It knows nothing of gRPC, of the hub, or of what a payload means.
 
+mod files;
 mod metrics;
 mod notify;
+
+pub use files::{FileRow, QuotaRefusal, StorageLimits};
 
 use crate::config::{Config, SyncMode};
 use crate::error::{Error, Result};
@@ -606,152 +609,6 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[RowToInsert<'_>]) -> R
     });
     query.build().execute(&mut *conn).await?;
     Ok(())
-}
-
-/// One uploaded (or uploading) file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRow {
-    pub file_id: String,
-    pub filename: String,
-    pub content_type: String,
-    pub total_size: u64,
-    /// The client's declared SHA-256 while incomplete (may be empty); the verified one after.
-    pub checksum: String,
-    /// A client-chosen id: an interrupted upload keeps its bytes.
-    pub resumable: bool,
-    pub bytes_received: u64,
-    pub complete: bool,
-    pub created_at_micros: i64,
-    pub updated_at_micros: i64,
-}
-
-fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
-    Ok(FileRow {
-        file_id: row.try_get("file_id")?,
-        filename: row.try_get("filename")?,
-        content_type: row.try_get("content_type")?,
-        total_size: row.try_get::<i64, _>("total_size")? as u64,
-        checksum: row.try_get("checksum")?,
-        resumable: row.try_get("resumable")?,
-        bytes_received: row.try_get::<i64, _>("bytes_received")? as u64,
-        complete: row.try_get("complete")?,
-        created_at_micros: row.try_get("created_at_micros")?,
-        updated_at_micros: row.try_get("updated_at_micros")?,
-    })
-}
-
-/// The `files` columns in the order `file_from_row` and `insert_upload` use. A macro, so that
-/// queries stay `&'static str` as sqlx requires.
-macro_rules! file_columns {
-    () => {
-        "file_id, filename, content_type, total_size, checksum, resumable, \
-         bytes_received, complete, created_at_micros, updated_at_micros"
-    };
-}
-
-impl Store {
-    /// The file with this id, complete or not.
-    pub async fn file(&self, file_id: &str) -> Result<Option<FileRow>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            file_columns!(),
-            " FROM files WHERE file_id = ?1"
-        ))
-        .bind(file_id)
-        .fetch_optional(&self.meta)
-        .await?;
-        row.as_ref().map(file_from_row).transpose()
-    }
-
-    /// Records a new upload. Fails with a constraint error if the id exists.
-    pub async fn insert_upload(&self, file: &FileRow) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO files (",
-            file_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        ))
-        .bind(&file.file_id)
-        .bind(&file.filename)
-        .bind(&file.content_type)
-        .bind(file.total_size as i64)
-        .bind(&file.checksum)
-        .bind(file.resumable)
-        .bind(file.bytes_received as i64)
-        .bind(file.complete)
-        .bind(file.created_at_micros)
-        .bind(file.updated_at_micros)
-        .execute(&self.meta)
-        .await?;
-        Ok(())
-    }
-
-    /// Records how many bytes of an interrupted upload are durable.
-    pub async fn set_upload_progress(&self, file_id: &str, bytes: u64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE files SET bytes_received = ?2, updated_at_micros = ?3 \
-             WHERE file_id = ?1 AND complete = 0",
-        )
-        .bind(file_id)
-        .bind(bytes as i64)
-        .bind(now)
-        .execute(&self.meta)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks an upload complete with its verified checksum, once its file is in place.
-    pub async fn complete_upload(&self, file_id: &str, checksum: &str, now: i64) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
-             updated_at_micros = ?3 WHERE file_id = ?1",
-        )
-        .bind(file_id)
-        .bind(checksum)
-        .bind(now)
-        .execute(&self.meta)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Err(Error::Internal(format!("upload {file_id} has no row")));
-        }
-        Ok(())
-    }
-
-    pub async fn delete_file(&self, file_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM files WHERE file_id = ?1")
-            .bind(file_id)
-            .execute(&self.meta)
-            .await?;
-        Ok(())
-    }
-
-    /// Every file row, for the sweep (complete or not).
-    /// Declared sizes of every file row together: stored files and uploads in progress.
-    pub async fn declared_file_bytes(&self) -> Result<u64> {
-        let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(total_size), 0) FROM files")
-            .fetch_one(&self.meta)
-            .await?;
-        Ok(total as u64)
-    }
-
-    pub async fn all_files(&self) -> Result<Vec<FileRow>> {
-        let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
-            .fetch_all(&self.meta)
-            .await?;
-        rows.iter().map(file_from_row).collect()
-    }
-
-    /// Incomplete uploads not touched since `before` (microseconds), for the expiry sweep.
-    pub async fn stale_uploads(&self, before: i64) -> Result<Vec<FileRow>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            file_columns!(),
-            " FROM files WHERE complete = 0 AND updated_at_micros < ?1"
-        ))
-        .bind(before)
-        .fetch_all(&self.meta)
-        .await?;
-        rows.iter().map(file_from_row).collect()
-    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,26 @@
 //! An upload is metadata, then chunks. Bytes go to a temp part through the blob store while
 //! SHA-256 is computed; the commit order is fsync, verify, rename, fsync the directory, and only
 //! then the row is marked complete. Every failure keeps nothing, except that a resumable upload
-//! (a client-chosen UUID) keeps the bytes it durably received when it is interrupted. This module
-//! never builds a path from client input and never buffers a whole file.
+//! (a client-chosen UUID) keeps the bytes it durably received when it is interrupted: its stream
+//! broke, was cancelled, half-closed early, went idle, or sent a chunk refused for its offset or
+//! size. A checksum mismatch is a failure and keeps nothing. This module never builds a path from
+//! client input and never buffers a whole file.
+//!
+//! With auth on, a file belongs to the `sub` that uploaded it: only that user and service tokens
+//! reach it, and anyone else is told it does not exist (NOT_FOUND for lookups, ALREADY_EXISTS for
+//! an upload naming its id), so ids cannot be probed. Storage is accounted in rows that move in
+//! the same transaction as the file row (see `store::files`): an upload reserves its declared
+//! size while a call writes it, and only its kept bytes while it is interrupted.
 
+use crate::auth::{Identity, Role};
 use crate::cancel::ClientCancelled;
 use crate::error::{Error, Result};
-use crate::files::BlobStore;
+use crate::files::{BlobStore, ReadFailure};
 use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetUploadStatusResponse, UploadFileResponse,
     file_chunk, timestamp_from_micros,
 };
-use crate::store::{FileRow, Store};
+use crate::store::{FileRow, QuotaRefusal, StorageLimits, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +31,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use uuid::Uuid;
 
-/// Largest chunk a download sends over gRPC.
+/// Largest chunk a download sends over gRPC. Two are read per blocking job, so an unread
+/// download holds at most four (256 KiB).
 pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 /// Longest filename, in bytes.
 const MAX_FILENAME_BYTES: usize = 255;
@@ -41,6 +51,12 @@ pub struct FileSettings {
     pub max_upload_bytes: u64,
     /// Quota on the declared sizes of every stored and in-progress file together.
     pub max_storage_bytes: u64,
+    /// Quota on one user's files (uploads made with a user token); services count only against
+    /// `max_storage_bytes`.
+    pub max_storage_bytes_per_user: u64,
+    /// How long an upload may send nothing, or a download's reader take nothing, before the
+    /// transfer ends with DEADLINE_EXCEEDED.
+    pub transfer_idle: Duration,
     pub upload_expiry: Duration,
     /// Base of download URLs, without a trailing slash.
     pub public_url: String,
@@ -60,8 +76,6 @@ pub struct TransferStats {
 #[derive(Debug, Clone)]
 pub struct Files {
     pub transfers: Arc<TransferStats>,
-    /// Held while an upload checks the storage quota and records itself.
-    quota: Arc<tokio::sync::Mutex<()>>,
     store: Store,
     blobs: BlobStore,
     settings: FileSettings,
@@ -157,6 +171,23 @@ impl Drop for Claim {
     }
 }
 
+/// Whether `identity` reaches a file uploaded by `owner`. With auth off (`None`) every file is
+/// open. A service reaches every file; a user only its own. A file with no owner (uploaded before
+/// ownership existed, or with auth off) is for services only: nobody can prove it is theirs.
+fn reaches(identity: Option<&Identity>, owner: &str) -> bool {
+    match identity {
+        None => true,
+        Some(identity) if identity.role == Role::Service => true,
+        Some(identity) => !owner.is_empty() && identity.sub == owner,
+    }
+}
+
+/// The answer to an UploadFile naming an id that someone else holds, whatever that upload's
+/// state: it says only that the id is taken.
+fn taken(id: &Uuid) -> Error {
+    Error::AlreadyExists(format!("file_id {id} is already taken"))
+}
+
 fn metadata_of(row: &FileRow) -> FileMetadata {
     FileMetadata {
         filename: row.filename.clone(),
@@ -173,7 +204,6 @@ impl Files {
     pub fn new(store: Store, blobs: BlobStore, settings: FileSettings) -> Self {
         Files {
             transfers: Arc::default(),
-            quota: Arc::default(),
             store,
             blobs,
             settings,
@@ -188,13 +218,14 @@ impl Files {
         &self,
         messages: S,
         cancelled: ClientCancelled,
+        identity: Option<Identity>,
     ) -> Result<UploadFileResponse, Status>
     where
         S: Stream<Item = Result<FileChunk, Status>> + Unpin + Send + 'static,
     {
         let files = self.clone();
         self.tasks
-            .spawn(async move { files.upload(messages, cancelled).await })
+            .spawn(async move { files.upload(messages, cancelled, identity).await })
             .await
             .map_err(|e| Status::from(Error::Internal(format!("upload task failed: {e}"))))?
     }
@@ -207,6 +238,33 @@ impl Files {
 
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// How long a transfer may move nothing before it is ended.
+    pub fn transfer_idle(&self) -> Duration {
+        self.settings.transfer_idle
+    }
+
+    fn limits(&self) -> StorageLimits {
+        StorageLimits {
+            global: self.settings.max_storage_bytes,
+            per_user: self.settings.max_storage_bytes_per_user,
+        }
+    }
+
+    /// The client-facing refusal of a reservation that does not fit. A user is told about its
+    /// own usage only; the global message names no one.
+    fn over_quota(&self, refusal: QuotaRefusal, wanted: u64) -> Error {
+        match refusal {
+            QuotaRefusal::User { used } => Error::ResourceExhausted(format!(
+                "storage quota per user: your files use {used} of {} bytes; {wanted} more do not fit",
+                self.settings.max_storage_bytes_per_user
+            )),
+            QuotaRefusal::Global { used } => Error::ResourceExhausted(format!(
+                "storage quota: {used} bytes of {} are in use; {wanted} more do not fit",
+                self.settings.max_storage_bytes
+            )),
+        }
     }
 
     fn plan(&self, metadata: FileMetadata) -> Result<Plan> {
@@ -277,16 +335,27 @@ impl Files {
     }
 
     /// UploadFile. `cancelled` is raised when the client reset the call: the upload then counts
-    /// as interrupted even though its stream looked complete.
+    /// as interrupted even though its stream looked complete. `identity` is the caller (`None`
+    /// with auth off): it owns a new upload, and only it (or a service) may continue one.
     pub async fn upload<S>(
         &self,
         mut messages: S,
         cancelled: ClientCancelled,
+        identity: Option<Identity>,
     ) -> Result<UploadFileResponse, Status>
     where
         S: Stream<Item = Result<FileChunk, Status>> + Unpin,
     {
-        let metadata = match messages.next().await {
+        let idle = self.settings.transfer_idle;
+        let first = tokio::time::timeout(idle, messages.next())
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "the upload sent no metadata within {} s",
+                    idle.as_secs_f64()
+                ))
+            })?;
+        let metadata = match first {
             None => return Err(Error::invalid("an upload starts with a metadata message").into()),
             Some(Err(status)) => return Err(status),
             Some(Ok(FileChunk {
@@ -300,10 +369,32 @@ impl Files {
             }
         };
         let plan = self.plan(metadata)?;
-        let claim = self.claim(plan.id)?;
+        let identity = identity.as_ref();
+        let key = plan.id.to_string();
+        // Someone else's id is taken, whatever its state, before anything else can answer
+        // (not even ABORTED for an upload in progress).
+        if plan.resumable
+            && let Some(row) = self.store.file(&key).await?
+            && !reaches(identity, &row.owner)
+        {
+            return Err(taken(&plan.id).into());
+        }
+        let claim = match self.claim(plan.id) {
+            Ok(claim) => claim,
+            Err(busy) => {
+                return Err(match self.store.file(&key).await? {
+                    _ if identity.is_none() => busy,
+                    Some(row) if reaches(identity, &row.owner) => busy,
+                    // Another caller's upload holds the id (its row may not be written yet).
+                    _ => taken(&plan.id),
+                }
+                .into());
+            }
+        };
 
         let now = now_micros();
-        let resume_from = match self.store.file(&plan.id.to_string()).await? {
+        let resume_from = match self.store.file(&key).await? {
+            Some(row) if !reaches(identity, &row.owner) => return Err(taken(&plan.id).into()),
             Some(row) if row.complete => {
                 return Err(Error::AlreadyExists(format!(
                     "file {} is already complete",
@@ -322,34 +413,43 @@ impl Files {
                     )
                     .into());
                 }
+                // While it was interrupted it reserved only its kept bytes: this call reserves
+                // the whole declared size again, or is refused with the kept bytes untouched.
+                if let Err(refusal) = self
+                    .store
+                    .reserve_upload(&key, row.total_size, self.limits())
+                    .await?
+                {
+                    let wanted = row.total_size.saturating_sub(row.reserved);
+                    return Err(self.over_quota(refusal, wanted).into());
+                }
                 row.bytes_received
             }
             None => {
-                // Checking the quota and recording the upload happen under one lock, so two
-                // uploads cannot both fit into the same free space.
-                let _quota = self.quota.lock().await;
-                let used = self.store.declared_file_bytes().await?;
-                if used.saturating_add(plan.total_size) > self.settings.max_storage_bytes {
-                    return Err(Error::ResourceExhausted(format!(
-                        "storage quota: {} bytes of {} are in use; {} more do not fit",
-                        used, self.settings.max_storage_bytes, plan.total_size
-                    ))
-                    .into());
-                }
-                self.store
-                    .insert_upload(&FileRow {
-                        file_id: plan.id.to_string(),
-                        filename: plan.filename.clone(),
-                        content_type: plan.content_type.clone(),
-                        total_size: plan.total_size,
-                        checksum: plan.checksum.clone(),
-                        resumable: plan.resumable,
-                        bytes_received: 0,
-                        complete: false,
-                        created_at_micros: now,
-                        updated_at_micros: now,
-                    })
+                let inserted = self
+                    .store
+                    .insert_upload(
+                        &FileRow {
+                            file_id: key.clone(),
+                            filename: plan.filename.clone(),
+                            content_type: plan.content_type.clone(),
+                            total_size: plan.total_size,
+                            checksum: plan.checksum.clone(),
+                            resumable: plan.resumable,
+                            bytes_received: 0,
+                            complete: false,
+                            created_at_micros: now,
+                            updated_at_micros: now,
+                            owner: identity.map(|i| i.sub.clone()).unwrap_or_default(),
+                            charged: identity.is_some_and(|i| i.role == Role::User),
+                            reserved: plan.total_size,
+                        },
+                        self.limits(),
+                    )
                     .await?;
+                if let Err(refusal) = inserted {
+                    return Err(self.over_quota(refusal, plan.total_size).into());
+                }
                 0
             }
         };
@@ -406,7 +506,15 @@ impl Files {
         }
         let resumed_from = received;
         let mut first_chunk = true;
-        while let Some(message) = messages.next().await {
+        let idle = self.settings.transfer_idle;
+        loop {
+            let Ok(next) = tokio::time::timeout(idle, messages.next()).await else {
+                fail!(Error::DeadlineExceeded(format!(
+                    "the upload sent nothing for {} s; resume it from GetUploadStatus",
+                    idle.as_secs_f64()
+                )))
+            };
+            let Some(message) = next else { break };
             let message = match message {
                 Ok(message) => message,
                 // A chunk message over the size limit: the client's fault, with its status.
@@ -443,12 +551,11 @@ impl Files {
                     let len = bytes.len() as u64;
                     self.transfers.uploaded.fetch_add(len, Ordering::Relaxed);
                     if let Err(e) = part.write(bytes).await {
-                        // The writing thread failed; finishing it reports the real error.
-                        let error = match part.finish().await {
-                            Err(io) => Error::from(io),
-                            Ok(_) => Error::from(e),
-                        };
-                        return Err(Failure { error, part: None });
+                        // A write job failed: the part cannot be trusted, so nothing is kept.
+                        return Err(Failure {
+                            error: Error::from(e),
+                            part: None,
+                        });
                     }
                     received += len;
                     claim.progress.store(received, Ordering::Relaxed);
@@ -551,19 +658,21 @@ impl Files {
         }
     }
 
-    /// A complete file's row, or NOT_FOUND.
-    pub async fn complete_file(&self, id: &Uuid) -> Result<FileRow> {
+    /// A complete file's row when `identity` reaches it, or NOT_FOUND with the same message
+    /// either way, so that another user's ids cannot be told from ids that do not exist.
+    pub async fn complete_file(&self, id: &Uuid, identity: Option<&Identity>) -> Result<FileRow> {
         match self.store.file(&id.to_string()).await? {
-            Some(row) if row.complete => Ok(row),
+            Some(row) if row.complete && reaches(identity, &row.owner) => Ok(row),
             _ => Err(Error::NotFound(format!("no file {id}"))),
         }
     }
 
     /// A complete file's row when its bytes are there to be read: NOT_FOUND without a complete
-    /// row, DATA_LOSS when the row is complete but its file is gone from the storage directory.
-    /// The row is kept: only an operator can say whether the bytes can be restored.
-    pub async fn readable_file(&self, id: &Uuid) -> Result<FileRow> {
-        let row = self.complete_file(id).await?;
+    /// row the caller reaches, DATA_LOSS when the row is complete but its file is gone from the
+    /// storage directory. The row is kept: only an operator can say whether the bytes can be
+    /// restored. Plain-HTTP downloads pass `None`: their signed URL already granted the file.
+    pub async fn readable_file(&self, id: &Uuid, identity: Option<&Identity>) -> Result<FileRow> {
+        let row = self.complete_file(id, identity).await?;
         if !self.blobs.file_exists(*id).await {
             tracing::error!(file_id = %id, "stored file is missing from the storage directory");
             return Err(Error::DataLoss(format!(
@@ -573,20 +682,28 @@ impl Files {
         Ok(row)
     }
 
-    /// GetFileInfo: answers from the row, also for a file whose bytes are missing.
-    pub async fn info(&self, file_id: &str) -> Result<FileMetadata> {
+    /// GetFileInfo: answers from the row, also for a file whose bytes are missing, with a fresh
+    /// download URL (signed when auth is on), so that an expired link can be renewed.
+    pub async fn info(&self, file_id: &str, identity: Option<&Identity>) -> Result<FileMetadata> {
         let id = parse_file_id(file_id)?;
-        Ok(metadata_of(&self.complete_file(&id).await?))
+        let mut metadata = metadata_of(&self.complete_file(&id, identity).await?);
+        metadata.download_url = self.download_url(&id);
+        Ok(metadata)
     }
 
     /// GetUploadStatus: live progress of a running upload, or the durable bytes of an
-    /// interrupted one.
-    pub async fn status(&self, file_id: &str) -> Result<GetUploadStatusResponse> {
+    /// interrupted one. Another user's upload is NOT_FOUND, like one that does not exist.
+    pub async fn status(
+        &self,
+        file_id: &str,
+        identity: Option<&Identity>,
+    ) -> Result<GetUploadStatusResponse> {
         let id = parse_file_id(file_id)?;
         let row = self
             .store
             .file(&id.to_string())
             .await?
+            .filter(|row| reaches(identity, &row.owner))
             .ok_or_else(|| Error::NotFound(format!("no upload {id}")))?;
         let live = self
             .active
@@ -603,14 +720,17 @@ impl Files {
     }
 
     /// DownloadFile: the metadata, then chunks of at most 64 KiB from `offset`. The chunks come
-    /// straight from the blob store's bounded reader; when the client goes away the stream is
-    /// dropped, and with it the reader.
+    /// from the blob store's paced reader, one at a time and only as the client takes them; a
+    /// client that takes nothing for the idle time gets DEADLINE_EXCEEDED when it reads again
+    /// (its file is closed at once). When the client goes away the stream is dropped, and with
+    /// it the reader.
     pub async fn download(
         &self,
         request: DownloadFileRequest,
+        identity: Option<&Identity>,
     ) -> Result<impl Stream<Item = Result<FileChunk, Status>> + Send + 'static> {
         let id = parse_file_id(&request.file_id)?;
-        let row = self.readable_file(&id).await?;
+        let row = self.readable_file(&id, identity).await?;
         if request.offset < 0 || request.offset as u64 > row.total_size {
             return Err(Error::OutOfRange(format!(
                 "offset {} is outside the file's {} bytes",
@@ -618,17 +738,21 @@ impl Files {
             )));
         }
         let offset = request.offset as u64;
+        // The same metadata GetFileInfo answers, with a fresh download URL.
+        let mut metadata = metadata_of(&row);
+        metadata.download_url = self.download_url(&id);
         let first = FileChunk {
-            data: Some(file_chunk::Data::Metadata(metadata_of(&row))),
+            data: Some(file_chunk::Data::Metadata(metadata)),
             offset: offset as i64,
         };
+        let idle = self.settings.transfer_idle;
         let chunks = self
             .blobs
-            .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK);
+            .read(id, offset, row.total_size - offset, DOWNLOAD_CHUNK, 2, idle);
         let mut position = offset;
         let transfers = self.transfers.clone();
-        let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |read| {
-            let bytes = read.map_err(|e| Status::from(Error::from(e)))?;
+        let chunks = chunks.map(move |read| {
+            let bytes = read.map_err(|failure| Status::from(read_error(failure, idle)))?;
             let chunk_offset = position;
             position += bytes.len() as u64;
             transfers
@@ -765,6 +889,17 @@ impl Files {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The error a download ends with when its read stops early.
+pub fn read_error(failure: ReadFailure, idle: Duration) -> Error {
+    match failure {
+        ReadFailure::Io(e) => Error::from(e),
+        ReadFailure::Idle => Error::DeadlineExceeded(format!(
+            "the download was not read for {} s",
+            idle.as_secs_f64()
+        )),
     }
 }
 

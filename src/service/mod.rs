@@ -156,7 +156,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::DownloadFileRequest>,
     ) -> Result<Response<Self::DownloadFileStream>, Status> {
-        let chunks = self.files.download(request.into_inner()).await?;
+        let identity = crate::auth::identity_of(&request);
+        let chunks = self
+            .files
+            .download(request.into_inner(), identity.as_ref())
+            .await?;
         Ok(Response::new(Box::pin(chunks)))
     }
 
@@ -178,9 +182,10 @@ impl StreamingService for Api {
         request: Request<Streaming<proto::FileChunk>>,
     ) -> Result<Response<proto::UploadFileResponse>, Status> {
         let cancelled = crate::cancel::flag_of(&request);
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
             self.files
-                .upload_in_task(request.into_inner(), cancelled)
+                .upload_in_task(request.into_inner(), cancelled, identity)
                 .await?,
         ))
     }
@@ -265,8 +270,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::GetFileInfoRequest>,
     ) -> Result<Response<proto::FileMetadata>, Status> {
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.files.info(&request.into_inner().file_id).await?,
+            self.files
+                .info(&request.into_inner().file_id, identity.as_ref())
+                .await?,
         ))
     }
 
@@ -275,8 +283,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::GetUploadStatusRequest>,
     ) -> Result<Response<proto::GetUploadStatusResponse>, Status> {
+        let identity = crate::auth::identity_of(&request);
         Ok(Response::new(
-            self.files.status(&request.into_inner().file_id).await?,
+            self.files
+                .status(&request.into_inner().file_id, identity.as_ref())
+                .await?,
         ))
     }
 

@@ -8,6 +8,7 @@ mod chat;
 mod live;
 mod metrics;
 mod notify;
+mod stalled;
 
 use super::format::thousands;
 use super::{CliResult, Connect, fail};
@@ -103,9 +104,29 @@ pub struct FilesBench {
     #[arg(long, default_value = "64KiB", value_parser = crate::cli::format::parse_size)]
     pub chunk: u64,
     /// Phases to run, comma separated: upload, download (gRPC DownloadFile), http (GET of the
-    /// download_url). download and http fetch the file that upload stored in the same run.
+    /// download_url), stalled (a small round trip while many transfers stall). download and
+    /// http fetch the file that upload stored in the same run; stalled needs nothing before it.
     #[arg(long, value_delimiter = ',', default_value = "upload,download,http")]
     pub phases: Vec<String>,
+    /// Stalled phase: uploads that send their metadata and then nothing.
+    #[arg(long, default_value_t = 600)]
+    pub stalled_uploads: usize,
+    /// Stalled phase: downloads of one large file that are never read.
+    #[arg(long, default_value_t = 300)]
+    pub stalled_downloads: usize,
+    /// Stalled phase: connections the stalled transfers are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub stalled_connections: usize,
+    /// Stalled phase: size of the file the unread downloads open.
+    #[arg(long, default_value = "16MiB", value_parser = crate::cli::format::parse_size)]
+    pub stalled_file_size: u64,
+    /// Stalled phase: size of the file another client uploads and downloads.
+    #[arg(long, default_value = "1MiB", value_parser = crate::cli::format::parse_size)]
+    pub stalled_round_trip_size: u64,
+    /// Stalled phase: round trips measured (finish them within the server's
+    /// --transfer-idle-secs, after which the stalled transfers end).
+    #[arg(long, default_value_t = 10)]
+    pub stalled_rounds: usize,
     /// Also hash the HTTP body with SHA-256. Off by default, so that the figure is the server's
     /// rather than the client's hashing speed; the body's length and ETag are checked either way.
     #[arg(long)]
@@ -724,13 +745,14 @@ async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliRes
         )));
     }
     for phase in &bench.phases {
-        if !["upload", "download", "http"].contains(&phase.as_str()) {
+        if !["upload", "download", "http", "stalled"].contains(&phase.as_str()) {
             return Err(fail(format!(
-                "unknown phase {phase:?}; use upload, download or http"
+                "unknown phase {phase:?}; use upload, download, http or stalled"
             )));
         }
     }
-    if !bench.phases.iter().any(|p| p == "upload") {
+    let needs_upload = bench.phases.iter().any(|p| p == "download" || p == "http");
+    if needs_upload && !bench.phases.iter().any(|p| p == "upload") {
         return Err(fail(
             "the download and http phases fetch the file that the upload phase stores: \
              include upload in --phases",
@@ -741,11 +763,12 @@ async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliRes
     let mut client = connect.client().await?;
     let rss = RssProbe { pid };
     let idle_rss = rss.current();
-    eprintln!(
-        "bench run {run_id} against {}: {} bytes",
-        connect.server,
-        thousands(bench.size)
-    );
+    let sized = if bench.phases.iter().any(|p| p == "upload") {
+        format!(": {} bytes", thousands(bench.size))
+    } else {
+        String::new()
+    };
+    eprintln!("bench run {run_id} against {}{sized}", connect.server);
     let mut rows = Vec::new();
     let mut uploaded: Option<Uploaded> = None;
     for phase in &bench.phases {
@@ -763,6 +786,10 @@ async fn files(connect: &Connect, pid: Option<u32>, bench: FilesBench) -> CliRes
             ("http", Some(stored)) => {
                 rss.reset();
                 file_http_phase(stored, bench.size, bench.http_sha256).await?
+            }
+            ("stalled", _) => {
+                rss.reset();
+                stalled::stalled_phase(connect, &bench).await?
             }
             (other, _) => {
                 return Err(fail(format!(

@@ -1,0 +1,336 @@
+//! SQL for uploaded files and the storage accounting that follows them.
+//!
+//! Every file row carries what it reserves against the storage totals (`reserved`), and the totals
+//! themselves are rows: `storage_total` (one row, for `--max-storage-bytes`) and `storage_usage`
+//! (one row per user, for `--max-storage-bytes-per-user`). Each change to a file row that changes
+//! what it reserves moves the totals in the same `BEGIN IMMEDIATE` transaction, so a total is never
+//! computed with a `SUM` and can never drift from its rows, and two uploads can never both fit into
+//! the same free space. This module never touches `log_records`.
+
+use super::Store;
+use crate::error::{Error, Result};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+/// One uploaded (or uploading) file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub file_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub total_size: u64,
+    /// The client's declared SHA-256 while incomplete (may be empty); the verified one after.
+    pub checksum: String,
+    /// A client-chosen id: an interrupted upload keeps its bytes.
+    pub resumable: bool,
+    pub bytes_received: u64,
+    pub complete: bool,
+    pub created_at_micros: i64,
+    pub updated_at_micros: i64,
+    /// The `sub` that uploaded it; empty for legacy rows and uploads made with auth off.
+    pub owner: String,
+    /// Whether `reserved` counts in the owner's per-user usage row (user tokens only).
+    pub charged: bool,
+    /// Bytes this row counts against the storage totals now.
+    pub reserved: u64,
+}
+
+/// Storage limits a reservation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageLimits {
+    /// `--max-storage-bytes`: every row counts.
+    pub global: u64,
+    /// `--max-storage-bytes-per-user`: only charged rows count, in their owner's row.
+    pub per_user: u64,
+}
+
+/// Why a reservation did not fit. Nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    /// The owner's own bytes in use before the request.
+    User { used: u64 },
+    /// Everyone's bytes in use before the request.
+    Global { used: u64 },
+}
+
+fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
+    Ok(FileRow {
+        file_id: row.try_get("file_id")?,
+        filename: row.try_get("filename")?,
+        content_type: row.try_get("content_type")?,
+        total_size: row.try_get::<i64, _>("total_size")? as u64,
+        checksum: row.try_get("checksum")?,
+        resumable: row.try_get("resumable")?,
+        bytes_received: row.try_get::<i64, _>("bytes_received")? as u64,
+        complete: row.try_get("complete")?,
+        created_at_micros: row.try_get("created_at_micros")?,
+        updated_at_micros: row.try_get("updated_at_micros")?,
+        owner: row.try_get("owner")?,
+        charged: row.try_get("charged")?,
+        reserved: row.try_get::<i64, _>("reserved")? as u64,
+    })
+}
+
+/// The `files` columns in the order `file_from_row` and `insert_upload` use. A macro, so that
+/// queries stay `&'static str` as sqlx requires.
+macro_rules! file_columns {
+    () => {
+        "file_id, filename, content_type, total_size, checksum, resumable, \
+         bytes_received, complete, created_at_micros, updated_at_micros, owner, charged, reserved"
+    };
+}
+
+fn to_i64(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Internal(format!("{value} does not fit the store")))
+}
+
+/// Moves the totals by `delta` bytes for a row of `owner` (its per-user row only when
+/// `charged`). With `limits`, a growth that would pass a limit is refused; the caller then rolls
+/// the transaction back. A shrink never goes below zero (rows written before the totals existed
+/// may release bytes they were never counted with).
+async fn move_totals(
+    tx: &mut Transaction<'static, Sqlite>,
+    owner: &str,
+    charged: bool,
+    delta: i64,
+    limits: Option<StorageLimits>,
+) -> Result<Option<QuotaRefusal>> {
+    if delta == 0 {
+        return Ok(None);
+    }
+    if charged {
+        let now: i64 = sqlx::query_scalar(
+            "INSERT INTO storage_usage (owner, bytes) VALUES (?1, MAX(0, ?2)) \
+             ON CONFLICT (owner) DO UPDATE SET bytes = MAX(0, bytes + ?2) RETURNING bytes",
+        )
+        .bind(owner)
+        .bind(delta)
+        .fetch_one(&mut **tx)
+        .await?;
+        if let Some(limits) = limits
+            && delta > 0
+            && now as u64 > limits.per_user
+        {
+            return Ok(Some(QuotaRefusal::User {
+                used: (now - delta).max(0) as u64,
+            }));
+        }
+    }
+    let now: i64 = sqlx::query_scalar(
+        "UPDATE storage_total SET bytes = MAX(0, bytes + ?1) WHERE id = 1 RETURNING bytes",
+    )
+    .bind(delta)
+    .fetch_one(&mut **tx)
+    .await?;
+    if let Some(limits) = limits
+        && delta > 0
+        && now as u64 > limits.global
+    {
+        return Ok(Some(QuotaRefusal::Global {
+            used: (now - delta).max(0) as u64,
+        }));
+    }
+    Ok(None)
+}
+
+impl Store {
+    async fn file_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        // IMMEDIATE: the transaction takes the write lock first (waiting out the busy timeout),
+        // instead of failing when it upgrades a read snapshot that another writer moved past.
+        Ok(self.meta.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The file with this id, complete or not.
+    pub async fn file(&self, file_id: &str) -> Result<Option<FileRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            file_columns!(),
+            " FROM files WHERE file_id = ?1"
+        ))
+        .bind(file_id)
+        .fetch_optional(&self.meta)
+        .await?;
+        row.as_ref().map(file_from_row).transpose()
+    }
+
+    /// Records a new upload reserving `file.reserved` bytes, in one transaction with the totals.
+    /// `Ok(Err(_))` when it does not fit (nothing written); a constraint error if the id exists.
+    pub async fn insert_upload(
+        &self,
+        file: &FileRow,
+        limits: StorageLimits,
+    ) -> Result<Result<(), QuotaRefusal>> {
+        let mut tx = self.file_tx().await?;
+        if let Some(refusal) = move_totals(
+            &mut tx,
+            &file.owner,
+            file.charged,
+            to_i64(file.reserved)?,
+            Some(limits),
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Ok(Err(refusal));
+        }
+        sqlx::query(concat!(
+            "INSERT INTO files (",
+            file_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))
+        .bind(&file.file_id)
+        .bind(&file.filename)
+        .bind(&file.content_type)
+        .bind(to_i64(file.total_size)?)
+        .bind(&file.checksum)
+        .bind(file.resumable)
+        .bind(to_i64(file.bytes_received)?)
+        .bind(file.complete)
+        .bind(file.created_at_micros)
+        .bind(file.updated_at_micros)
+        .bind(&file.owner)
+        .bind(file.charged)
+        .bind(to_i64(file.reserved)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Sets what an incomplete upload reserves to `reserve` bytes (its whole declared size when a
+    /// call resumes it), moving the totals in the same transaction. Growth is checked against
+    /// `limits`; `Ok(Err(_))` when it does not fit (nothing written). NOT_FOUND without the row.
+    pub async fn reserve_upload(
+        &self,
+        file_id: &str,
+        reserve: u64,
+        limits: StorageLimits,
+    ) -> Result<Result<(), QuotaRefusal>> {
+        let mut tx = self.file_tx().await?;
+        let Some(row) = sqlx::query(
+            "SELECT owner, charged, reserved FROM files WHERE file_id = ?1 AND complete = 0",
+        )
+        .bind(file_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(Error::NotFound(format!("no upload {file_id}")));
+        };
+        let owner: String = row.try_get("owner")?;
+        let charged: bool = row.try_get("charged")?;
+        let reserved: i64 = row.try_get("reserved")?;
+        let delta = to_i64(reserve)? - reserved;
+        if let Some(refusal) = move_totals(&mut tx, &owner, charged, delta, Some(limits)).await? {
+            tx.rollback().await?;
+            return Ok(Err(refusal));
+        }
+        sqlx::query("UPDATE files SET reserved = ?2 WHERE file_id = ?1")
+            .bind(file_id)
+            .bind(to_i64(reserve)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Records how many bytes of an interrupted upload are durable. No call is writing it any
+    /// more, so it now reserves only those bytes; the rest of its declared size is released from
+    /// the totals in the same transaction.
+    pub async fn set_upload_progress(&self, file_id: &str, bytes: u64, now: i64) -> Result<()> {
+        let mut tx = self.file_tx().await?;
+        let row = sqlx::query(
+            "SELECT owner, charged, reserved FROM files WHERE file_id = ?1 AND complete = 0",
+        )
+        .bind(file_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            let owner: String = row.try_get("owner")?;
+            let charged: bool = row.try_get("charged")?;
+            let reserved: i64 = row.try_get("reserved")?;
+            move_totals(&mut tx, &owner, charged, to_i64(bytes)? - reserved, None).await?;
+            sqlx::query(
+                "UPDATE files SET bytes_received = ?2, reserved = ?2, updated_at_micros = ?3 \
+                 WHERE file_id = ?1",
+            )
+            .bind(file_id)
+            .bind(to_i64(bytes)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks an upload complete with its verified checksum, once its file is in place. It
+    /// reserved its whole declared size while the call wrote it, and keeps that.
+    pub async fn complete_upload(&self, file_id: &str, checksum: &str, now: i64) -> Result<()> {
+        let mut tx = self.file_tx().await?;
+        let row = sqlx::query(
+            "SELECT owner, charged, reserved, total_size FROM files WHERE file_id = ?1",
+        )
+        .bind(file_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(Error::Internal(format!("upload {file_id} has no row")));
+        };
+        let owner: String = row.try_get("owner")?;
+        let charged: bool = row.try_get("charged")?;
+        let reserved: i64 = row.try_get("reserved")?;
+        let total: i64 = row.try_get("total_size")?;
+        // Only the startup repair completes a row that reserved less (its kept bytes).
+        move_totals(&mut tx, &owner, charged, total - reserved, None).await?;
+        sqlx::query(
+            "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
+             reserved = total_size, updated_at_micros = ?3 WHERE file_id = ?1",
+        )
+        .bind(file_id)
+        .bind(checksum)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a file row and releases what it reserved, in one transaction.
+    pub async fn delete_file(&self, file_id: &str) -> Result<()> {
+        let mut tx = self.file_tx().await?;
+        let row =
+            sqlx::query("DELETE FROM files WHERE file_id = ?1 RETURNING owner, charged, reserved")
+                .bind(file_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(row) = row {
+            let owner: String = row.try_get("owner")?;
+            let charged: bool = row.try_get("charged")?;
+            let reserved: i64 = row.try_get("reserved")?;
+            move_totals(&mut tx, &owner, charged, -reserved, None).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every file row, for the sweep (complete or not).
+    pub async fn all_files(&self) -> Result<Vec<FileRow>> {
+        let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
+            .fetch_all(&self.meta)
+            .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Incomplete uploads not touched since `before` (microseconds), for the expiry sweep.
+    pub async fn stale_uploads(&self, before: i64) -> Result<Vec<FileRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            file_columns!(),
+            " FROM files WHERE complete = 0 AND updated_at_micros < ?1"
+        ))
+        .bind(before)
+        .fetch_all(&self.meta)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+}

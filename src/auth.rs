@@ -562,16 +562,33 @@ impl Verifier {
             _ => "malformed token".to_string(),
         })?;
         let claims = data.claims;
+        // `jsonwebtoken` accepts an array `iss` that merely contains the trusted one; RFC 7519
+        // makes `iss` one string, and so does this server.
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(serde_json::Value::as_str) != Some(issuer.as_str())
+        {
+            return Err("token issuer is not the one this server trusts".to_string());
+        }
         // The lifetime: a token must say when it was issued, and may not live longer than the
-        // server allows, so that a leaked token is useful only for a bounded time.
-        let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+        // server allows, so that a leaked token is useful only for a bounded time. An `iat` in
+        // the future (past the leeway) would stretch that bound, so it is refused too.
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| "token claim exp is malformed".to_string())?;
         let iat = match claims.get("iat") {
             None => return Err("token has no iat claim".to_string()),
             Some(value) => value
                 .as_u64()
                 .ok_or_else(|| "token claim iat is malformed".to_string())?,
         };
-        let lifetime = exp.unwrap_or(u64::MAX).saturating_sub(iat);
+        if iat > now_secs().saturating_add(LEEWAY_SECS) {
+            return Err("token was issued in the future (iat)".to_string());
+        }
+        if exp < iat {
+            return Err("token expires before it was issued (exp < iat)".to_string());
+        }
+        let lifetime = exp - iat;
         if lifetime > self.max_token_ttl.as_secs() {
             return Err(format!(
                 "token lives {lifetime} s (exp - iat); this server accepts at most {} s",
@@ -1081,12 +1098,12 @@ mod tests {
             ),
             (
                 "inside the leeway",
-                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now - LEEWAY_SECS / 2})),
+                hs256(json!({"iat": now - 600, "sub": "ann", "exp": now - LEEWAY_SECS / 2})),
                 Ok(Identity::user("ann")),
             ),
             (
                 "expired",
-                hs256(json!({"iat": now_secs(), "sub": "ann", "exp": now - LEEWAY_SECS - 5})),
+                hs256(json!({"iat": now - 600, "sub": "ann", "exp": now - LEEWAY_SECS - 5})),
                 Err("token has expired"),
             ),
             (
@@ -1300,6 +1317,22 @@ mod tests {
             (
                 json!({"sub": "ann", "iat": now, "exp": now + 60}),
                 Err("token has no iss claim"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now, "exp": now + 60, "iss": ["x", "https://id.example"]}),
+                Err("token issuer is not the one"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now + 86_400, "exp": now + 86_460, "iss": "https://id.example"}),
+                Err("token was issued in the future"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now + 10, "exp": now + 5, "iss": "https://id.example"}),
+                Err("token expires before it was issued"),
+            ),
+            (
+                json!({"sub": "ann", "iat": now, "exp": (now + 60) as f64 + 0.5, "iss": "https://id.example"}),
+                Err("token claim exp is malformed"),
             ),
         ];
         for (claims, want) in cases {

@@ -65,6 +65,13 @@ pub enum Delivery<T> {
 pub struct Subscription<T> {
     pages: mpsc::Receiver<Result<Page<T>, Status>>,
     current: std::vec::IntoIter<T>,
+    /// The global and per-user subscription slots. They live with the response stream, not the
+    /// task: a history-only task ends as soon as its last page is buffered, but the client holds
+    /// the stream (and those pages) until it is done with it.
+    _slots: (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<crate::limits::PerUserPermit>,
+    ),
 }
 
 impl<T> Subscription<T> {
@@ -159,8 +166,6 @@ pub fn subscribe<V: RecordView>(
         min_ts: None,
     };
     tokio::spawn(async move {
-        // Released when the task ends: when the client goes or the stream finishes.
-        let _permits = (permit, user_permit);
         if let Err(status) = task.run(options).await {
             // The client may already be gone; then there is nobody to tell.
             let _ = task.tx.send(Err(status)).await;
@@ -169,6 +174,7 @@ pub fn subscribe<V: RecordView>(
     Ok(Subscription {
         pages,
         current: Vec::new().into_iter(),
+        _slots: (permit, user_permit),
     })
 }
 

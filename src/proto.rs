@@ -47,6 +47,35 @@ pub fn any_from_json(json: &serde_json::Value) -> prost_types::Any {
     }
 }
 
+/// Re-encodes an `Any` holding a `google.protobuf.Struct`, `Value` or `ListValue` with its map
+/// keys sorted, so that the same JSON always gives the same bytes. (A proto map has no encoded
+/// order, and a decoder may re-encode it in any order: an event read back from `tail --json`
+/// and imported again must still match its stored copy, which idempotency compares by bytes.)
+/// Any other `Any`, or one that does not decode, is returned as it is.
+pub fn canonical_any(any: prost_types::Any) -> prost_types::Any {
+    use prost::Message;
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let value = match name {
+        "google.protobuf.Value" => prost_types::Value::decode(any.value.as_slice())
+            .ok()
+            .map(|v| v.encode_to_vec()),
+        "google.protobuf.Struct" => prost_types::Struct::decode(any.value.as_slice())
+            .ok()
+            .map(|v| v.encode_to_vec()),
+        "google.protobuf.ListValue" => prost_types::ListValue::decode(any.value.as_slice())
+            .ok()
+            .map(|v| v.encode_to_vec()),
+        _ => None,
+    };
+    match value {
+        Some(value) => prost_types::Any {
+            type_url: any.type_url,
+            value,
+        },
+        None => any,
+    }
+}
+
 fn value_from_json(json: &serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match json {
@@ -158,6 +187,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn struct_fields_in_any_order_encode_the_same_once_canonical() {
+        use prost::Message;
+        let one = |key: &str| prost_types::Struct {
+            fields: [(key.to_string(), value_from_json(&serde_json::json!(1)))].into(),
+        };
+        // Map entries concatenate: this is a valid Struct with "b" encoded before "a".
+        let mut reversed = one("b").encode_to_vec();
+        reversed.extend(one("a").encode_to_vec());
+        let sorted = prost_types::Struct::decode(reversed.as_slice())
+            .unwrap()
+            .encode_to_vec();
+        assert_ne!(reversed, sorted);
+        let any = |value: Vec<u8>| prost_types::Any {
+            type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+            value,
+        };
+        assert_eq!(canonical_any(any(reversed)), any(sorted.clone()));
+        let other = prost_types::Any {
+            type_url: "type.googleapis.com/acme.Thing".into(),
+            value: vec![0xff],
+        };
+        assert_eq!(canonical_any(other.clone()), other);
+    }
+
+    #[test]
     fn timestamps_round_trip_including_before_the_epoch() {
         for micros in [
             0,
@@ -184,6 +238,8 @@ mod tests {
         let json =
             serde_json::json!({"ip": "10.0.0.1", "n": 3.5, "count": 7, "ok": true, "tags": ["a"]});
         assert_eq!(describe_any(&any_from_json(&json)), json.to_string());
+        let packed = any_from_json(&json);
+        assert_eq!(canonical_any(packed.clone()), packed);
     }
 
     #[test]

@@ -413,7 +413,8 @@ fn record_from_line(line: &str) -> Result<DataRecord, String> {
             id: event.id,
             user_id: event.user_id,
             r#type: event.r#type,
-            data: event.data,
+            // The JSON decoder encodes a Struct's fields in no fixed order.
+            data: event.data.map(crate::proto::canonical_any),
         });
     }
     simple_record(object)

@@ -18,13 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamhub::auth::UrlSigner;
 use streamhub::proto::file_chunk::Data;
-use streamhub::proto::streaming_service_client::StreamingServiceClient;
 use streamhub::proto::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -96,38 +92,9 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
-/// Adds one `authorization` header (or none) to every call.
-#[derive(Clone)]
-struct Authorization(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Authorization {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = StreamingServiceClient<InterceptedService<Channel, Authorization>>;
-
-/// A client that sends `authorization: <header>` (the whole value), or no header.
-async fn client_with(addr: SocketAddr, header: Option<&str>) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let value = header.map(|h| h.parse().expect("an ASCII header value"));
-    StreamingServiceClient::with_interceptor(channel, Authorization(value))
-}
-
-/// A client that sends `authorization: Bearer <token>`.
-async fn client_as(addr: SocketAddr, token: &str) -> Client {
-    client_with(addr, Some(&format!("Bearer {token}"))).await
-}
+type Client = common::AuthClient;
+use common::client_as;
+use common::client_with_header as client_with;
 
 async fn hs256_server() -> TestServer {
     TestServer::start_with(|c| {

@@ -9,44 +9,17 @@ use common::{TestServer, poll_until, within};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamhub::auth::{MetricsAccess, Role, TokenGrants, mint_hs256_with};
-use streamhub::proto::streaming_service_client::StreamingServiceClient;
 use streamhub::proto::*;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 const SECRET: &str = "an hs256 secret of at least 32 bytes, for tests";
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Sends `authorization: Bearer <token>` on every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Client = StreamingServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn client_as(addr: SocketAddr, token: &str) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let header = format!("Bearer {token}").parse().unwrap();
-    StreamingServiceClient::with_interceptor(channel, Bearer(header))
-}
+type Client = common::AuthClient;
+use common::client_as;
 
 fn token(sub: &str, role: Role, grants: TokenGrants<'_>) -> String {
     mint_hs256_with(SECRET.as_bytes(), sub, role, HOUR, &grants).unwrap()

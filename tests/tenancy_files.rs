@@ -13,16 +13,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use streamhub::auth::{Role, mint_hs256};
 use streamhub::proto::file_chunk::Data;
-use streamhub::proto::streaming_service_client::StreamingServiceClient;
 use streamhub::proto::*;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -33,31 +28,13 @@ const CHUNK: usize = 64 * 1024;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Adds `authorization: Bearer <token>` (or nothing) to every call.
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = StreamingServiceClient<InterceptedService<Channel, Bearer>>;
+type Client = common::AuthClient;
 
 async fn client_for(addr: SocketAddr, token: Option<String>) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let value = token.map(|t| format!("Bearer {t}").parse().expect("ASCII token"));
-    StreamingServiceClient::with_interceptor(channel, Bearer(value))
+    match token {
+        Some(token) => common::client_as(addr, &token).await,
+        None => common::client_with_header(addr, None).await,
+    }
 }
 
 fn token(sub: &str, role: Role) -> String {

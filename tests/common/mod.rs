@@ -489,3 +489,42 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends one `authorization` header value (or none) on every call.
+#[derive(Clone)]
+pub struct Authorization(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client whose calls carry an `authorization` header.
+pub type AuthClient =
+    StreamingServiceClient<tonic::service::interceptor::InterceptedService<Channel, Authorization>>;
+
+/// A client that sends `authorization: <header>` (the whole value, for malformed-header tests),
+/// or no header.
+pub async fn client_with_header(addr: SocketAddr, header: Option<&str>) -> AuthClient {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let value = header.map(|h| h.parse().expect("an ASCII header value"));
+    StreamingServiceClient::with_interceptor(channel, Authorization(value))
+}
+
+/// A client that sends `authorization: Bearer <token>`.
+pub async fn client_as(addr: SocketAddr, token: &str) -> AuthClient {
+    client_with_header(addr, Some(&format!("Bearer {token}"))).await
+}

@@ -41,6 +41,9 @@ pub enum Error {
     /// A database fault. `Arc` so that one failed group commit can answer every request in it.
     #[error("storage failure")]
     Storage(#[source] Arc<sqlx::Error>),
+    /// A fault of the log engine's own SQLite connections (the writer thread and the readers).
+    #[error("storage failure")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
     #[error("migration failure")]
     Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
     #[error("i/o failure")]
@@ -70,6 +73,11 @@ impl Error {
                 e.as_ref(),
                 sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_FULL)
             ),
+            Error::Sqlite(e) => matches!(
+                e.as_ref(),
+                rusqlite::Error::SqliteFailure(failure, _)
+                    if failure.code == rusqlite::ErrorCode::DiskFull
+            ),
             Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         }
@@ -79,6 +87,12 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::Storage(Arc::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Sqlite(Arc::new(e))
     }
 }
 

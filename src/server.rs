@@ -74,9 +74,10 @@ impl App {
             &config.storage_dir.join(crate::lock::STORAGE_LOCK_FILE),
             "storage directory",
         )?);
-        let (store, store_writer) = crate::store::open(&config).await?;
+        let (store, write_queue) = crate::store::open(&config).await?;
+        let spill_dir = crate::store::spill_dir(&config)?;
         let hub = Hub::new(config.hub_capacity);
-        let writer = Writer::spawn(store_writer, hub.clone(), config.writer_queue);
+        let writer = Writer::spawn(write_queue, hub.clone())?;
         let log = Log {
             store,
             hub,
@@ -84,6 +85,7 @@ impl App {
             shutdown: CancellationToken::new(),
             subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
             user_subscriptions: crate::limits::PerUserLimit::new(config.max_subscriptions_per_user),
+            spill_dir,
         };
         Ok(App {
             config,

@@ -8,7 +8,7 @@ pub mod writer;
 
 pub use hub::Hub;
 pub use subscribe::{Delivery, RecordView, Start, SubscribeOptions, Subscription, subscribe};
-pub use writer::{AppendOutcome, AppendPermit, NewRecord, PendingAppend, Writer};
+pub use writer::{AppendOutcome, AppendPermit, ImportOutcome, NewRecord, PendingAppend, Writer};
 
 use crate::store::Store;
 use std::sync::Arc;
@@ -27,4 +27,7 @@ pub struct Log {
     pub subscriptions: Arc<Semaphore>,
     /// The same per user (with auth on), so that one user cannot take every permit.
     pub user_subscriptions: Arc<crate::limits::PerUserLimit>,
+    /// Where imports spill while they arrive: the database's own directory, so a spill takes
+    /// the disk the import is headed for rather than memory.
+    pub spill_dir: std::path::PathBuf,
 }

@@ -21,8 +21,8 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::Stream;
 use tonic::Status;
 
-/// Records per replay page.
-const PAGE: u32 = 1000;
+/// Records per replay page (a page also ends at `store::PAGE_BYTES` of payload).
+const PAGE: u32 = crate::store::PAGE_RECORDS;
 /// Pages in flight between the subscription task and the response.
 const PAGES_IN_FLIGHT: usize = 4;
 
@@ -258,10 +258,14 @@ impl<V: RecordView> Task<V> {
                 .store
                 .read_page(&self.stream, self.cursor, until, PAGE)
                 .await?;
+            // A page ends early at the record limit or at the byte limit; only a page short of
+            // both reached the end.
+            let full = page.len() >= PAGE as usize
+                || page.iter().map(|r| r.payload.len()).sum::<usize>() >= crate::store::PAGE_BYTES;
             if let Err(stop) = self.deliver(&page).await? {
                 return Ok(Err(stop));
             }
-            if page.len() < PAGE as usize {
+            if !full {
                 return Ok(Ok(()));
             }
         }

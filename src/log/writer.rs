@@ -1,60 +1,27 @@
-//! The single writer: the only task that appends to any log.
+//! The single writer: the one thread that writes to the database.
 //!
-//! Appends arrive on a bounded queue. The writer takes one request, drains whatever else is
-//! already waiting (group commit), and commits them all in one transaction with multi-row
-//! statements: one fsync for many callers. For each record it resolves idempotency, assigns
-//! `head + 1` and a timestamp that never goes back, and only after COMMIT does it publish to the
-//! hub and answer the callers. It never answers OK before the data is durable, and never
-//! publishes a record that is not committed.
+//! Everything that writes arrives on one bounded queue. The thread takes one command; when it is
+//! an append, it drains every other append already waiting (group commit) and commits them all in
+//! one transaction: one fsync for many callers. Imports and jobs run alone, each in a transaction
+//! of its own, so a large one never holds small appends in its commit. Only after COMMIT does it
+//! answer the callers, and only then publish to the hub: callers never wait for fan-out, and no
+//! subscriber ever sees a record that is not durable.
+//!
+//! It owns its connection on a dedicated OS thread, so a commit is a direct call into SQLite with
+//! prepared statements: no hand-off per statement.
 
 use super::hub::Hub;
 use crate::error::{Error, Result};
-use crate::store::{Head, LogRecord, RowToInsert, StoreWriter, StreamKey, StreamKind};
-use std::collections::HashMap;
+pub use crate::store::{AppendOutcome, ImportOutcome, NewRecord};
+use crate::store::{LogWriter, StreamKind, WriteCommand, WriteQueue, spill::SpillReader};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most records that one group commit gathers from waiting requests. A single larger request
-/// (a bulk import) still commits whole.
+/// still commits whole.
 const MAX_GROUP_RECORDS: usize = 4096;
-/// Streams whose heads stay cached; past this the cache starts again from the store.
-const MAX_CACHED_HEADS: usize = 100_000;
-
-/// A record to append.
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    pub stream: StreamKey,
-    /// The idempotency id, unique within its stream. `None` means the server assigns a fresh
-    /// UUID, which needs no lookup.
-    pub id: Option<String>,
-    pub payload: Vec<u8>,
-    /// Optimistic concurrency: store the record only if its stream's head is this sequence.
-    /// Otherwise nothing is stored and the outcome is [`AppendOutcome::Rejected`].
-    pub expect_head: Option<u64>,
-}
-
-/// What happened to one appended record.
-#[derive(Debug, Clone)]
-pub enum AppendOutcome {
-    /// Newly stored.
-    Stored(Arc<LogRecord>),
-    /// A record with this id already existed in the same stream (or came earlier in the same
-    /// group); this is that record. The caller decides whether the content matches.
-    Duplicate(Arc<LogRecord>),
-    /// `expect_head` did not match; `head` is the stream's head at commit time.
-    Rejected { head: u64 },
-}
-
-enum Command {
-    Append {
-        records: Vec<NewRecord>,
-        reply: oneshot::Sender<Result<Vec<AppendOutcome>>>,
-    },
-    /// Finish everything queued before this, close the connection, then stop.
-    Shutdown { done: oneshot::Sender<()> },
-}
 
 /// Upper bounds of the commit-size histogram (records per group commit).
 pub const COMMIT_SIZE_BUCKETS: [u64; 14] = [
@@ -89,17 +56,27 @@ impl WriterStats {
 /// The handle services append through. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    queue: mpsc::Sender<Command>,
+    queue: mpsc::Sender<WriteCommand>,
     pub stats: Arc<WriterStats>,
 }
 
 impl Writer {
-    /// Starts the writer task on `store`.
-    pub fn spawn(store: StoreWriter, hub: Hub, queue_len: usize) -> Writer {
-        let (queue, rx) = mpsc::channel(queue_len.max(1));
+    /// Starts the writer thread on the store's write queue.
+    pub fn spawn(queue: WriteQueue, hub: Hub) -> Result<Writer> {
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(run(store, hub, rx, stats.clone()));
-        Writer { queue, stats }
+        let WriteQueue {
+            writer,
+            commands,
+            sender,
+        } = queue;
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("streamhub-writer".into())
+            .spawn(move || run(writer, hub, commands, thread_stats))?;
+        Ok(Writer {
+            queue: sender,
+            stats,
+        })
     }
 
     /// Appends `records` atomically: all of them commit, or none. Returns one outcome each,
@@ -107,7 +84,17 @@ impl Writer {
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Command::Append { records, reply })
+            .send(WriteCommand::Append { records, reply })
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// Commits a spilled import to streams of `kind` in one transaction of its own.
+    pub async fn import(&self, kind: StreamKind, spill: SpillReader) -> Result<ImportOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(WriteCommand::Import { kind, spill, reply })
             .await
             .map_err(|_| Error::Unavailable)?;
         answer.await.map_err(|_| Error::Unavailable)?
@@ -121,15 +108,21 @@ impl Writer {
         Ok(AppendPermit { permit })
     }
 
-    /// Appends waiting in the queue now.
+    /// Commands waiting in the queue now.
     pub fn queue_depth(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Lets every queued append finish, closes the database connection, and stops the task.
+    /// Lets every queued command finish, truncates the WAL, closes the connection, and stops
+    /// the thread.
     pub async fn shutdown(&self) {
         let (done, finished) = oneshot::channel();
-        if self.queue.send(Command::Shutdown { done }).await.is_ok() {
+        if self
+            .queue
+            .send(WriteCommand::Shutdown { done })
+            .await
+            .is_ok()
+        {
             let _ = finished.await;
         }
     }
@@ -137,14 +130,14 @@ impl Writer {
 
 /// A reserved place in the writer's queue; see [`Writer::reserve`].
 pub struct AppendPermit<'a> {
-    permit: mpsc::Permit<'a, Command>,
+    permit: mpsc::Permit<'a, WriteCommand>,
 }
 
 impl AppendPermit<'_> {
     /// Queues `records` now, without waiting, and returns the pending answer.
     pub fn append(self, records: Vec<NewRecord>) -> PendingAppend {
         let (reply, answer) = oneshot::channel();
-        self.permit.send(Command::Append { records, reply });
+        self.permit.send(WriteCommand::Append { records, reply });
         PendingAppend(answer)
     }
 }
@@ -173,244 +166,115 @@ impl std::future::Future for PendingAppend {
     }
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 type Reply = oneshot::Sender<Result<Vec<AppendOutcome>>>;
 
-async fn run(
-    mut store: StoreWriter,
+fn run(
+    mut writer: LogWriter,
     hub: Hub,
-    mut queue: mpsc::Receiver<Command>,
+    mut queue: mpsc::Receiver<WriteCommand>,
     stats: Arc<WriterStats>,
 ) {
-    let mut heads: HashMap<StreamKey, Head> = HashMap::new();
+    // A command met while gathering a group waits here for its turn after the group.
+    let mut held: VecDeque<WriteCommand> = VecDeque::new();
     let mut shutdown = None;
     while shutdown.is_none() {
-        let Some(first) = queue.recv().await else {
+        let Some(first) = held.pop_front().or_else(|| queue.blocking_recv()) else {
             break;
         };
-        // Group commit: everything already waiting joins this transaction.
-        let mut requests: Vec<Vec<NewRecord>> = Vec::new();
-        let mut replies: Vec<Reply> = Vec::new();
-        let mut gathered = 0;
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Append { records, reply } => {
-                    gathered += records.len();
-                    requests.push(records);
-                    replies.push(reply);
+        match first {
+            WriteCommand::Append { records, reply } => {
+                // Group commit: every append already waiting joins this transaction.
+                let mut gathered = records.len();
+                let mut requests = vec![records];
+                let mut replies = vec![reply];
+                while gathered < MAX_GROUP_RECORDS && held.is_empty() {
+                    match queue.try_recv() {
+                        Ok(WriteCommand::Append { records, reply }) => {
+                            gathered += records.len();
+                            requests.push(records);
+                            replies.push(reply);
+                        }
+                        Ok(other) => held.push_back(other),
+                        Err(_) => break,
+                    }
                 }
-                Command::Shutdown { done } => {
-                    shutdown = Some(done);
-                    break;
-                }
+                commit_group(&mut writer, &hub, &stats, requests, replies);
             }
-            if gathered < MAX_GROUP_RECORDS {
-                next = queue.try_recv().ok();
-            }
-        }
-        if requests.is_empty() {
-            continue;
-        }
-        if heads.len() > MAX_CACHED_HEADS {
-            heads.clear();
-        }
-
-        let started = std::time::Instant::now();
-        match commit_group(&mut store, &mut heads, requests).await {
-            Ok((outcomes, stored)) => {
-                tracing::trace!(
-                    requests = replies.len(),
-                    records = stored.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "group committed"
-                );
-                stats.record_commit(stored.len());
-                hub.publish(&stored);
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+            WriteCommand::Import { kind, spill, reply } => {
+                let started = std::time::Instant::now();
+                match writer.import(kind, spill) {
+                    Ok(mut outcome) => {
+                        tracing::debug!(
+                            stored = outcome.stored,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "import committed"
+                        );
+                        stats.record_commit(outcome.stored as usize);
+                        let last = std::mem::take(&mut outcome.last_per_stream);
+                        let _ = reply.send(Ok(outcome));
+                        hub.publish(&last);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %crate::error::cause_chain(&err), "import failed");
+                        let _ = reply.send(Err(err));
+                    }
                 }
-                // After the answers, so that only later groups wait for a truncation.
-                if let Err(err) = store.bound_wal().await {
-                    tracing::warn!(error = %crate::error::cause_chain(&err), "WAL truncation failed");
-                }
+                bound_wal(&mut writer);
             }
-            Err(err) => {
-                tracing::error!(
-                    error = %crate::error::cause_chain(&err),
-                    requests = replies.len(),
-                    "group commit failed"
-                );
-                // Nothing was kept: cached heads may be ahead of the store.
-                heads.clear();
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+            WriteCommand::Job(job) => {
+                job(&mut writer);
+                bound_wal(&mut writer);
             }
+            WriteCommand::Shutdown { done } => shutdown = Some(done),
         }
     }
-    if let Err(err) = store.close().await {
-        tracing::error!(error = %crate::error::cause_chain(&err), "closing the writer connection failed");
-    }
+    writer.close();
     tracing::debug!("log writer stopped");
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
 }
 
-/// What an appended record turns out to be, decided before anything is built.
-enum Fate {
-    New,
-    /// Its id is already stored.
-    Stored(Arc<LogRecord>),
-    /// Its id came earlier in this group: (request, record) of that first copy.
-    RepeatOf(usize, usize),
+fn commit_group(
+    writer: &mut LogWriter,
+    hub: &Hub,
+    stats: &WriterStats,
+    requests: Vec<Vec<crate::store::NewRecord>>,
+    replies: Vec<Reply>,
+) {
+    let started = std::time::Instant::now();
+    match writer.append_group(requests) {
+        Ok((outcomes, stored)) => {
+            tracing::trace!(
+                requests = replies.len(),
+                records = stored.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "group committed"
+            );
+            stats.record_commit(stored.len());
+            // Callers first: their records are durable now, and fan-out can wait a moment.
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+            hub.publish(&stored);
+        }
+        Err(err) => {
+            tracing::error!(
+                error = %crate::error::cause_chain(&err),
+                requests = replies.len(),
+                "group commit failed"
+            );
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+    // After the answers, so that only later groups wait for a truncation.
+    bound_wal(writer);
 }
 
-/// Commits one group atomically. Returns each request's outcomes and the newly stored records
-/// in commit order. On error nothing is kept and `heads` may be stale: the caller clears it.
-async fn commit_group(
-    store: &mut StoreWriter,
-    heads: &mut HashMap<StreamKey, Head>,
-    requests: Vec<Vec<NewRecord>>,
-) -> Result<(Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>)> {
-    // Idempotency: one lookup per kind for every client-given id in the group. Ids are scoped
-    // to their stream, so the lookup and every match below go by (stream, id).
-    let mut ids_by_kind: HashMap<StreamKind, Vec<(&str, &str)>> = HashMap::new();
-    for record in requests.iter().flatten() {
-        if let Some(id) = &record.id {
-            ids_by_kind
-                .entry(record.stream.kind)
-                .or_default()
-                .push((&record.stream.key, id));
-        }
+fn bound_wal(writer: &mut LogWriter) {
+    if let Err(err) = writer.bound_wal() {
+        tracing::warn!(error = %crate::error::cause_chain(&err), "WAL truncation failed");
     }
-    let mut found: Vec<Arc<LogRecord>> = Vec::new();
-    for (kind, keys) in ids_by_kind {
-        found.extend(
-            store
-                .find_by_ids(kind, &keys)
-                .await?
-                .into_iter()
-                .map(Arc::new),
-        );
-    }
-    let already_stored: HashMap<(StreamKind, &str, &str), &Arc<LogRecord>> = found
-        .iter()
-        .map(|r| ((r.stream.kind, &*r.stream.key, r.id.as_str()), r))
-        .collect();
-
-    // Each record's fate, borrowing ids rather than copying them: a bulk import can bring a
-    // million of them.
-    let fates: Vec<Vec<Fate>> = {
-        let mut first_copy: HashMap<(StreamKind, &str, &str), (usize, usize)> = HashMap::new();
-        let mut fates = Vec::with_capacity(requests.len());
-        for (r, request) in requests.iter().enumerate() {
-            let mut request_fates = Vec::with_capacity(request.len());
-            for (i, record) in request.iter().enumerate() {
-                let fate = match record.id.as_deref() {
-                    None => Fate::New,
-                    Some(id) => {
-                        let key = (record.stream.kind, &*record.stream.key, id);
-                        if let Some(&stored) = already_stored.get(&key) {
-                            Fate::Stored(stored.clone())
-                        } else if let Some(&(fr, fi)) = first_copy.get(&key) {
-                            Fate::RepeatOf(fr, fi)
-                        } else {
-                            first_copy.insert(key, (r, i));
-                            Fate::New
-                        }
-                    }
-                };
-                request_fates.push(fate);
-            }
-            fates.push(request_fates);
-        }
-        fates
-    };
-
-    // Heads of streams not cached yet.
-    for record in requests.iter().flatten() {
-        if !heads.contains_key(&record.stream) {
-            let head = store.head(&record.stream).await?;
-            heads.insert(record.stream.clone(), head);
-        }
-    }
-
-    let now = now_micros();
-    let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(requests.len());
-    let mut stored = Vec::with_capacity(requests.iter().map(Vec::len).sum());
-    for (r, (request, request_fates)) in requests.into_iter().zip(fates).enumerate() {
-        let mut request_outcomes = Vec::with_capacity(request.len());
-        for (record, fate) in request.into_iter().zip(request_fates) {
-            let outcome = match fate {
-                Fate::Stored(existing) => AppendOutcome::Duplicate(existing),
-                Fate::RepeatOf(fr, fi) => {
-                    let first = if fr == r {
-                        &request_outcomes[fi]
-                    } else {
-                        &outcomes[fr][fi]
-                    };
-                    match first {
-                        AppendOutcome::Stored(first) => AppendOutcome::Duplicate(first.clone()),
-                        AppendOutcome::Duplicate(_) => {
-                            return Err(Error::Internal("first copy of an id not stored".into()));
-                        }
-                        // The first copy lost its race for the head; so does this one.
-                        AppendOutcome::Rejected { .. } => AppendOutcome::Rejected {
-                            head: heads.get(&record.stream).map_or(0, |h| h.sequence),
-                        },
-                    }
-                }
-                Fate::New => {
-                    let head = heads
-                        .get_mut(&record.stream)
-                        .ok_or_else(|| Error::Internal("head not loaded".into()))?;
-                    if let Some(expected) = record.expect_head
-                        && expected != head.sequence
-                    {
-                        request_outcomes.push(AppendOutcome::Rejected {
-                            head: head.sequence,
-                        });
-                        continue;
-                    }
-                    head.sequence += 1;
-                    head.ts_micros = head.ts_micros.max(now);
-                    let new = Arc::new(LogRecord {
-                        sequence: head.sequence,
-                        ts_micros: head.ts_micros,
-                        // Time-ordered ids keep the id index's inserts at its right edge.
-                        id: record
-                            .id
-                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                        stream: record.stream,
-                        payload: record.payload,
-                    });
-                    stored.push(new.clone());
-                    AppendOutcome::Stored(new)
-                }
-            };
-            request_outcomes.push(outcome);
-        }
-        outcomes.push(request_outcomes);
-    }
-
-    let mut rows: Vec<RowToInsert<'_>> = stored
-        .iter()
-        .map(|r| RowToInsert {
-            stream: &r.stream,
-            sequence: r.sequence,
-            id: &r.id,
-            ts_micros: r.ts_micros,
-            payload: &r.payload,
-        })
-        .collect();
-    store.insert_atomic(&mut rows).await?;
-    Ok((outcomes, stored))
 }

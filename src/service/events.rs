@@ -12,6 +12,7 @@ use crate::proto::{
     StreamUserEventsRequest, UserEvent, UserEventType, micros_from_timestamp,
     timestamp_from_micros,
 };
+use crate::store::spill::Spill;
 use crate::store::{LogRecord, StreamKey, StreamKind};
 use prost::Message;
 use tokio_stream::{Stream, StreamExt};
@@ -171,9 +172,11 @@ impl Events {
         crate::log::subscribe(&self.log, stream_of(&request.user_id), options, view)
     }
 
-    /// ProcessDataBatch: reads the whole client stream, then commits every valid, new record in
-    /// one transaction. A client that cancels before half-closing commits nothing, and neither
-    /// does a caller that sends a record for a user it may not act as (PERMISSION_DENIED).
+    /// ProcessDataBatch: spills each valid record to a temporary file as it arrives, then, at
+    /// half-close, commits them all in one transaction of their own. Memory does not grow with
+    /// the batch. A client that cancels before half-closing commits nothing, and neither does a
+    /// caller that sends a record for a user it may not act as (PERMISSION_DENIED); the spill
+    /// goes away with the call.
     pub async fn import<S>(
         &self,
         mut records: S,
@@ -189,9 +192,7 @@ impl Events {
             ..Default::default()
         };
         let mut bytes = 0u64;
-        let mut batch = Vec::new();
-        // The batch index of each record in `batch`, for rejects found at commit.
-        let mut indexes = Vec::new();
+        let mut spill = Spill::new(&self.log.spill_dir).map_err(Error::from)?;
         while let Some(record) = records.next().await {
             let mut record = record?;
             // One record for another user fails the whole batch: nothing is committed.
@@ -225,10 +226,9 @@ impl Events {
                     }
                 }
                 // An id repeated within the batch comes back from the writer as a duplicate.
-                Ok(new) => {
-                    batch.push(new);
-                    indexes.push((index, record.id));
-                }
+                Ok(new) => spill
+                    .push(index, &new.stream.key, new.id.as_deref(), &new.payload)
+                    .map_err(Error::from)?,
             }
         }
         // A client's cancel also ends the stream; only the flag tells it from a half-close.
@@ -238,40 +238,31 @@ impl Events {
             ));
         }
         let received_in = started.elapsed();
-        if !batch.is_empty() {
-            // Kept for the content check below: the writer takes the records.
-            let payloads: Vec<Vec<u8>> = batch.iter().map(|r| r.payload.clone()).collect();
-            let outcomes = self.log.writer.append(batch).await?;
-            let mut conflicts = false;
-            for ((outcome, payload), (index, record_id)) in
-                outcomes.into_iter().zip(payloads).zip(indexes)
-            {
-                match outcome {
-                    AppendOutcome::Stored(_) => result.records_accepted += 1,
-                    // Ids are scoped to their stream, so the existing record is this user's:
-                    // the same content is a retry, other content a reject (as ALREADY_EXISTS
-                    // is for PublishUserEvent), never a silent duplicate.
-                    AppendOutcome::Duplicate(existing) if existing.payload == payload => {
-                        result.records_duplicate += 1
-                    }
-                    AppendOutcome::Duplicate(_) => {
-                        result.records_rejected += 1;
-                        conflicts = true;
-                        result.errors.push(RecordError {
-                            index,
-                            message: format!(
-                                "event id {record_id} already exists in this user's events \
+        if spill.records() > 0 {
+            let spill = spill.finish().map_err(Error::from)?;
+            let outcome = self.log.writer.import(StreamKind::Events, spill).await?;
+            result.records_accepted = outcome.stored;
+            result.records_duplicate = outcome.duplicates;
+            result.records_rejected += outcome.conflicts;
+            if outcome.conflicts > 0 {
+                // Ids are scoped to their stream, so the existing record is this user's: the
+                // same content is a retry, other content a reject (as ALREADY_EXISTS is for
+                // PublishUserEvent), never a silent duplicate.
+                result
+                    .errors
+                    .extend(
+                        outcome
+                            .listed_conflicts
+                            .into_iter()
+                            .map(|(index, record_id)| RecordError {
+                                index,
+                                message: format!(
+                                    "event id {record_id} already exists in this user's events \
                                  with different content"
-                            ),
-                            record_id,
-                        });
-                    }
-                    AppendOutcome::Rejected { .. } => {
-                        return Err(Error::Internal("unexpected append outcome".into()).into());
-                    }
-                }
-            }
-            if conflicts {
+                                ),
+                                record_id,
+                            }),
+                    );
                 // Listed in batch order, the first MAX_LISTED_ERRORS of all rejects: every
                 // validation reject left out above came after the ones kept.
                 result.errors.sort_by_key(|e| e.index);

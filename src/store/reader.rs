@@ -1,0 +1,205 @@
+//! The log engine's read side on SQLite: a small pool of read-only connections with prepared,
+//! cached statements, each used on a blocking thread for a whole page at a time.
+//!
+//! A page is one statement run to its end on one thread, so a replay costs one hand-off per page
+//! rather than one per row. Pages are bounded in bytes as well as in records, so a subscriber's
+//! memory stays bounded however large its records. It must never write.
+
+use super::engine::id_text;
+use super::{LogRecord, StreamKey};
+use crate::error::{Error, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::sync::{Arc, Mutex};
+
+/// Read-only connections, opened on demand up to `max` and kept for reuse.
+#[derive(Debug)]
+pub struct LogReaders {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Bounds the connections in use at once (and so the blocking threads they hold).
+    in_use: tokio::sync::Semaphore,
+}
+
+/// The stream's id, from the key, inside each statement: one statement per read, no cache to
+/// keep in step with the writer.
+const STREAM: &str = "(SELECT id FROM streams WHERE kind = ?1 AND key = ?2)";
+
+impl LogReaders {
+    pub fn new(path: std::path::PathBuf, max: usize) -> Arc<LogReaders> {
+        Arc::new(LogReaders {
+            path,
+            idle: Mutex::new(Vec::new()),
+            in_use: tokio::sync::Semaphore::new(max.max(1)),
+        })
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(super::engine::BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(16);
+        Ok(conn)
+    }
+
+    /// Runs `read` on a pooled connection on a blocking thread.
+    async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .in_use
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                Some(conn) => conn,
+                None => pool.connect()?,
+            };
+            let result = read(&conn);
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("a read task failed: {e}")))?
+    }
+
+    /// Records of `stream` after `after`, in order, none past `until`: at most `limit` of
+    /// them, and no more once `max_bytes` of payload are in the page (but always at least one).
+    pub async fn read_page(
+        self: &Arc<Self>,
+        stream: &StreamKey,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>> {
+        let stream = stream.clone();
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT sequence, id, ts_micros, payload FROM log \
+                 WHERE stream = {STREAM} AND sequence > ?3 AND sequence <= ?4 \
+                 ORDER BY sequence LIMIT ?5"
+            ))?;
+            let mut rows = statement.query(params![
+                stream.kind.code(),
+                &*stream.key,
+                // A client may ask for anything after a sequence past what SQLite stores.
+                after.min(i64::MAX as u64) as i64,
+                until.map_or(i64::MAX, |u| u.min(i64::MAX as u64) as i64),
+                limit
+            ])?;
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            while let Some(row) = rows.next()? {
+                let record = record(&stream, row)?;
+                bytes += record.payload.len();
+                page.push(record);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.
+    pub async fn read_page_before(
+        self: &Arc<Self>,
+        stream: &StreamKey,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
+        let stream = stream.clone();
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT sequence, id, ts_micros, payload FROM log \
+                 WHERE stream = {STREAM} AND sequence < ?3 ORDER BY sequence DESC LIMIT ?4"
+            ))?;
+            let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            let mut records = statement
+                .query_map(
+                    params![stream.kind.code(), &*stream.key, before, limit],
+                    |row| record(&stream, row),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            records.reverse();
+            Ok(records)
+        })
+        .await
+    }
+
+    /// The last committed sequence of `stream` (0 when it is empty).
+    pub async fn head(self: &Arc<Self>, stream: &StreamKey) -> Result<u64> {
+        let stream = stream.clone();
+        self.with(move |conn| head(conn, &stream)).await
+    }
+
+    /// The first sequence whose timestamp is at or after `ts_micros`, or `head + 1` when none
+    /// is. Timestamps never decrease along a stream, so this is a binary search over
+    /// sequences: about 20 primary-key seeks for a million records, all on one thread, and no
+    /// timestamp index to maintain on every append.
+    pub async fn first_sequence_at_or_after(
+        self: &Arc<Self>,
+        stream: &StreamKey,
+        ts_micros: i64,
+    ) -> Result<u64> {
+        let stream = stream.clone();
+        self.with(move |conn| {
+            // One read transaction, so the head and every probe see the same snapshot.
+            conn.execute_batch("BEGIN")?;
+            let found = (|| {
+                let head = head(conn, &stream)?;
+                let mut probe = conn.prepare_cached(&format!(
+                    "SELECT ts_micros FROM log WHERE stream = {STREAM} AND sequence = ?3"
+                ))?;
+                let (mut lo, mut hi) = (1u64, head + 1);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    let ts: Option<i64> = probe
+                        .query_row(
+                            params![stream.kind.code(), &*stream.key, mid as i64],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    match ts {
+                        Some(ts) if ts >= ts_micros => hi = mid,
+                        Some(_) => lo = mid + 1,
+                        None => return Err(Error::Internal(format!("hole at {stream} #{mid}"))),
+                    }
+                }
+                Ok(lo)
+            })();
+            conn.execute_batch("COMMIT")?;
+            found
+        })
+        .await
+    }
+}
+
+fn head(conn: &Connection, stream: &StreamKey) -> Result<u64> {
+    let head: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT max(sequence) FROM log WHERE stream = {STREAM}"
+        ))?
+        .query_row(params![stream.kind.code(), &*stream.key], |row| row.get(0))?;
+    Ok(head.unwrap_or(0) as u64)
+}
+
+/// By position: every query that builds records selects these four columns first.
+fn record(stream: &StreamKey, row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
+    Ok(LogRecord {
+        stream: stream.clone(),
+        sequence: row.get::<_, i64>(0)? as u64,
+        id: id_text(row.get_ref(1)?)?,
+        ts_micros: row.get(2)?,
+        payload: row.get(3)?,
+    })
+}

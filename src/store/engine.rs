@@ -52,6 +52,9 @@ pub enum AppendOutcome {
     Rejected { head: u64 },
 }
 
+/// A committed group: each request's outcomes, and the newly stored records in commit order.
+pub type GroupOutcome = (Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>);
+
 /// What an import did, counted rather than listed: an import may bring millions of records.
 #[derive(Debug, Default)]
 pub struct ImportOutcome {
@@ -423,7 +426,7 @@ impl LogWriter {
     pub fn append_group(
         &mut self,
         requests: Vec<Vec<NewRecord>>,
-    ) -> Result<(Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>)> {
+    ) -> Result<GroupOutcome> {
         let mut pending = self.begin()?;
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut stored = Vec::new();

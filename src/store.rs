@@ -307,6 +307,22 @@ impl Store {
             .await
     }
 
+    /// [`Self::read_page`] for subscribers: callers asking for the same page at the same time
+    /// share one read. `not_before` is when the caller learned it needs the page (the read's
+    /// snapshot is at least that new).
+    pub async fn read_page_shared(
+        &self,
+        stream: &StreamKey,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+        not_before: std::time::Instant,
+    ) -> Result<Arc<Vec<LogRecord>>> {
+        self.log_readers
+            .read_page_shared(stream, after, until, limit, PAGE_BYTES, not_before)
+            .await
+    }
+
     /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.
     pub async fn read_page_before(
         &self,

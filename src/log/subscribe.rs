@@ -252,11 +252,13 @@ impl<V: RecordView> Task<V> {
 
     /// Reads the store in pages from `cursor` to the head (or `until`) and sends what passes.
     async fn catch_up(&mut self, until: Option<u64>) -> Result<Result<(), Stop>> {
+        // Everything this task knows to be committed was committed before now.
+        let needed_since = std::time::Instant::now();
         loop {
             let page = self
                 .log
                 .store
-                .read_page(&self.stream, self.cursor, until, PAGE)
+                .read_page_shared(&self.stream, self.cursor, until, PAGE, needed_since)
                 .await?;
             // A page ends early at the record limit or at the byte limit; only a page short of
             // both reached the end.

@@ -219,7 +219,9 @@ fn run(
                         let _ = reply.send(Err(err));
                     }
                 }
-                bound_wal(&mut writer);
+                if let Err(err) = writer.settle_after_large() {
+                    tracing::warn!(error = %crate::error::cause_chain(&err), "WAL truncation failed");
+                }
             }
             WriteCommand::Job(job) => {
                 job(&mut writer);

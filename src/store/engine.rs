@@ -185,6 +185,9 @@ const FIND_GIVEN: &str = "SELECT sequence, id, ts_micros, payload FROM log \
 const WAL_TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 /// Attempts per commit, each waiting up to the time above for readers on old snapshots.
 const WAL_TRUNCATE_ATTEMPTS: usize = 3;
+/// A WAL larger than this after an import is truncated at once; see
+/// [`LogWriter::settle_after_large`].
+const SETTLE_AFTER_LARGE_BYTES: u64 = 16 << 20;
 /// The writer's busy timeout outside truncations: long enough for a reader's checkpoint.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -556,6 +559,22 @@ impl LogWriter {
         if before <= self.max_wal_bytes {
             return Ok(());
         }
+        self.truncate_wal(before)
+    }
+
+    /// Truncates the WAL right after a large transaction (an import) whenever it holds more
+    /// than [`SETTLE_AFTER_LARGE_BYTES`]: the copy into the database then happens now, while
+    /// that transaction's own caller has its answer, instead of piece by piece under the live
+    /// traffic that follows, where every piece would slow its fsyncs.
+    pub fn settle_after_large(&mut self) -> Result<()> {
+        let before = self.wal_bytes();
+        if before <= SETTLE_AFTER_LARGE_BYTES.min(self.max_wal_bytes) {
+            return Ok(());
+        }
+        self.truncate_wal(before)
+    }
+
+    fn truncate_wal(&mut self, before: u64) -> Result<()> {
         let _turn = self
             .one_checkpoint_at_a_time
             .lock()

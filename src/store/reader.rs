@@ -9,7 +9,9 @@ use super::engine::id_text;
 use super::{LogRecord, StreamKey};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Read-only connections, opened on demand up to `max` and kept for reuse.
 #[derive(Debug)]
@@ -18,6 +20,19 @@ pub struct LogReaders {
     idle: Mutex<Vec<Connection>>,
     /// Bounds the connections in use at once (and so the blocking threads they hold).
     in_use: tokio::sync::Semaphore,
+    /// Page reads in flight, shared by every subscriber that asks for the same page meanwhile.
+    flights: Mutex<HashMap<PageKey, Flight>>,
+}
+
+/// What a page read is: stream, after, until, limit.
+type PageKey = (StreamKey, u64, Option<u64>, u32);
+
+/// One page read in flight.
+#[derive(Debug)]
+struct Flight {
+    /// Its snapshot is at least as new as this.
+    started: Instant,
+    page: Arc<tokio::sync::OnceCell<Arc<Vec<LogRecord>>>>,
 }
 
 /// The stream's id, from the key, inside each statement: one statement per read, no cache to
@@ -30,6 +45,7 @@ impl LogReaders {
             path,
             idle: Mutex::new(Vec::new()),
             in_use: tokio::sync::Semaphore::new(max.max(1)),
+            flights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -108,6 +124,59 @@ impl LogReaders {
             Ok(page)
         })
         .await
+    }
+
+    /// [`Self::read_page`], shared: subscribers lagging on one stream (a herd woken by the same
+    /// burst) that ask for the same page while it is being read all get that one read, instead
+    /// of each reading the same rows again. `not_before` is when the caller learned that it
+    /// needs the page: only a read that started since then has a snapshot new enough to hold
+    /// every record the caller knows to be committed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_page_shared(
+        self: &Arc<Self>,
+        stream: &StreamKey,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+        max_bytes: usize,
+        not_before: Instant,
+    ) -> Result<Arc<Vec<LogRecord>>> {
+        let key: PageKey = (stream.clone(), after, until, limit);
+        let cell = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(flight) if flight.started >= not_before => flight.page.clone(),
+                _ => {
+                    let page = Arc::new(tokio::sync::OnceCell::new());
+                    flights.insert(
+                        key.clone(),
+                        Flight {
+                            started: Instant::now(),
+                            page: page.clone(),
+                        },
+                    );
+                    page
+                }
+            }
+        };
+        let page = cell
+            .get_or_try_init(|| async {
+                self.read_page(stream, after, until, limit, max_bytes)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned();
+        // Only reads in flight are shared: a finished page would soon be stale, and holding
+        // pages would hold their memory.
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&key)
+            .is_some_and(|flight| Arc::ptr_eq(&flight.page, &cell))
+        {
+            flights.remove(&key);
+        }
+        page
     }
 
     /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.

@@ -26,6 +26,7 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -11,6 +11,13 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The generated server: the same contract, with UserEvent going out as
+/// [`crate::wire::UserEventOut`].
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/streaming.v1.rs"));
+}
+pub use server::streaming_service_server;
+
 /// The encoded descriptor set of the contract, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/streaming_descriptor.bin"));

@@ -10,10 +10,10 @@ use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, Subscri
 use crate::proto::{
     BatchProcessingResult, DataRecord, PublishUserEventRequest, RecordError,
     StreamUserEventsRequest, UserEvent, UserEventType, micros_from_timestamp,
-    timestamp_from_micros,
 };
 use crate::store::spill::Spill;
 use crate::store::{LogRecord, StreamKey, StreamKind};
+use crate::wire::UserEventOut;
 use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -50,15 +50,15 @@ fn body(event_type: UserEventType, data: Option<prost_types::Any>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Rebuilds the full event from a log record.
-pub fn event_from_record(record: &LogRecord) -> Result<UserEvent> {
-    let mut event = UserEvent::decode(record.payload.as_slice())
-        .map_err(|e| Error::Internal(format!("corrupt event {}: {e}", record.id)))?;
-    event.id = record.id.clone();
-    event.user_id = record.stream.key.to_string();
-    event.sequence = record.sequence;
-    event.timestamp = Some(timestamp_from_micros(record.ts_micros));
-    Ok(event)
+/// The full event of a log record, as it goes out: the stored body is forwarded as bytes.
+pub fn event_from_record(record: &LogRecord) -> UserEventOut {
+    UserEventOut {
+        id: record.id.clone(),
+        user_id: record.stream.key.clone(),
+        body: record.payload.clone(),
+        ts_micros: record.ts_micros,
+        sequence: record.sequence,
+    }
 }
 
 fn event_type(value: i32, field: &str) -> Result<UserEventType> {
@@ -106,15 +106,15 @@ impl Events {
 
     /// PublishUserEvent: appends one event; a retry with the same id and content returns the
     /// stored event, the same id with other content gets ALREADY_EXISTS.
-    pub async fn publish(&self, request: PublishUserEventRequest) -> Result<UserEvent> {
+    pub async fn publish(&self, request: PublishUserEventRequest) -> Result<UserEventOut> {
         let record =
             self.new_record(&request.id, &request.user_id, request.r#type, request.data)?;
         let outcome = self.log.writer.append(vec![record.clone()]).await?;
         match outcome.into_iter().next() {
-            Some(AppendOutcome::Stored(stored)) => event_from_record(&stored),
+            Some(AppendOutcome::Stored(stored)) => Ok(event_from_record(&stored)),
             Some(AppendOutcome::Duplicate(existing)) => {
                 if existing.stream == record.stream && existing.payload == record.payload {
-                    event_from_record(&existing)
+                    Ok(event_from_record(&existing))
                 } else {
                     Err(Error::AlreadyExists(format!(
                         "event id {} already exists with different content",
@@ -135,7 +135,7 @@ impl Events {
         &self,
         request: StreamUserEventsRequest,
         holder: Option<std::sync::Arc<str>>,
-    ) -> Result<Subscription<UserEvent>> {
+    ) -> Result<Subscription<UserEventOut>> {
         validate_key("user_id", &request.user_id)?;
         // Deduplicated, so a long repeated list cannot make every record's filter check slow;
         // it then holds at most one entry per event type.
@@ -165,9 +165,9 @@ impl Events {
             history_only: request.history_only,
             holder,
         };
-        let view = move |record: &LogRecord| -> Result<Option<UserEvent>> {
-            let event = event_from_record(record)?;
-            Ok((wanted.is_empty() || wanted.contains(&event.r#type)).then_some(event))
+        let view = move |record: &LogRecord| -> Result<Option<UserEventOut>> {
+            let event = event_from_record(record);
+            Ok((wanted.is_empty() || wanted.contains(&event.event_type())).then_some(event))
         };
         crate::log::subscribe(&self.log, stream_of(&request.user_id), options, view)
     }

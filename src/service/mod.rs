@@ -114,7 +114,7 @@ pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>>
 
 #[tonic::async_trait]
 impl StreamingService for Api {
-    type StreamUserEventsStream = Subscription<proto::UserEvent>;
+    type StreamUserEventsStream = Subscription<crate::wire::UserEventOut>;
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn stream_user_events(
@@ -130,7 +130,7 @@ impl StreamingService for Api {
     async fn publish_user_event(
         &self,
         request: Request<proto::PublishUserEventRequest>,
-    ) -> Result<Response<proto::UserEvent>, Status> {
+    ) -> Result<Response<crate::wire::UserEventOut>, Status> {
         let request = crate::auth::authorize(request, |r| &mut r.user_id)?;
         Ok(Response::new(self.events.publish(request).await?))
     }

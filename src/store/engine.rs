@@ -423,10 +423,7 @@ impl LogWriter {
 
     /// Commits one group atomically. Returns each request's outcomes and the newly stored
     /// records in commit order. On error nothing is kept.
-    pub fn append_group(
-        &mut self,
-        requests: Vec<Vec<NewRecord>>,
-    ) -> Result<GroupOutcome> {
+    pub fn append_group(&mut self, requests: Vec<Vec<NewRecord>>) -> Result<GroupOutcome> {
         let mut pending = self.begin()?;
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut stored = Vec::new();

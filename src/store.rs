@@ -224,11 +224,6 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         one_checkpoint_at_a_time,
     )?;
 
-    // Rows outside the log (file uploads) are written through this small pool.
-    let meta = SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(options.clone())
-        .await?;
     let readers = SqlitePoolOptions::new()
         .max_connections(8)
         .min_connections(1)
@@ -239,7 +234,6 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         Store {
             readers,
             log_readers: LogReaders::new(path, LOG_READERS),
-            meta,
             writes: sender.clone(),
             checkpointer: Arc::new(Checkpointer {
                 stop,
@@ -261,8 +255,6 @@ pub struct Store {
     readers: SqlitePool,
     /// The log engine's read-only connections.
     log_readers: Arc<LogReaders>,
-    /// Read-write connections for everything that is not a log append.
-    meta: SqlitePool,
     /// The writer thread's queue, for jobs.
     writes: mpsc::Sender<WriteCommand>,
     checkpointer: Arc<Checkpointer>,
@@ -353,7 +345,6 @@ impl Store {
 
     /// Runs `job` on the writer thread in a transaction of its own (never inside a group
     /// commit): committed when it returns `Ok`, rolled back otherwise.
-    #[allow(dead_code)]
     pub(crate) async fn write<T, F>(&self, job: F) -> Result<T>
     where
         T: Send + 'static,
@@ -371,11 +362,10 @@ impl Store {
         answer.await.map_err(|_| Error::Unavailable)?
     }
 
-    /// Stops the background checkpointer and closes every read and metadata connection. The
-    /// writer thread truncates the WAL when it stops, after this.
+    /// Stops the background checkpointer and closes every read connection. The writer thread
+    /// truncates the WAL when it stops, after this.
     pub async fn close(&self) {
         self.readers.close().await;
-        self.meta.close().await;
         let checkpointer = self.checkpointer.clone();
         let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
     }

@@ -1,7 +1,8 @@
 //! Metrics against the real server: points visible while their stream is open, exact bucket
 //! figures, label matching, rejected points with exact counts and indexes, cancelled streams,
-//! concurrent streams, shutdown and restart, and a table of bad queries with exact codes. Every
-//! test talks to the server only through the generated gRPC client.
+//! concurrent streams, large commits beside event publishes, shutdown and restart, and a table
+//! of bad queries with exact codes. Every test talks to the server only through the generated
+//! gRPC client.
 
 mod common;
 
@@ -853,6 +854,115 @@ async fn concurrent_streams_store_every_point_once() {
         // In label-text order {"shared":"yes"} comes before every {"stream":"…"}.
         expected.rotate_right(1);
         assert_eq!(sums, expected);
+    })
+    .await;
+    server.stop().await;
+}
+
+/// Metric commits queue on the writer thread between the log's group commits instead of taking
+/// SQLite's write lock against them: while four tasks keep publishing user events, one after
+/// another CollectMetrics calls of 5,000 points (one full group, one commit each) all store
+/// every point, and every publish succeeds with its user's next sequence, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_metric_commits_and_event_publishes_share_the_writer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const PUBLISHERS: usize = 4;
+    const BATCHES: i64 = 5;
+    const SERIES: i64 = 10;
+    let points_per_batch = GROUP as i64;
+    let server = TestServer::start().await;
+    within(180, "publishes beside large metric commits", async {
+        let client = server.client().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let published: Arc<Vec<AtomicU64>> =
+            Arc::new((0..PUBLISHERS).map(|_| AtomicU64::new(0)).collect());
+        let mut publishers = Vec::new();
+        for p in 0..PUBLISHERS {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            let published = published.clone();
+            publishers.push(tokio::spawn(async move {
+                let user = format!("writer-share-{p}");
+                let mut sequences = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let request = PublishUserEventRequest {
+                        user_id: user.clone(),
+                        r#type: UserEventType::Login as i32,
+                        ..Default::default()
+                    };
+                    let event = client
+                        .publish_user_event(request)
+                        .await
+                        .map_err(|s| {
+                            format!("{user}: publish {} failed: {s:?}", sequences.len() + 1)
+                        })?
+                        .into_inner();
+                    if event.user_id != user {
+                        return Err(format!("{user}: answered for {}", event.user_id));
+                    }
+                    sequences.push(event.sequence);
+                    published[p].fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, String>((user, sequences))
+            }));
+        }
+        // Every publisher is running before the first metrics point is sent, and keeps running
+        // until the last batch has been answered: each commit has appends queued around it.
+        wait_for(
+            "every publisher's first event",
+            Duration::from_secs(30),
+            || published.iter().all(|n| n.load(Ordering::Relaxed) > 0),
+        )
+        .await;
+        let mut metrics_client = client.clone();
+        let metrics = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for b in 0..BATCHES {
+                let points: Vec<MetricData> = (0..points_per_batch)
+                    .map(|i| {
+                        let series = (i % SERIES).to_string();
+                        let at = Some(BASE + (b * points_per_batch + i) * 1000);
+                        point("shared_writer", &[("s", &series)], 1.0, at)
+                    })
+                    .collect();
+                results.push(collect(&mut metrics_client, points).await);
+            }
+            results
+        });
+        let results = metrics.await.expect("metrics task");
+        stop.store(true, Ordering::Relaxed);
+        for (b, result) in results.into_iter().enumerate() {
+            let result = result.unwrap_or_else(|s| panic!("batch {b} failed: {s:?}"));
+            assert_eq!(
+                (
+                    result.metrics_received,
+                    result.metrics_stored,
+                    result.metrics_rejected
+                ),
+                (points_per_batch as u64, points_per_batch as u64, 0),
+                "batch {b}"
+            );
+            let counted: u64 = result.summaries.iter().map(|s| s.count).sum();
+            assert_eq!(counted, points_per_batch as u64, "batch {b} summaries");
+        }
+        for publisher in publishers {
+            let (user, sequences) = publisher
+                .await
+                .expect("publisher task")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+            assert_eq!(
+                sequences, expected,
+                "{user}: sequences not contiguous from 1"
+            );
+        }
+        let mut client = client.clone();
+        let range = (BASE, BASE + (BATCHES * points_per_batch + 1) * 1000);
+        assert_eq!(
+            stored_count(&mut client, "shared_writer", &[], range).await,
+            (BATCHES * points_per_batch) as u64
+        );
     })
     .await;
     server.stop().await;

@@ -2,15 +2,19 @@
 //!
 //! Every file row carries what it reserves against the storage totals (`reserved`), and the totals
 //! themselves are rows: `storage_total` (one row, for `--max-storage-bytes`) and `storage_usage`
-//! (one row per user, for `--max-storage-bytes-per-user`). Each change to a file row that changes
-//! what it reserves moves the totals in the same `BEGIN IMMEDIATE` transaction, so a total is never
-//! computed with a `SUM` and can never drift from its rows, and two uploads can never both fit into
-//! the same free space. This module never touches `log_records`.
+//! (one row per user, for `--max-storage-bytes-per-user`). Every write runs as a job on the
+//! writer thread (`Store::write`), in a `BEGIN IMMEDIATE` transaction of its own on the
+//! database's one read-write connection, so it never contends with log appends for SQLite's
+//! write lock. Each change to a file row that changes what it reserves moves the totals in that
+//! same transaction, so a total is never computed with a `SUM` and can never drift from its rows,
+//! and two uploads can never both fit into the same free space. Reads go through the read-only
+//! pool. This module never touches the log's tables (`streams`, `log`).
 
 use super::Store;
 use crate::error::{Error, Result};
+use rusqlite::{OptionalExtension, Transaction, params};
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
 
 /// One uploaded (or uploading) file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +76,7 @@ fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
 }
 
 /// The `files` columns in the order `file_from_row` and `insert_upload` use. A macro, so that
-/// queries stay `&'static str` as sqlx requires.
+/// each query is one `&'static str` (`concat!`), as sqlx requires.
 macro_rules! file_columns {
     () => {
         "file_id, filename, content_type, total_size, checksum, resumable, \
@@ -84,12 +88,58 @@ fn to_i64(value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::Internal(format!("{value} does not fit the store")))
 }
 
+/// What a file row reserves, as the accounting needs it: (owner, charged, reserved).
+type Reservation = (String, bool, i64);
+
+/// Reads a [`Reservation`] from the first three columns of a row.
+fn reservation(row: &rusqlite::Row<'_>) -> rusqlite::Result<Reservation> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+/// Whether growing the totals by `delta` bytes for a row of `owner` would pass a limit, read
+/// inside the job's transaction (which holds the write lock, so nothing moves the totals between
+/// this check and the update that follows it). The per-user limit is checked first; `used` is
+/// what was in use before the request.
+fn refusal(
+    tx: &Transaction<'_>,
+    owner: &str,
+    charged: bool,
+    delta: i64,
+    limits: StorageLimits,
+) -> Result<Option<QuotaRefusal>> {
+    // The same arithmetic as the updates in `move_totals`: a total never goes below zero.
+    let after = |bytes: i64| bytes.saturating_add(delta).max(0);
+    if charged {
+        let bytes: i64 = tx
+            .prepare_cached("SELECT bytes FROM storage_usage WHERE owner = ?1")?
+            .query_row([owner], |row| row.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let now = after(bytes);
+        if now as u64 > limits.per_user {
+            return Ok(Some(QuotaRefusal::User {
+                used: (now - delta).max(0) as u64,
+            }));
+        }
+    }
+    let bytes: i64 = tx
+        .prepare_cached("SELECT bytes FROM storage_total WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
+    let now = after(bytes);
+    if now as u64 > limits.global {
+        return Ok(Some(QuotaRefusal::Global {
+            used: (now - delta).max(0) as u64,
+        }));
+    }
+    Ok(None)
+}
+
 /// Moves the totals by `delta` bytes for a row of `owner` (its per-user row only when
-/// `charged`). With `limits`, a growth that would pass a limit is refused; the caller then rolls
-/// the transaction back. A shrink never goes below zero (rows written before the totals existed
-/// may release bytes they were never counted with).
-async fn move_totals(
-    tx: &mut Transaction<'static, Sqlite>,
+/// `charged`). With `limits`, a growth that would pass a limit is refused before anything is
+/// written, and the caller writes nothing else either. A shrink never goes below zero (rows
+/// written before the totals existed may release bytes they were never counted with).
+fn move_totals(
+    tx: &Transaction<'_>,
     owner: &str,
     charged: bool,
     delta: i64,
@@ -98,48 +148,39 @@ async fn move_totals(
     if delta == 0 {
         return Ok(None);
     }
-    if charged {
-        let now: i64 = sqlx::query_scalar(
-            "INSERT INTO storage_usage (owner, bytes) VALUES (?1, MAX(0, ?2)) \
-             ON CONFLICT (owner) DO UPDATE SET bytes = MAX(0, bytes + ?2) RETURNING bytes",
-        )
-        .bind(owner)
-        .bind(delta)
-        .fetch_one(&mut **tx)
-        .await?;
-        if let Some(limits) = limits
-            && delta > 0
-            && now as u64 > limits.per_user
-        {
-            return Ok(Some(QuotaRefusal::User {
-                used: (now - delta).max(0) as u64,
-            }));
-        }
-    }
-    let now: i64 = sqlx::query_scalar(
-        "UPDATE storage_total SET bytes = MAX(0, bytes + ?1) WHERE id = 1 RETURNING bytes",
-    )
-    .bind(delta)
-    .fetch_one(&mut **tx)
-    .await?;
     if let Some(limits) = limits
         && delta > 0
-        && now as u64 > limits.global
+        && let Some(refused) = refusal(tx, owner, charged, delta, limits)?
     {
-        return Ok(Some(QuotaRefusal::Global {
-            used: (now - delta).max(0) as u64,
-        }));
+        return Ok(Some(refused));
+    }
+    if charged {
+        tx.prepare_cached(
+            "INSERT INTO storage_usage (owner, bytes) VALUES (?1, MAX(0, ?2)) \
+             ON CONFLICT (owner) DO UPDATE SET bytes = MAX(0, bytes + ?2)",
+        )?
+        .execute(params![owner, delta])?;
+    }
+    let updated = tx
+        .prepare_cached("UPDATE storage_total SET bytes = MAX(0, bytes + ?1) WHERE id = 1")?
+        .execute([delta])?;
+    if updated != 1 {
+        return Err(Error::Internal("the storage_total row is missing".into()));
     }
     Ok(None)
 }
 
-impl Store {
-    async fn file_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        // IMMEDIATE: the transaction takes the write lock first (waiting out the busy timeout),
-        // instead of failing when it upgrades a read snapshot that another writer moved past.
-        Ok(self.meta.begin_with("BEGIN IMMEDIATE").await?)
-    }
+/// The reservation of the incomplete upload `file_id`, if there is one.
+fn incomplete_reservation(tx: &Transaction<'_>, file_id: &str) -> Result<Option<Reservation>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT owner, charged, reserved FROM files WHERE file_id = ?1 AND complete = 0",
+        )?
+        .query_row([file_id], reservation)
+        .optional()?)
+}
 
+impl Store {
     /// The file with this id, complete or not.
     pub async fn file(&self, file_id: &str) -> Result<Option<FileRow>> {
         let row = sqlx::query(concat!(
@@ -148,7 +189,7 @@ impl Store {
             " FROM files WHERE file_id = ?1"
         ))
         .bind(file_id)
-        .fetch_optional(&self.meta)
+        .fetch_optional(&self.readers)
         .await?;
         row.as_ref().map(file_from_row).transpose()
     }
@@ -160,41 +201,40 @@ impl Store {
         file: &FileRow,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
-        let mut tx = self.file_tx().await?;
-        if let Some(refusal) = move_totals(
-            &mut tx,
-            &file.owner,
-            file.charged,
-            to_i64(file.reserved)?,
-            Some(limits),
-        )
-        .await?
-        {
-            tx.rollback().await?;
-            return Ok(Err(refusal));
-        }
-        sqlx::query(concat!(
-            "INSERT INTO files (",
-            file_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        ))
-        .bind(&file.file_id)
-        .bind(&file.filename)
-        .bind(&file.content_type)
-        .bind(to_i64(file.total_size)?)
-        .bind(&file.checksum)
-        .bind(file.resumable)
-        .bind(to_i64(file.bytes_received)?)
-        .bind(file.complete)
-        .bind(file.created_at_micros)
-        .bind(file.updated_at_micros)
-        .bind(&file.owner)
-        .bind(file.charged)
-        .bind(to_i64(file.reserved)?)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        let file = file.clone();
+        self.write(move |tx| {
+            if let Some(refused) = move_totals(
+                tx,
+                &file.owner,
+                file.charged,
+                to_i64(file.reserved)?,
+                Some(limits),
+            )? {
+                return Ok(Err(refused));
+            }
+            tx.prepare_cached(concat!(
+                "INSERT INTO files (",
+                file_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ))?
+            .execute(params![
+                file.file_id,
+                file.filename,
+                file.content_type,
+                to_i64(file.total_size)?,
+                file.checksum,
+                file.resumable,
+                to_i64(file.bytes_received)?,
+                file.complete,
+                file.created_at_micros,
+                file.updated_at_micros,
+                file.owner,
+                file.charged,
+                to_i64(file.reserved)?,
+            ])?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     /// Sets what an incomplete upload reserves to `reserve` bytes (its whole declared size when a
@@ -206,117 +246,92 @@ impl Store {
         reserve: u64,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
-        let mut tx = self.file_tx().await?;
-        let Some(row) = sqlx::query(
-            "SELECT owner, charged, reserved FROM files WHERE file_id = ?1 AND complete = 0",
-        )
-        .bind(file_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Err(Error::NotFound(format!("no upload {file_id}")));
-        };
-        let owner: String = row.try_get("owner")?;
-        let charged: bool = row.try_get("charged")?;
-        let reserved: i64 = row.try_get("reserved")?;
-        let delta = to_i64(reserve)? - reserved;
-        if let Some(refusal) = move_totals(&mut tx, &owner, charged, delta, Some(limits)).await? {
-            tx.rollback().await?;
-            return Ok(Err(refusal));
-        }
-        sqlx::query("UPDATE files SET reserved = ?2 WHERE file_id = ?1")
-            .bind(file_id)
-            .bind(to_i64(reserve)?)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        let file_id = file_id.to_owned();
+        self.write(move |tx| {
+            let Some((owner, charged, reserved)) = incomplete_reservation(tx, &file_id)? else {
+                return Err(Error::NotFound(format!("no upload {file_id}")));
+            };
+            let delta = to_i64(reserve)? - reserved;
+            if let Some(refused) = move_totals(tx, &owner, charged, delta, Some(limits))? {
+                return Ok(Err(refused));
+            }
+            tx.prepare_cached("UPDATE files SET reserved = ?2 WHERE file_id = ?1")?
+                .execute(params![file_id, to_i64(reserve)?])?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     /// Records how many bytes of an interrupted upload are durable. No call is writing it any
     /// more, so it now reserves only those bytes; the rest of its declared size is released from
     /// the totals in the same transaction.
     pub async fn set_upload_progress(&self, file_id: &str, bytes: u64, now: i64) -> Result<()> {
-        let mut tx = self.file_tx().await?;
-        let row = sqlx::query(
-            "SELECT owner, charged, reserved FROM files WHERE file_id = ?1 AND complete = 0",
-        )
-        .bind(file_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = row {
-            let owner: String = row.try_get("owner")?;
-            let charged: bool = row.try_get("charged")?;
-            let reserved: i64 = row.try_get("reserved")?;
-            move_totals(&mut tx, &owner, charged, to_i64(bytes)? - reserved, None).await?;
-            sqlx::query(
-                "UPDATE files SET bytes_received = ?2, reserved = ?2, updated_at_micros = ?3 \
-                 WHERE file_id = ?1",
-            )
-            .bind(file_id)
-            .bind(to_i64(bytes)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let file_id = file_id.to_owned();
+        self.write(move |tx| {
+            if let Some((owner, charged, reserved)) = incomplete_reservation(tx, &file_id)? {
+                move_totals(tx, &owner, charged, to_i64(bytes)? - reserved, None)?;
+                tx.prepare_cached(
+                    "UPDATE files SET bytes_received = ?2, reserved = ?2, updated_at_micros = ?3 \
+                     WHERE file_id = ?1",
+                )?
+                .execute(params![file_id, to_i64(bytes)?, now])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Marks an upload complete with its verified checksum, once its file is in place. It
     /// reserved its whole declared size while the call wrote it, and keeps that.
     pub async fn complete_upload(&self, file_id: &str, checksum: &str, now: i64) -> Result<()> {
-        let mut tx = self.file_tx().await?;
-        let row = sqlx::query(
-            "SELECT owner, charged, reserved, total_size FROM files WHERE file_id = ?1",
-        )
-        .bind(file_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(Error::Internal(format!("upload {file_id} has no row")));
-        };
-        let owner: String = row.try_get("owner")?;
-        let charged: bool = row.try_get("charged")?;
-        let reserved: i64 = row.try_get("reserved")?;
-        let total: i64 = row.try_get("total_size")?;
-        // Only the startup repair completes a row that reserved less (its kept bytes).
-        move_totals(&mut tx, &owner, charged, total - reserved, None).await?;
-        sqlx::query(
-            "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
-             reserved = total_size, updated_at_micros = ?3 WHERE file_id = ?1",
-        )
-        .bind(file_id)
-        .bind(checksum)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let file_id = file_id.to_owned();
+        let checksum = checksum.to_owned();
+        self.write(move |tx| {
+            let row = tx
+                .prepare_cached(
+                    "SELECT owner, charged, reserved, total_size FROM files WHERE file_id = ?1",
+                )?
+                .query_row([&file_id], |row| {
+                    Ok((reservation(row)?, row.get::<_, i64>(3)?))
+                })
+                .optional()?;
+            let Some(((owner, charged, reserved), total)) = row else {
+                return Err(Error::Internal(format!("upload {file_id} has no row")));
+            };
+            // Only the startup repair completes a row that reserved less (its kept bytes).
+            move_totals(tx, &owner, charged, total - reserved, None)?;
+            tx.prepare_cached(
+                "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
+                 reserved = total_size, updated_at_micros = ?3 WHERE file_id = ?1",
+            )?
+            .execute(params![file_id, checksum, now])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a file row and releases what it reserved, in one transaction.
     pub async fn delete_file(&self, file_id: &str) -> Result<()> {
-        let mut tx = self.file_tx().await?;
-        let row =
-            sqlx::query("DELETE FROM files WHERE file_id = ?1 RETURNING owner, charged, reserved")
-                .bind(file_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(row) = row {
-            let owner: String = row.try_get("owner")?;
-            let charged: bool = row.try_get("charged")?;
-            let reserved: i64 = row.try_get("reserved")?;
-            move_totals(&mut tx, &owner, charged, -reserved, None).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let file_id = file_id.to_owned();
+        self.write(move |tx| {
+            let row = tx
+                .prepare_cached(
+                    "DELETE FROM files WHERE file_id = ?1 RETURNING owner, charged, reserved",
+                )?
+                .query_row([&file_id], reservation)
+                .optional()?;
+            if let Some((owner, charged, reserved)) = row {
+                move_totals(tx, &owner, charged, -reserved, None)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Every file row, for the sweep (complete or not).
     pub async fn all_files(&self) -> Result<Vec<FileRow>> {
         let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
-            .fetch_all(&self.meta)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter().map(file_from_row).collect()
     }
@@ -329,7 +344,7 @@ impl Store {
             " FROM files WHERE complete = 0 AND updated_at_micros < ?1"
         ))
         .bind(before)
-        .fetch_all(&self.meta)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter().map(file_from_row).collect()
     }

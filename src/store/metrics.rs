@@ -1,23 +1,23 @@
 //! SQL for metrics: series and their points.
 //!
 //! A series is a name and a canonical label text (see `migrations/0004_metrics.sql`); a point is
-//! a series id, a timestamp, its place in its CollectMetrics stream and a value. Writes go
-//! through the `meta` pool, one `BEGIN IMMEDIATE` transaction per group of points, never through
-//! the log writer's connection; reads go through the read-only pool. This module knows nothing
-//! of gRPC or of Prometheus naming rules, and must never decide what is valid: the service
-//! validates before anything reaches it. Its types are plain (tuples, std types), so that the
-//! service can use them without this private module being named.
+//! a series id, a timestamp, its place in its CollectMetrics stream and a value. Writes run as
+//! jobs on the writer thread (`Store::write`), one `BEGIN IMMEDIATE` transaction per group of
+//! points on the database's one read-write connection, queued between the log's group commits
+//! instead of contending with them for SQLite's write lock; reads go through the read-only pool.
+//! This module knows nothing of gRPC or of Prometheus naming rules, and must never decide what
+//! is valid: the service validates before anything reaches it. Its types are plain (tuples, std
+//! types), so that the service can use them without this private module being named.
 
 use super::Store;
 use crate::error::Result;
+use rusqlite::{OptionalExtension, Transaction, params};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
-/// Points per multi-row INSERT. Five parameters a row keeps a statement far below SQLite's
-/// limit of 32,766 bound parameters; a full chunk is always the same SQL text, so sqlx's
-/// statement cache prepares it once per connection.
-const POINT_CHUNK: usize = 1000;
-/// Series per multi-row INSERT or lookup (two parameters a row).
+/// Series per lookup on the read-only pool (two parameters a row, far below SQLite's limit of
+/// 32,766 bound parameters).
 const SERIES_CHUNK: usize = 500;
 
 /// One point to store: (series id, timestamp in microseconds, the point's position in its
@@ -38,11 +38,11 @@ pub struct MetricBucketRow {
 
 impl Store {
     /// The ids of `series`, given as (name, canonical label text), in order. Existing series
-    /// are found with a read; only missing ones take a write transaction, which commits them
-    /// on its own: a series row without points is harmless (queries leave it out).
+    /// are found with a read; only missing ones take a write job, which commits them on its
+    /// own: a series row without points is harmless (queries leave it out).
     ///
     /// A name holds at most `max_per_name` series: a missing series that would be one more is
-    /// not created and comes back as `None`. The count and the inserts share one write
+    /// not created and comes back as `None`. The count and the inserts share the job's one
     /// transaction, so concurrent streams cannot together pass the cap.
     pub async fn metric_series_ids(
         &self,
@@ -58,59 +58,22 @@ impl Store {
         for chunk in series.chunks(SERIES_CHUNK) {
             lookup_series(&self.readers, chunk, &position, &mut ids).await?;
         }
-        let missing = |ids: &[Option<i64>]| -> Vec<(&str, &str)> {
-            series
-                .iter()
-                .zip(ids)
-                .filter_map(|(&key, id)| id.is_none().then_some(key))
-                .collect()
-        };
-        let first_missing = missing(&ids);
-        if first_missing.is_empty() {
+        let (places, missing): (Vec<usize>, Vec<(String, String)>) = series
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .filter(|(_, (_, id))| id.is_none())
+            .map(|(i, (&(name, labels), _))| (i, (name.to_owned(), labels.to_owned())))
+            .unzip();
+        if missing.is_empty() {
             return Ok(ids);
         }
-        // IMMEDIATE takes the write lock first. A deferred transaction that reads before it
-        // writes fails at once with SQLITE_BUSY when another writer commits in between,
-        // where waiting (the busy timeout) is what we want.
-        let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
-        // Another stream may have created some of them since the read above.
-        for chunk in first_missing.chunks(SERIES_CHUNK) {
-            lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
+        let found = self
+            .write(move |tx| create_series(tx, &missing, max_per_name))
+            .await?;
+        for (i, id) in places.into_iter().zip(found) {
+            ids[i] = id;
         }
-        let still_missing = missing(&ids);
-        // Room left under the cap, per name, counted inside the transaction.
-        let mut room: HashMap<&str, u64> = HashMap::new();
-        for &(name, _) in &still_missing {
-            if !room.contains_key(name) {
-                let count: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM metric_series WHERE name = ?1")
-                        .bind(name)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                room.insert(name, max_per_name.saturating_sub(count as u64));
-            }
-        }
-        let allowed: Vec<(&str, &str)> = still_missing
-            .into_iter()
-            .filter(|&(name, _)| match room.get_mut(name) {
-                Some(left) if *left > 0 => {
-                    *left -= 1;
-                    true
-                }
-                _ => false,
-            })
-            .collect();
-        for chunk in allowed.chunks(SERIES_CHUNK) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO metric_series (name, labels) ");
-            insert.push_values(chunk, |mut row, &(name, labels)| {
-                row.push_bind(name).push_bind(labels);
-            });
-            insert.push(" ON CONFLICT (name, labels) DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
-            lookup_series(&mut *tx, chunk, &position, &mut ids).await?;
-        }
-        tx.commit().await?;
         Ok(ids)
     }
 
@@ -123,38 +86,34 @@ impl Store {
         started_micros: i64,
         points: &mut [MetricPointRow],
     ) -> Result<i64> {
-        let mut tx = self.meta.begin_with("BEGIN IMMEDIATE").await?;
-        let collection_id = match collection_id {
-            Some(id) => id,
-            None => {
-                sqlx::query_scalar(
-                    "INSERT INTO metric_collections (started_micros) VALUES (?1) \
-                     RETURNING collection_id",
-                )
-                .bind(started_micros)
-                .fetch_one(&mut *tx)
-                .await?
-            }
-        };
         // In primary-key order each B-tree leaf is written once and filled in order; the order
         // of rows inside one commit is invisible to readers.
         points.sort_unstable_by_key(|&(series, ts, index, _)| (series, ts, index));
-        for chunk in points.chunks(POINT_CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new(
+        let points = points.to_vec();
+        self.write(move |tx| {
+            let collection_id = match collection_id {
+                Some(id) => id,
+                None => tx
+                    .prepare_cached(
+                        "INSERT INTO metric_collections (started_micros) VALUES (?1) \
+                         RETURNING collection_id",
+                    )?
+                    .query_row([started_micros], |row| row.get(0))?,
+            };
+            // One prepared statement, stepped once a point: on the writer's own connection a
+            // step costs no round trip, so multi-row statements would save nothing worth
+            // their varying SQL text.
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO metric_points \
-                 (series_id, ts_micros, collection_id, point_index, value) ",
-            );
-            query.push_values(chunk, |mut row, &(series, ts, index, value)| {
-                row.push_bind(series)
-                    .push_bind(ts)
-                    .push_bind(collection_id)
-                    .push_bind(index)
-                    .push_bind(value);
-            });
-            query.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(collection_id)
+                 (series_id, ts_micros, collection_id, point_index, value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (series, ts, index, value) in points {
+                insert.execute(params![series, ts, collection_id, index, value])?;
+            }
+            Ok(collection_id)
+        })
+        .await
     }
 
     /// The series called `name` whose labels match every matcher, as (series id, canonical
@@ -229,6 +188,58 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Finds or creates each series of `missing` inside a write job's transaction, in order, and
+/// answers its id, or `None` for one that the cap of `max_per_name` series per name refused.
+/// Another stream may have created some of them since the caller's read: those are found here.
+fn create_series(
+    tx: &Transaction<'_>,
+    missing: &[(String, String)],
+    max_per_name: u64,
+) -> Result<Vec<Option<i64>>> {
+    let mut find =
+        tx.prepare_cached("SELECT series_id FROM metric_series WHERE name = ?1 AND labels = ?2")?;
+    let mut count = tx.prepare_cached("SELECT COUNT(*) FROM metric_series WHERE name = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO metric_series (name, labels) VALUES (?1, ?2) \
+         ON CONFLICT (name, labels) DO NOTHING RETURNING series_id",
+    )?;
+    // Room left under the cap, per name, counted inside the transaction before its first
+    // insert and then kept here.
+    let mut room: HashMap<&str, u64> = HashMap::new();
+    let mut ids = Vec::with_capacity(missing.len());
+    for (name, labels) in missing {
+        let found: Option<i64> = find
+            .query_row(params![name, labels], |row| row.get(0))
+            .optional()?;
+        if found.is_some() {
+            ids.push(found);
+            continue;
+        }
+        let left = match room.entry(name.as_str()) {
+            Entry::Occupied(left) => left.into_mut(),
+            Entry::Vacant(place) => {
+                let stored: i64 = count.query_row([name], |row| row.get(0))?;
+                place.insert(max_per_name.saturating_sub(stored as u64))
+            }
+        };
+        if *left == 0 {
+            ids.push(None);
+            continue;
+        }
+        *left -= 1;
+        let created: Option<i64> = insert
+            .query_row(params![name, labels], |row| row.get(0))
+            .optional()?;
+        ids.push(match created {
+            Some(id) => Some(id),
+            None => find
+                .query_row(params![name, labels], |row| row.get(0))
+                .optional()?,
+        });
+    }
+    Ok(ids)
 }
 
 /// Fills in `ids` (indexed by `position`) for the series of `chunk` that exist.

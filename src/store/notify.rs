@@ -1,11 +1,14 @@
 //! SQL for notification inboxes beside the log: each user's acknowledged cursor.
 //!
 //! The notifications themselves are ordinary log records (kind `notifications`), written only by
-//! the log writer; this module never touches `log_records`. Cursors are written through the
-//! `meta` pool, in single statements, so a cursor can never be seen half-updated or moved back.
+//! the log writer; this module never touches the log's tables (`streams`, `log`). Cursors are
+//! written as jobs on the writer thread (`Store::write`), each a single statement in a
+//! transaction of its own, so a cursor can never be seen half-updated or moved back; they are
+//! read through the read-only pool.
 
 use super::Store;
 use crate::error::Result;
+use rusqlite::params;
 
 impl Store {
     /// The sequence through which `user_id` has acknowledged notifications (0 when never).
@@ -26,16 +29,20 @@ impl Store {
         let through = i64::try_from(through).map_err(|_| {
             crate::error::Error::Internal(format!("cursor {through} does not fit the store"))
         })?;
-        let cursor: i64 = sqlx::query_scalar(
-            "INSERT INTO notification_cursors (user_id, acknowledged_through) VALUES (?1, ?2) \
-             ON CONFLICT (user_id) DO UPDATE SET acknowledged_through = \
-             max(acknowledged_through, excluded.acknowledged_through) \
-             RETURNING acknowledged_through",
-        )
-        .bind(user_id)
-        .bind(through)
-        .fetch_one(&self.meta)
-        .await?;
+        let user_id = user_id.to_owned();
+        let cursor: i64 = self
+            .write(move |tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "INSERT INTO notification_cursors (user_id, acknowledged_through) \
+                         VALUES (?1, ?2) ON CONFLICT (user_id) DO UPDATE SET \
+                         acknowledged_through = \
+                         max(acknowledged_through, excluded.acknowledged_through) \
+                         RETURNING acknowledged_through",
+                    )?
+                    .query_row(params![user_id, through], |row| row.get(0))?)
+            })
+            .await?;
         Ok(cursor as u64)
     }
 }

@@ -155,6 +155,8 @@ pub struct LogWriter {
     /// Shared with the background checkpointer: SQLite runs one checkpoint at a time and fails a
     /// second one at once, so the truncation waits here for a running PASSIVE one instead.
     one_checkpoint_at_a_time: Arc<Mutex<()>>,
+    /// When the writer next restarts the WAL.
+    next_restart: std::time::Instant,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -188,6 +190,12 @@ const WAL_TRUNCATE_ATTEMPTS: usize = 3;
 /// A WAL larger than this after an import is truncated at once; see
 /// [`LogWriter::settle_after_large`].
 const SETTLE_AFTER_LARGE_BYTES: u64 = 16 << 20;
+/// How often the writer restarts the WAL under steady load, and how soon it tries again when
+/// readers or a running checkpoint kept it from doing so; see [`LogWriter::restart_wal`].
+const WAL_RESTART_EVERY: Duration = Duration::from_millis(250);
+const WAL_RESTART_RETRY: Duration = Duration::from_millis(50);
+/// How long a restart waits for readers: a restart is an optimisation, so it gives up quickly.
+const WAL_RESTART_WAIT: Duration = Duration::from_millis(5);
 /// The writer's busy timeout outside truncations: long enough for a reader's checkpoint.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -398,6 +406,7 @@ impl LogWriter {
             wal_path: wal.into(),
             max_wal_bytes,
             one_checkpoint_at_a_time,
+            next_restart: std::time::Instant::now(),
         })
     }
 
@@ -551,12 +560,48 @@ impl LogWriter {
     /// background checkpoint to finish, and for readers on old snapshots, but only briefly
     /// (100 ms per attempt, three attempts); when readers stay, it tries again after the next
     /// commit and never blocks the writer for long.
+    ///
+    /// Between truncations it restarts the WAL every [`WAL_RESTART_EVERY`] (see
+    /// [`Self::restart_wal`]), so that under steady load the WAL holds a fraction of a second
+    /// of frames and commits overwrite its first pages instead of growing the file.
     pub fn bound_wal(&mut self) -> Result<()> {
         let before = self.wal_bytes();
-        if before <= self.max_wal_bytes {
-            return Ok(());
+        if before > self.max_wal_bytes {
+            return self.truncate_wal(before);
         }
-        self.truncate_wal(before)
+        if std::time::Instant::now() >= self.next_restart {
+            self.restart_wal()?;
+        }
+        Ok(())
+    }
+
+    /// A RESTART checkpoint: copies the few frames the background checkpointer has not copied
+    /// yet, waits briefly for readers to leave the WAL, and makes the next commit write from the
+    /// start of the file again. The file keeps its size (up to `journal_size_limit`), so those
+    /// writes overwrite blocks the file system already holds. Without restarts a PASSIVE
+    /// checkpoint never lets the WAL start over under steady load, every commit appends to the
+    /// end of an ever longer file, and extending the file cost the writer thread more than its
+    /// inserts (the kernel zeroes each new block). When a background checkpoint is running,
+    /// or readers stay, it tries again a little later.
+    fn restart_wal(&mut self) -> Result<()> {
+        let now = std::time::Instant::now();
+        let Ok(_turn) = self.one_checkpoint_at_a_time.try_lock() else {
+            self.next_restart = now + WAL_RESTART_RETRY;
+            return Ok(());
+        };
+        self.conn.busy_timeout(WAL_RESTART_WAIT)?;
+        let outcome = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, i64>(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        let busy = outcome?;
+        self.next_restart = now
+            + if busy == 0 {
+                WAL_RESTART_EVERY
+            } else {
+                WAL_RESTART_RETRY
+            };
+        Ok(())
     }
 
     /// Truncates the WAL right after a large transaction (an import) whenever it holds more

@@ -961,3 +961,97 @@ async fn a_herd_of_lagging_subscribers_gets_every_event_exactly_once_and_stays_l
     .await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Server-assigned ids are ids of their stream too
+// ---------------------------------------------------------------------------------------------
+
+/// An id is unique within its stream (docs/contract.md §3), whoever chose it. An event published
+/// without an id gets a server-assigned UUID; a client that later sends that id back (a retry
+/// that echoes the answer, or an export of the user's events imported into the same server) is
+/// sending the same id: with the same content it is a duplicate that answers the stored event,
+/// with other content ALREADY_EXISTS (or a rejected record in a batch), and nothing is stored
+/// twice. Before log v2 every id was in the unique index; 0007 indexes only client-given ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record() {
+    let server = TestServer::start().await;
+    within(30, "server-assigned ids", async {
+        let mut client = server.client().await;
+        let data = Some(any("type.test/echo", "first"));
+        // One user per case, each with one event whose id the server assigned.
+        let mut firsts = Vec::new();
+        for user in ["echo-retry", "echo-other", "echo-import"] {
+            let first = publish(&mut client, publish_req(user, 1, "", data.clone())).await;
+            assert_eq!(first.sequence, 1);
+            assert!(
+                canonical_uuid(&first.id).is_some(),
+                "a server UUID: {}",
+                first.id
+            );
+            firsts.push(first);
+        }
+
+        // The same id and content again: the stored event, nothing new.
+        let retry = client
+            .publish_user_event(publish_req(
+                &firsts[0].user_id,
+                1,
+                &firsts[0].id,
+                data.clone(),
+            ))
+            .await
+            .map(|r| r.into_inner());
+        // The same id with other content: ALREADY_EXISTS.
+        let other = client
+            .publish_user_event(publish_req(&firsts[1].user_id, 2, &firsts[1].id, None))
+            .await
+            .map(|r| r.into_inner());
+        // The user's export imported back: a duplicate, not a new record.
+        let import = client
+            .process_data_batch(tokio_stream::iter([DataRecord {
+                id: firsts[2].id.clone(),
+                user_id: firsts[2].user_id.clone(),
+                r#type: 1,
+                data: data.clone(),
+            }]))
+            .await
+            .expect("import")
+            .into_inner();
+        let mut stored = Vec::new();
+        for first in &firsts {
+            stored.push(history(&mut client, &first.user_id).await);
+        }
+        let described = format!(
+            "retry answered {retry:?}\nother content answered {other:?}\nimport answered \
+             {import:?}\nstored (sequence, id) {:?}",
+            stored
+                .iter()
+                .map(|events| seqs(events)
+                    .into_iter()
+                    .zip(events.iter().map(|e| &e.id))
+                    .collect())
+                .collect::<Vec<Vec<_>>>()
+        );
+        for (first, events) in firsts.iter().zip(&stored) {
+            assert_eq!(
+                events,
+                std::slice::from_ref(first),
+                "{}: one record per id, and it is the first\n{described}",
+                first.user_id
+            );
+        }
+        assert_eq!(retry.as_ref().ok(), Some(&firsts[0]), "{described}");
+        assert_eq!(
+            other.as_ref().map_err(|s| s.code()).err(),
+            Some(Code::AlreadyExists),
+            "{described}"
+        );
+        assert_eq!(
+            (import.records_accepted, import.records_duplicate),
+            (0, 1),
+            "{described}"
+        );
+    })
+    .await;
+    server.stop().await;
+}

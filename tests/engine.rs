@@ -6,7 +6,8 @@
 //! mid-stream, after the server spilled every record, leaves no row, no file and no open
 //! descriptor behind, and the same import then commits whole. A herd of live subscribers that
 //! read nothing while thousands of large events overflow the hub still gets every event exactly
-//! once, in order, as acknowledged, and stays live.
+//! once, in order, as acknowledged, and stays live. And an id the server assigned is an id of its
+//! stream like any other: sent back, it is a duplicate, never a second record with that id.
 
 mod common;
 
@@ -153,25 +154,37 @@ fn canonical_uuid(id: &str) -> Option<[u8; 16]> {
     (uuid.hyphenated().to_string() == id).then(|| *uuid.as_bytes())
 }
 
-/// Event ids of every shape an old database may hold. Each pair of the first three is the same
-/// UUID written three ways: they are three different ids and must stay so.
+/// Event ids of every shape an old database may hold. Several are one UUID written in other
+/// forms (case, hyphens, braces, URN): each form is a different id and must stay one.
 const U1: &str = "6f1e2d3c-4b5a-4978-8877-665544332211";
 const U2: &str = "a0b1c2d3-e4f5-4a6b-9c8d-7e6f5a4b3c2d";
 const U3: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
 fn alice_event_ids() -> Vec<String> {
     vec![
-        U1.to_string(),                                     // canonical lowercase
-        "order-1".to_string(),                              // plain text
-        U2.to_uppercase(),                                  // UPPERCASE
-        U3.replace('-', ""),                                // no hyphens
-        U2.to_string(),           // the same UUID as #3, lowercase: another id
-        format!("{{{U1}}}"),      // braced
-        format!("urn:uuid:{U3}"), // URN
-        "0F8fad5b-d9cb-469f-a165-70867728950E".to_string(), // mixed case, 36 chars
-        uuid::Uuid::now_v7().to_string(), // what a server assigned
+        // 1: canonical lowercase, a 16-byte blob after 0007.
+        U1.to_string(),
+        // 2: plain text.
+        "order-1".to_string(),
+        // 3: UPPERCASE.
+        U2.to_uppercase(),
+        // 4: no hyphens.
+        U3.replace('-', ""),
+        // 5: #3's UUID in lowercase: another id.
+        U2.to_string(),
+        // 6: braced.
+        format!("{{{U1}}}"),
+        // 7: a URN.
+        format!("urn:uuid:{U3}"),
+        // 8: mixed case, 36 characters.
+        "0F8fad5b-d9cb-469f-a165-70867728950E".to_string(),
+        // 9: what a server assigned.
+        uuid::Uuid::now_v7().to_string(),
+        // 10: plain text.
         "order-2".to_string(),
-        U3.to_string(), // the lowercase form of #4 and #7
+        // 11: the canonical form of #4 and #7.
+        U3.to_string(),
+        // 12: one character.
         "x".to_string(),
     ]
 }

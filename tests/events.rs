@@ -406,36 +406,32 @@ async fn lagging_subscriber_catches_up_from_the_store_and_stays_live() {
 /// A batch sent during the crash test: its (user, id) records and whether it was answered OK.
 type SentBatch = (Vec<(String, String)>, bool);
 
-/// Concurrent appends (unary and batched) to a built server binary, killed with SIGKILL mid-load.
-/// After a restart on the same database every acknowledged append is there exactly as answered
-/// (sequence, id, timestamp, content), batches are all-or-nothing, and each user's sequences are
-/// contiguous from 1.
+const CRASH_USERS: [&str; 3] = ["crash-a", "crash-b", "crash-c"];
+const CRASH_BATCH: usize = 20;
+/// Kills in the crash test: each lands mid-load on the server that the previous restart started.
+const CRASH_ROUNDS: usize = 5;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
-    const USERS: [&str; 3] = ["crash-a", "crash-b", "crash-c"];
-    const BATCH: usize = 20;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let child = ChildServer::spawn(dir.path(), &[]);
-    let url = child.url();
-
-    // Every unary append answered OK, as answered.
-    let acked: Arc<Mutex<Vec<UserEvent>>> = Arc::default();
-    // Every batch sent: its (user, id) records and whether it was answered OK.
-    let batches: Arc<Mutex<Vec<SentBatch>>> = Arc::default();
-    let count = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-
+/// Starts 5 unary publishers and one batch importer against `url`; each runs until the server
+/// is gone. Every acknowledged unary append goes to `acked`, every batch sent to `batches` (marked
+/// once acknowledged), and `count` counts acknowledged records. Ids carry the round, so no round
+/// repeats another's.
+async fn crash_load(
+    url: &str,
+    round: usize,
+    acked: &Arc<Mutex<Vec<UserEvent>>>,
+    batches: &Arc<Mutex<Vec<SentBatch>>>,
+    count: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for t in 0..5usize {
-        let mut client = connect(&url).await;
+        let mut client = connect(url).await;
         let acked = acked.clone();
         let count = count.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0.. {
-                let user = USERS[(t + n) % USERS.len()];
-                let id = format!("crash-{t}-{n}");
-                let data = any("test/crash", format!("{t}/{n}"));
+                let user = CRASH_USERS[(t + n) % CRASH_USERS.len()];
+                let id = format!("crash-{round}-{t}-{n}");
+                let data = any("test/crash", format!("{round}/{t}/{n}"));
                 let request = publish_req(user, TYPES[n % 4] as i32, &id, Some(data));
                 match client.publish_user_event(request).await {
                     Ok(event) => {
@@ -449,115 +445,156 @@ async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
             }
         }));
     }
-    {
-        let mut client = connect(&url).await;
-        let batches = batches.clone();
-        let count = count.clone();
-        tasks.push(tokio::spawn(async move {
-            for b in 0.. {
-                let records: Vec<DataRecord> = (0..BATCH)
-                    .map(|i| {
-                        let user = USERS[(b + i) % USERS.len()];
-                        record(
-                            &format!("crash-batch-{b}-{i}"),
-                            user,
-                            1 + (i % 4) as i32,
-                            None,
-                        )
-                    })
-                    .collect();
-                let ids = records
-                    .iter()
-                    .map(|r| (r.user_id.clone(), r.id.clone()))
-                    .collect();
-                let slot = {
-                    let mut batches = batches.lock().unwrap();
-                    batches.push((ids, false));
-                    batches.len() - 1
-                };
-                match batch(&mut client, records).await {
-                    Ok(result) => {
-                        assert_eq!(result.records_accepted, BATCH as u64);
-                        batches.lock().unwrap()[slot].1 = true;
-                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => return,
+    let mut client = connect(url).await;
+    let batches = batches.clone();
+    let count = count.clone();
+    tasks.push(tokio::spawn(async move {
+        for b in 0.. {
+            let records: Vec<DataRecord> = (0..CRASH_BATCH)
+                .map(|i| {
+                    let user = CRASH_USERS[(b + i) % CRASH_USERS.len()];
+                    record(
+                        &format!("crash-batch-{round}-{b}-{i}"),
+                        user,
+                        1 + (i % 4) as i32,
+                        None,
+                    )
+                })
+                .collect();
+            let ids = records
+                .iter()
+                .map(|r| (r.user_id.clone(), r.id.clone()))
+                .collect();
+            let slot = {
+                let mut batches = batches.lock().unwrap();
+                batches.push((ids, false));
+                batches.len() - 1
+            };
+            match batch(&mut client, records).await {
+                Ok(result) => {
+                    assert_eq!(result.records_accepted, CRASH_BATCH as u64);
+                    batches.lock().unwrap()[slot].1 = true;
+                    count.fetch_add(CRASH_BATCH as u64, Ordering::Relaxed);
+                }
+                Err(_) => return,
+            }
+        }
+    }));
+    tasks
+}
+
+/// Concurrent appends (unary and batched) to a built server binary, killed with SIGKILL mid-load
+/// at a random moment, five times over: every restart on the same database is loaded and killed
+/// again. After each restart, every append acknowledged in any round so far is there exactly as
+/// answered (sequence, id, timestamp, content), batches are all-or-nothing, each user's sequences
+/// are contiguous from 1, no id is stored twice, and whatever an earlier restart found stored
+/// (acknowledged or not) is still there unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
+    let mut rng = rng_from_env_or_time();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Every unary append answered OK, as answered, and every batch sent: over all rounds.
+    let acked: Arc<Mutex<Vec<UserEvent>>> = Arc::default();
+    let batches: Arc<Mutex<Vec<SentBatch>>> = Arc::default();
+    // What the previous restart found stored.
+    let mut found_before: HashMap<String, UserEvent> = HashMap::new();
+    let mut heads = HashMap::new();
+    let mut child = ChildServer::spawn(dir.path(), &[]);
+
+    for round in 0..CRASH_ROUNDS {
+        let count = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let tasks = crash_load(&child.url(), round, &acked, &batches, &count).await;
+
+        // Kill mid-load: at a random moment, once a fair number of appends were acknowledged.
+        let kill_after = Duration::from_millis(300 + rng.below(900));
+        wait_for(
+            "acknowledged appends before the kill",
+            Duration::from_secs(60),
+            || started.elapsed() >= kill_after && count.load(Ordering::Relaxed) >= 200,
+        )
+        .await;
+        child.kill9();
+        let killed_at = count.load(Ordering::Relaxed);
+        within(30, "publishers notice the kill", async {
+            for task in tasks {
+                task.await.expect("publisher task");
+            }
+        })
+        .await;
+
+        child = ChildServer::spawn(dir.path(), &[]);
+        let mut client = connect(&child.url()).await;
+        let stored = within(60, "verify after restart", async {
+            let mut stored: HashMap<String, UserEvent> = HashMap::new();
+            for user in CRASH_USERS {
+                let events = history(&mut client, user).await;
+                assert_contiguous(user, &events);
+                heads.insert(user, events.len() as u64);
+                for e in events {
+                    assert!(e.id.starts_with("crash-"), "unexpected id {}", e.id);
+                    let id = e.id.clone();
+                    assert!(
+                        stored.insert(id.clone(), e).is_none(),
+                        "id {id} stored twice"
+                    );
                 }
             }
-        }));
-    }
-
-    // Kill mid-load: after about a second, and once a fair number of appends were acknowledged.
-    wait_for(
-        "acknowledged appends before the kill",
-        Duration::from_secs(60),
-        || started.elapsed() >= Duration::from_secs(1) && count.load(Ordering::Relaxed) >= 200,
-    )
-    .await;
-    child.kill9();
-    let killed_at = count.load(Ordering::Relaxed);
-    within(30, "publishers notice the kill", async {
-        for task in tasks {
-            task.await.expect("publisher task");
-        }
-    })
-    .await;
-
-    let child = ChildServer::spawn(dir.path(), &[]);
-    let mut client = connect(&child.url()).await;
-    within(60, "verify after restart", async {
-        let mut stored: HashMap<String, UserEvent> = HashMap::new();
-        let mut heads = HashMap::new();
-        for user in USERS {
-            let events = history(&mut client, user).await;
-            assert_contiguous(user, &events);
-            heads.insert(user, events.len() as u64);
-            for e in events {
-                assert!(e.id.starts_with("crash-"), "unexpected id {}", e.id);
-                let id = e.id.clone();
-                assert!(
-                    stored.insert(id.clone(), e).is_none(),
-                    "id {id} stored twice"
+            let acked = acked.lock().unwrap().clone();
+            for event in &acked {
+                assert_eq!(
+                    stored.get(&event.id),
+                    Some(event),
+                    "round {round}: an acknowledged event is missing or changed"
                 );
             }
-        }
-        let acked = acked.lock().unwrap().clone();
-
-        for event in &acked {
-            assert_eq!(
-                stored.get(&event.id),
-                Some(event),
-                "an acknowledged event is missing or changed"
-            );
-        }
-        let batches = batches.lock().unwrap().clone();
-        let mut acked_batches = 0;
-        for (records, ok) in &batches {
-            let present = records
-                .iter()
-                .filter(|(_, id)| stored.contains_key(id))
-                .count();
-            assert!(
-                present == 0 || present == records.len(),
-                "a batch was partly stored: {present} of {}",
-                records.len()
-            );
-            if *ok {
-                acked_batches += 1;
-                assert_eq!(present, records.len(), "an acknowledged batch is missing");
-                for (user, id) in records {
-                    assert_eq!(&stored[id].user_id, user);
+            for (id, event) in &found_before {
+                assert_eq!(
+                    stored.get(id),
+                    Some(event),
+                    "round {round}: an event found after an earlier restart is missing or changed"
+                );
+            }
+            let batches = batches.lock().unwrap().clone();
+            let mut acked_batches = 0;
+            for (records, ok) in &batches {
+                let present = records
+                    .iter()
+                    .filter(|(_, id)| stored.contains_key(id))
+                    .count();
+                assert!(
+                    present == 0 || present == records.len(),
+                    "round {round}: a batch was partly stored: {present} of {}",
+                    records.len()
+                );
+                if *ok {
+                    acked_batches += 1;
+                    assert_eq!(
+                        present,
+                        records.len(),
+                        "round {round}: an acknowledged batch is missing"
+                    );
+                    for (user, id) in records {
+                        assert_eq!(&stored[id].user_id, user);
+                    }
                 }
             }
-        }
-        eprintln!(
-            "killed after {killed_at} acks ({} unary, {acked_batches} batches); stored {}",
-            acked.len(),
-            stored.len()
-        );
+            eprintln!(
+                "round {round}: killed at {killed_at} acks, after at least {kill_after:?}; {} \
+                 unary and {acked_batches} batches acknowledged so far; stored {}",
+                acked.len(),
+                stored.len()
+            );
+            stored
+        })
+        .await;
+        found_before = stored;
+    }
 
-        // Sequences continue after the restart.
-        for user in USERS {
+    // Sequences continue after the last restart.
+    let mut client = connect(&child.url()).await;
+    within(30, "append after the last restart", async {
+        for user in CRASH_USERS {
             let next = publish(&mut client, user, UserEventType::Login, "", None).await;
             assert_eq!(next.sequence, heads[user] + 1);
         }

@@ -129,6 +129,41 @@ pub(crate) fn id_text(value: ValueRef<'_>) -> rusqlite::Result<String> {
     }
 }
 
+/// Bits of a server-assigned id that carry the record's sequence.
+const SERVER_ID_SEQUENCE_BITS: u32 = 42;
+const SERVER_ID_SEQUENCE_MASK: u64 = (1 << SERVER_ID_SEQUENCE_BITS) - 1;
+
+/// A server-assigned id: a UUIDv7 whose timestamp is the record's commit time (in ms), whose
+/// last 42 bits are its sequence, and whose other 26 bits are random.
+///
+/// Server ids are not indexed. A client that sends one back (a retry with the id it was
+/// answered, or an export imported again) must still find its record, and the sequence in the
+/// id finds it with one primary-key seek: see [`sequence_of_server_id`]. The sequence is not a
+/// secret (every event carries it), and nothing else about the stream is in the id.
+fn server_id(ts_micros: i64, sequence: u64) -> [u8; 16] {
+    let mut random = [0u8; 10];
+    // A failing system RNG leaves the random bits zero; the id is still unique in its stream
+    // (the sequence), so an append never fails for it.
+    let _ = getrandom::fill(&mut random[..4]);
+    let mut tail = u64::from_be_bytes(random[2..10].try_into().unwrap_or_default());
+    tail |= sequence & SERVER_ID_SEQUENCE_MASK;
+    random[2..10].copy_from_slice(&tail.to_be_bytes());
+    let millis = u64::try_from(ts_micros / 1000).unwrap_or(0);
+    *uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .as_bytes()
+}
+
+/// The sequence a server-assigned id would carry, if `id` is shaped like one (a UUIDv7).
+fn sequence_of_server_id(id: &[u8; 16]) -> Option<u64> {
+    let uuid = uuid::Uuid::from_bytes(*id);
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let tail = u64::from_be_bytes(id[8..16].try_into().ok()?);
+    Some(tail & SERVER_ID_SEQUENCE_MASK)
+}
+
 impl StreamKind {
     /// The value stored in `streams.kind`. Never change one: rows on disk carry it.
     pub fn code(self) -> i64 {
@@ -138,6 +173,34 @@ impl StreamKind {
             StreamKind::Chat => 3,
             StreamKind::Collab => 4,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_id_is_a_v7_uuid_that_carries_its_sequence_and_time() {
+        let ts_micros = 1_796_000_000_123_456;
+        for sequence in [1, 2, 1000, SERVER_ID_SEQUENCE_MASK] {
+            let id = server_id(ts_micros, sequence);
+            let uuid = uuid::Uuid::from_bytes(id);
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            assert_eq!(
+                secs * 1000 + u64::from(nanos) / 1_000_000,
+                1_796_000_000_123
+            );
+            assert_eq!(sequence_of_server_id(&id), Some(sequence));
+            // Canonical, so it is stored as these 16 bytes and read back as the same text.
+            let text = uuid.hyphenated().to_string();
+            assert!(matches!(StoredId::of(&text), StoredId::Uuid(b) if b == id));
+        }
+        assert_eq!(sequence_of_server_id(uuid::Uuid::new_v4().as_bytes()), None);
+        // Two ids of one record time and sequence differ in their random bits.
+        assert_ne!(server_id(ts_micros, 7), server_id(ts_micros, 7));
     }
 }
 
@@ -180,6 +243,8 @@ const INSERT_ASSIGNED: &str = "INSERT INTO log (stream, sequence, id, given, ts_
      VALUES (?1, ?2, ?3, 0, ?4, ?5)";
 const FIND_GIVEN: &str = "SELECT sequence, id, ts_micros, payload FROM log \
      WHERE stream = ?1 AND id = ?2 AND given = 1";
+const FIND_ASSIGNED: &str = "SELECT sequence, id, ts_micros, payload FROM log \
+     WHERE stream = ?1 AND sequence = ?2 AND id = ?3 AND given = 0";
 
 /// How long a WAL truncation waits for readers to leave old snapshots, per attempt. Short,
 /// because the writer waits with it; a reader that stays longer only delays the truncation to a
@@ -274,6 +339,39 @@ impl<'w> Pending<'w> {
         Ok(head)
     }
 
+    /// The server-assigned record with this id, when `id` is shaped like one.
+    fn find_assigned(
+        &mut self,
+        stream_id: i64,
+        head: u64,
+        stream: &StreamKey,
+        id: &str,
+    ) -> Result<Option<LogRecord>> {
+        let StoredId::Uuid(bytes) = StoredId::of(id) else {
+            return Ok(None);
+        };
+        let Some(sequence) = sequence_of_server_id(&bytes).filter(|s| (1..=head).contains(s))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .tx
+            .prepare_cached(FIND_ASSIGNED)?
+            .query_row(
+                params![stream_id, sequence as i64, StoredId::Uuid(bytes)],
+                |row| {
+                    Ok(LogRecord {
+                        stream: stream.clone(),
+                        sequence: row.get::<_, i64>(0)? as u64,
+                        id: id_text(row.get_ref(1)?)?,
+                        ts_micros: row.get(2)?,
+                        payload: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn find_given(
         &mut self,
         stream_id: i64,
@@ -305,6 +403,12 @@ impl<'w> Pending<'w> {
     ) -> Result<Appended> {
         let stream_id = self.stream_id(stream)?;
         let head = self.head(stream_id)?;
+        // A server-assigned id sent back is that record, not a new one.
+        if let Some(id) = id
+            && let Some(existing) = self.find_assigned(stream_id, head.sequence, stream, id)?
+        {
+            return Ok(Appended::Duplicate(existing));
+        }
         if let Some(expected) = expect_head
             && expected != head.sequence
         {
@@ -340,15 +444,15 @@ impl<'w> Pending<'w> {
             }
             None => {
                 // Time-ordered, so ids sort as they are made; stored as 16 bytes.
-                let uuid = uuid::Uuid::now_v7();
+                let bytes = server_id(ts_micros, sequence);
                 self.tx.prepare_cached(INSERT_ASSIGNED)?.execute(params![
                     stream_id,
                     sequence as i64,
-                    StoredId::Uuid(*uuid.as_bytes()),
+                    StoredId::Uuid(bytes),
                     ts_micros,
                     payload
                 ])?;
-                uuid.hyphenated().to_string()
+                uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
             }
         };
         self.new_heads.insert(
@@ -592,7 +696,9 @@ impl LogWriter {
         self.conn.busy_timeout(WAL_RESTART_WAIT)?;
         let outcome = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, i64>(0));
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                row.get::<_, i64>(0)
+            });
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
         let busy = outcome?;
         self.next_restart = now

@@ -176,34 +176,6 @@ impl StreamKind {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_server_id_is_a_v7_uuid_that_carries_its_sequence_and_time() {
-        let ts_micros = 1_796_000_000_123_456;
-        for sequence in [1, 2, 1000, SERVER_ID_SEQUENCE_MASK] {
-            let id = server_id(ts_micros, sequence);
-            let uuid = uuid::Uuid::from_bytes(id);
-            assert_eq!(uuid.get_version_num(), 7);
-            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
-            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
-            assert_eq!(
-                secs * 1000 + u64::from(nanos) / 1_000_000,
-                1_796_000_000_123
-            );
-            assert_eq!(sequence_of_server_id(&id), Some(sequence));
-            // Canonical, so it is stored as these 16 bytes and read back as the same text.
-            let text = uuid.hyphenated().to_string();
-            assert!(matches!(StoredId::of(&text), StoredId::Uuid(b) if b == id));
-        }
-        assert_eq!(sequence_of_server_id(uuid::Uuid::new_v4().as_bytes()), None);
-        // Two ids of one record time and sequence differ in their random bits.
-        assert_ne!(server_id(ts_micros, 7), server_id(ts_micros, 7));
-    }
-}
-
 /// The writer thread's connection. Only that thread holds it.
 pub struct LogWriter {
     conn: Connection,
@@ -828,4 +800,32 @@ pub(crate) fn checkpoint_in_background(
                 }
             }
         })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_id_is_a_v7_uuid_that_carries_its_sequence_and_time() {
+        let ts_micros = 1_796_000_000_123_456;
+        for sequence in [1, 2, 1000, SERVER_ID_SEQUENCE_MASK] {
+            let id = server_id(ts_micros, sequence);
+            let uuid = uuid::Uuid::from_bytes(id);
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            assert_eq!(
+                secs * 1000 + u64::from(nanos) / 1_000_000,
+                1_796_000_000_123
+            );
+            assert_eq!(sequence_of_server_id(&id), Some(sequence));
+            // Canonical, so it is stored as these 16 bytes and read back as the same text.
+            let text = uuid.hyphenated().to_string();
+            assert!(matches!(StoredId::of(&text), StoredId::Uuid(b) if b == id));
+        }
+        assert_eq!(sequence_of_server_id(uuid::Uuid::new_v4().as_bytes()), None);
+        // Two ids of one record time and sequence differ in their random bits.
+        assert_ne!(server_id(ts_micros, 7), server_id(ts_micros, 7));
+    }
 }

@@ -14,8 +14,7 @@ mod reader;
 pub mod spill;
 
 pub use engine::{
-    AppendOutcome, ImportOutcome, LogWriter, MAX_LISTED_CONFLICTS, NewRecord, WalSyncer,
-    now_micros,
+    AppendOutcome, ImportOutcome, LogWriter, MAX_LISTED_CONFLICTS, NewRecord, now_micros,
 };
 pub use files::{FileRow, QuotaRefusal, StorageLimits};
 use reader::LogReaders;
@@ -176,23 +175,16 @@ pub enum WriteCommand {
         spill: SpillReader,
         reply: oneshot::Sender<Result<ImportOutcome>>,
     },
-    /// A write outside the log (a file row, a cursor, metric points). It runs its transaction
-    /// and returns how to answer, which the writer calls once the commit is durable.
-    Job(Box<dyn FnOnce(&mut LogWriter) -> JobAnswer + Send>),
+    /// A write outside the log (a file row, a cursor, metric points); it answers through its
+    /// own channel.
+    Job(Box<dyn FnOnce(&mut LogWriter) + Send>),
     /// Finish everything queued before this, truncate the WAL, close, then stop.
     Shutdown { done: oneshot::Sender<()> },
 }
 
-/// Answers a job's caller: `Ok` once its commit is durable, or the error that kept it from
-/// being so.
-pub type JobAnswer = Box<dyn FnOnce(Result<()>) + Send>;
-
 /// The writer's side of the store: its connection and the queue it serves.
 pub struct WriteQueue {
     pub writer: LogWriter,
-    pub syncer: WalSyncer,
-    /// The position through which records are durable, and so visible to readers.
-    pub durable: Arc<std::sync::atomic::AtomicI64>,
     pub commands: mpsc::Receiver<WriteCommand>,
     pub sender: mpsc::Sender<WriteCommand>,
 }
@@ -218,10 +210,12 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         migrator.close().await?;
     }
     let one_checkpoint_at_a_time = Arc::new(std::sync::Mutex::new(()));
-    let writer = LogWriter::open(&path, config.max_wal_bytes, one_checkpoint_at_a_time.clone())?;
-    let syncer = WalSyncer::new(&path, config.sync == SyncMode::Full);
-    // Readers see records up to what is durable; it starts at everything already stored.
-    let durable = Arc::new(std::sync::atomic::AtomicI64::new(writer.position()));
+    let writer = LogWriter::open(
+        &path,
+        config.sync == SyncMode::Full,
+        config.max_wal_bytes,
+        one_checkpoint_at_a_time.clone(),
+    )?;
     let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
     let checkpoints = engine::checkpoint_in_background(
         path.clone(),
@@ -239,7 +233,7 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
     Ok((
         Store {
             readers,
-            log_readers: LogReaders::new(path, LOG_READERS, durable.clone()),
+            log_readers: LogReaders::new(path, LOG_READERS),
             writes: sender.clone(),
             checkpointer: Arc::new(Checkpointer {
                 stop,
@@ -248,8 +242,6 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         },
         WriteQueue {
             writer,
-            syncer,
-            durable,
             commands,
             sender,
         },
@@ -361,11 +353,8 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(WriteCommand::Job(Box::new(
-                move |writer: &mut LogWriter| -> JobAnswer {
-                    let outcome = writer.run_job(job);
-                    Box::new(move |durable: Result<()>| {
-                        let _ = reply.send(durable.and(outcome));
-                    })
+                move |writer: &mut LogWriter| {
+                    let _ = reply.send(writer.run_job(job));
                 },
             )))
             .await

@@ -8,20 +8,15 @@
 //! subscriber ever sees a record that is not durable.
 //!
 //! It owns its connection on a dedicated OS thread, so a commit is a direct call into SQLite with
-//! prepared statements: no hand-off per statement. A commit's fsync runs on a second thread, the
-//! syncer: the writer goes on with the next group while the last one reaches the disk, one fsync
-//! covers every group committed before it, and the syncer answers each group's callers (and then
-//! publishes its records, and lets readers see them) only once its fsync returned.
+//! prepared statements: no hand-off per statement.
 
 use super::hub::Hub;
 use crate::error::{Error, Result};
 pub use crate::store::{AppendOutcome, ImportOutcome, NewRecord};
-use crate::store::{
-    LogWriter, StreamKind, WalSyncer, WriteCommand, WriteQueue, spill::SpillReader,
-};
+use crate::store::{LogWriter, StreamKind, WriteCommand, WriteQueue, spill::SpillReader};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most records that one group commit gathers from waiting requests. A single larger request
@@ -71,15 +66,13 @@ impl Writer {
         let stats = Arc::new(WriterStats::default());
         let WriteQueue {
             writer,
-            syncer,
-            durable,
             commands,
             sender,
         } = queue;
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("streamhub-writer".into())
-            .spawn(move || run(writer, syncer, durable, hub, commands, thread_stats))?;
+            .spawn(move || run(writer, hub, commands, thread_stats))?;
         Ok(Writer {
             queue: sender,
             stats,
@@ -175,42 +168,12 @@ impl std::future::Future for PendingAppend {
 
 type Reply = oneshot::Sender<Result<Vec<AppendOutcome>>>;
 
-/// What the writer hands the syncer after a commit: the position that must be durable, and how
-/// to answer (callers, then the hub) once it is, or how to report that it could not be.
-struct Committed {
-    position: i64,
-    answer: Box<dyn FnOnce(Result<()>) + Send>,
-}
-
-/// Commits waiting for their fsync at most; past this the writer waits for the syncer.
-const COMMITS_AWAITING_SYNC: usize = 1024;
-
 fn run(
     mut writer: LogWriter,
-    syncer: WalSyncer,
-    durable: Arc<AtomicI64>,
     hub: Hub,
     mut queue: mpsc::Receiver<WriteCommand>,
     stats: Arc<WriterStats>,
 ) {
-    let (to_syncer, committed) = std::sync::mpsc::sync_channel(COMMITS_AWAITING_SYNC);
-    let syncing = match std::thread::Builder::new()
-        .name("streamhub-sync".into())
-        .spawn(move || sync_loop(syncer, durable, committed))
-    {
-        Ok(thread) => thread,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the WAL syncer thread; the writer stops");
-            return;
-        }
-    };
-    let hand_over = |committed: Committed| {
-        // The syncer only stops after this thread drops its sender, so sending cannot fail
-        // while the writer runs; answer at once if it ever does.
-        if let Err(std::sync::mpsc::SendError(committed)) = to_syncer.send(committed) {
-            (committed.answer)(Err(Error::Unavailable));
-        }
-    };
     // A command met while gathering a group waits here for its turn after the group.
     let mut held: VecDeque<WriteCommand> = VecDeque::new();
     let mut shutdown = None;
@@ -235,11 +198,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                if let Some(committed) = commit_group(&mut writer, &hub, &stats, requests, replies)
-                {
-                    hand_over(committed);
-                }
-                bound_wal(&mut writer);
+                commit_group(&mut writer, &hub, &stats, requests, replies);
             }
             WriteCommand::Import { kind, spill, reply } => {
                 let started = std::time::Instant::now();
@@ -252,19 +211,8 @@ fn run(
                         );
                         stats.record_commit(outcome.stored as usize);
                         let last = std::mem::take(&mut outcome.last_per_stream);
-                        let hub = hub.clone();
-                        hand_over(Committed {
-                            position: writer.position(),
-                            answer: Box::new(move |durable: Result<()>| match durable {
-                                Ok(()) => {
-                                    let _ = reply.send(Ok(outcome));
-                                    hub.publish(&last);
-                                }
-                                Err(err) => {
-                                    let _ = reply.send(Err(err));
-                                }
-                            }),
-                        });
+                        let _ = reply.send(Ok(outcome));
+                        hub.publish(&last);
                     }
                     Err(err) => {
                         tracing::error!(error = %crate::error::cause_chain(&err), "import failed");
@@ -276,19 +224,12 @@ fn run(
                 }
             }
             WriteCommand::Job(job) => {
-                let answer = job(&mut writer);
-                hand_over(Committed {
-                    position: writer.position(),
-                    answer,
-                });
+                job(&mut writer);
                 bound_wal(&mut writer);
             }
             WriteCommand::Shutdown { done } => shutdown = Some(done),
         }
     }
-    // Everything committed is answered before the connection closes.
-    drop(to_syncer);
-    let _ = syncing.join();
     writer.close();
     tracing::debug!("log writer stopped");
     if let Some(done) = shutdown {
@@ -296,43 +237,13 @@ fn run(
     }
 }
 
-/// The syncer thread: takes every commit waiting, fsyncs the WAL once for all of them, moves
-/// the durable position that readers may see, then answers them in commit order.
-fn sync_loop(
-    mut syncer: WalSyncer,
-    durable: Arc<AtomicI64>,
-    committed: std::sync::mpsc::Receiver<Committed>,
-) {
-    while let Ok(first) = committed.recv() {
-        let mut batch = vec![first];
-        batch.extend(committed.try_iter());
-        let synced = syncer.sync().map_err(Error::from);
-        match &synced {
-            Ok(()) => {
-                let position = batch.iter().map(|c| c.position).max().unwrap_or(0);
-                durable.fetch_max(position, Ordering::AcqRel);
-            }
-            Err(err) => tracing::error!(
-                error = %crate::error::cause_chain(err),
-                commits = batch.len(),
-                "fsync of the WAL failed; the commits waiting for it are answered with an error"
-            ),
-        }
-        for commit in batch {
-            (commit.answer)(synced.clone());
-        }
-    }
-}
-
-/// Commits one group; returns what the syncer must make durable before its callers hear of it,
-/// or `None` when the group failed (then its callers are answered at once: nothing was kept).
 fn commit_group(
     writer: &mut LogWriter,
     hub: &Hub,
     stats: &WriterStats,
     requests: Vec<Vec<crate::store::NewRecord>>,
     replies: Vec<Reply>,
-) -> Option<Committed> {
+) {
     let started = std::time::Instant::now();
     match writer.append_group(requests) {
         Ok((outcomes, stored)) => {
@@ -343,24 +254,11 @@ fn commit_group(
                 "group committed"
             );
             stats.record_commit(stored.len());
-            let hub = hub.clone();
-            Some(Committed {
-                position: writer.position(),
-                answer: Box::new(move |durable: Result<()>| match durable {
-                    Ok(()) => {
-                        // Callers first, and fan-out after them.
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        hub.publish(&stored);
-                    }
-                    Err(err) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                    }
-                }),
-            })
+            // Callers first: their records are durable now, and fan-out can wait a moment.
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+            hub.publish(&stored);
         }
         Err(err) => {
             tracing::error!(
@@ -371,9 +269,10 @@ fn commit_group(
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
-            None
         }
     }
+    // After the answers, so that only later groups wait for a truncation.
+    bound_wal(writer);
 }
 
 fn bound_wal(writer: &mut LogWriter) {

@@ -52,9 +52,6 @@ pub enum AppendOutcome {
     Rejected { head: u64 },
 }
 
-/// What a transaction taught the caches: new stream ids, new heads, the last position.
-type Learned = (HashMap<StreamKey, i64>, HashMap<i64, Head>, i64);
-
 /// A committed group: each request's outcomes, and the newly stored records in commit order.
 pub type GroupOutcome = (Vec<Vec<AppendOutcome>>, Vec<Arc<LogRecord>>);
 
@@ -186,8 +183,6 @@ pub struct LogWriter {
     streams: HashMap<StreamKey, i64>,
     /// Heads by stream id, as committed.
     heads: HashMap<i64, Head>,
-    /// The position of the last committed record.
-    position: i64,
     /// `<database>-wal`, watched after every commit.
     wal_path: std::path::PathBuf,
     /// Past this size the WAL is truncated before the next commit.
@@ -249,8 +244,6 @@ struct Pending<'w> {
     heads: &'w HashMap<i64, Head>,
     new_streams: HashMap<StreamKey, i64>,
     new_heads: HashMap<i64, Head>,
-    /// The position of the last record inserted so far.
-    position: i64,
     now: i64,
 }
 
@@ -419,7 +412,6 @@ impl<'w> Pending<'w> {
                     })?;
                     return Ok(Appended::Duplicate(existing));
                 }
-                self.position = self.tx.last_insert_rowid();
                 id.to_owned()
             }
             None => {
@@ -432,7 +424,6 @@ impl<'w> Pending<'w> {
                     ts_micros,
                     payload
                 ])?;
-                self.position = self.tx.last_insert_rowid();
                 uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
             }
         };
@@ -451,9 +442,9 @@ impl<'w> Pending<'w> {
     }
 
     /// Commits and hands back what the caches learned.
-    fn commit(self) -> Result<Learned> {
+    fn commit(self) -> Result<(HashMap<StreamKey, i64>, HashMap<i64, Head>)> {
         self.tx.commit()?;
-        Ok((self.new_streams, self.new_heads, self.position))
+        Ok((self.new_streams, self.new_heads))
     }
 }
 
@@ -461,17 +452,18 @@ impl LogWriter {
     /// Opens the read-write connection on a database that migrations have already prepared.
     pub(crate) fn open(
         path: &std::path::Path,
+        synchronous_full: bool,
         max_wal_bytes: u64,
         one_checkpoint_at_a_time: Arc<Mutex<()>>,
     ) -> Result<LogWriter> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // SQLite never fsyncs at commit here: with `--sync full` the writer's syncer fsyncs the
-        // WAL after each commit on its own thread (see [`WalSyncer`]), and no caller is
-        // answered and no reader sees a record before that. In WAL mode NORMAL still syncs the
-        // WAL before every checkpoint, so the database file never gets ahead of the WAL.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if synchronous_full { "FULL" } else { "NORMAL" },
+        )?;
         // The writer never checkpoints on its own: a checkpoint inside a commit would stall
         // every append behind it. The background checkpointer and `bound_wal` do it instead.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -483,14 +475,10 @@ impl LogWriter {
         conn.set_prepared_statement_cache_capacity(64);
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let position = conn.query_row("SELECT coalesce(max(position), 0) FROM log", [], |row| {
-            row.get(0)
-        })?;
         Ok(LogWriter {
             conn,
             streams: HashMap::new(),
             heads: HashMap::new(),
-            position,
             wal_path: wal.into(),
             max_wal_bytes,
             one_checkpoint_at_a_time,
@@ -512,21 +500,13 @@ impl LogWriter {
             heads: &self.heads,
             new_streams: HashMap::new(),
             new_heads: HashMap::new(),
-            position: self.position,
             now: now_micros(),
         })
     }
 
-    fn learn(&mut self, (streams, heads, position): Learned) {
+    fn learn(&mut self, (streams, heads): (HashMap<StreamKey, i64>, HashMap<i64, Head>)) {
         self.streams.extend(streams);
         self.heads.extend(heads);
-        self.position = position;
-    }
-
-    /// The position of the last committed record: what the syncer must make durable before
-    /// anything committed so far is answered or shown.
-    pub fn position(&self) -> i64 {
-        self.position
     }
 
     /// Commits one group atomically. Returns each request's outcomes and the newly stored
@@ -775,55 +755,6 @@ impl LogWriter {
         }
         if let Err((_, e)) = self.conn.close() {
             tracing::error!(error = %e, "closing the writer connection failed");
-        }
-    }
-}
-
-/// Makes commits durable: fsyncs the WAL on the syncer thread, so that the writer goes on with
-/// the next group while the previous one reaches the disk, and one fsync covers every group
-/// committed before it started.
-///
-/// It holds its own descriptor of `<database>-wal`. SQLite keeps that file (and its inode) for
-/// as long as the writer's connection is open, truncating it in place; the syncer still checks,
-/// before each fsync, that the path names the file it holds, and opens it again otherwise.
-pub struct WalSyncer {
-    path: std::path::PathBuf,
-    file: Option<std::fs::File>,
-    /// Off with `--sync normal`: then commits are durable at checkpoints only, as documented.
-    enabled: bool,
-}
-
-impl WalSyncer {
-    pub(crate) fn new(path: &std::path::Path, enabled: bool) -> WalSyncer {
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        WalSyncer {
-            path: wal.into(),
-            file: None,
-            enabled,
-        }
-    }
-
-    /// Everything written to the WAL before this call is on disk when it returns `Ok`.
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        if !self.enabled {
-            return Ok(());
-        }
-        let current = std::fs::metadata(&self.path)?;
-        let same = match &self.file {
-            Some(file) => {
-                let held = file.metadata()?;
-                held.ino() == current.ino() && held.dev() == current.dev()
-            }
-            None => false,
-        };
-        if !same {
-            self.file = Some(std::fs::File::open(&self.path)?);
-        }
-        match &self.file {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
         }
     }
 }

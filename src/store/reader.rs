@@ -10,7 +10,6 @@ use super::{LogRecord, StreamKey};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,9 +20,6 @@ pub struct LogReaders {
     idle: Mutex<Vec<Connection>>,
     /// Bounds the connections in use at once (and so the blocking threads they hold).
     in_use: tokio::sync::Semaphore,
-    /// The position through which records are durable: nothing past it is read, so no reader
-    /// shows a record before its commit reached the disk.
-    durable: Arc<AtomicI64>,
     /// Page reads in flight, shared by every subscriber that asks for the same page meanwhile.
     flights: Mutex<HashMap<PageKey, Flight>>,
 }
@@ -44,10 +40,9 @@ struct Flight {
 const STREAM: &str = "(SELECT id FROM streams WHERE kind = ?1 AND key = ?2)";
 
 impl LogReaders {
-    pub fn new(path: std::path::PathBuf, max: usize, durable: Arc<AtomicI64>) -> Arc<LogReaders> {
+    pub fn new(path: std::path::PathBuf, max: usize) -> Arc<LogReaders> {
         Arc::new(LogReaders {
             path,
-            durable,
             idle: Mutex::new(Vec::new()),
             in_use: tokio::sync::Semaphore::new(max.max(1)),
             flights: Mutex::new(HashMap::new()),
@@ -102,12 +97,11 @@ impl LogReaders {
         max_bytes: usize,
     ) -> Result<Vec<LogRecord>> {
         let stream = stream.clone();
-        let durable = self.durable();
         self.with(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT sequence, id, ts_micros, payload FROM log \
                  WHERE stream = {STREAM} AND sequence > ?3 AND sequence <= ?4 \
-                 AND position <= ?6 ORDER BY sequence LIMIT ?5"
+                 ORDER BY sequence LIMIT ?5"
             ))?;
             let mut rows = statement.query(params![
                 stream.kind.code(),
@@ -115,8 +109,7 @@ impl LogReaders {
                 // A client may ask for anything after a sequence past what SQLite stores.
                 after.min(i64::MAX as u64) as i64,
                 until.map_or(i64::MAX, |u| u.min(i64::MAX as u64) as i64),
-                limit,
-                durable
+                limit
             ])?;
             let mut page = Vec::new();
             let mut bytes = 0;
@@ -194,17 +187,15 @@ impl LogReaders {
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
         let stream = stream.clone();
-        let durable = self.durable();
         self.with(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT sequence, id, ts_micros, payload FROM log \
-                 WHERE stream = {STREAM} AND sequence < ?3 AND position <= ?5 \
-                 ORDER BY sequence DESC LIMIT ?4"
+                 WHERE stream = {STREAM} AND sequence < ?3 ORDER BY sequence DESC LIMIT ?4"
             ))?;
             let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
             let mut records = statement
                 .query_map(
-                    params![stream.kind.code(), &*stream.key, before, limit, durable],
+                    params![stream.kind.code(), &*stream.key, before, limit],
                     |row| record(&stream, row),
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -217,12 +208,7 @@ impl LogReaders {
     /// The last committed sequence of `stream` (0 when it is empty).
     pub async fn head(self: &Arc<Self>, stream: &StreamKey) -> Result<u64> {
         let stream = stream.clone();
-        let durable = self.durable();
-        self.with(move |conn| head(conn, &stream, durable)).await
-    }
-
-    fn durable(&self) -> i64 {
-        self.durable.load(Ordering::Acquire)
+        self.with(move |conn| head(conn, &stream)).await
     }
 
     /// The first sequence whose timestamp is at or after `ts_micros`, or `head + 1` when none
@@ -235,12 +221,11 @@ impl LogReaders {
         ts_micros: i64,
     ) -> Result<u64> {
         let stream = stream.clone();
-        let durable = self.durable();
         self.with(move |conn| {
             // One read transaction, so the head and every probe see the same snapshot.
             conn.execute_batch("BEGIN")?;
             let found = (|| {
-                let head = head(conn, &stream, durable)?;
+                let head = head(conn, &stream)?;
                 let mut probe = conn.prepare_cached(&format!(
                     "SELECT ts_micros FROM log WHERE stream = {STREAM} AND sequence = ?3"
                 ))?;
@@ -268,16 +253,12 @@ impl LogReaders {
     }
 }
 
-/// The last durable sequence of `stream`. Positions grow with sequences along a stream, so the
-/// newest few entries of the index are all this looks at.
-fn head(conn: &Connection, stream: &StreamKey, durable: i64) -> Result<u64> {
+fn head(conn: &Connection, stream: &StreamKey) -> Result<u64> {
     let head: Option<i64> = conn
         .prepare_cached(&format!(
-            "SELECT sequence FROM log WHERE stream = {STREAM} AND position <= ?3 \
-             ORDER BY sequence DESC LIMIT 1"
+            "SELECT max(sequence) FROM log WHERE stream = {STREAM}"
         ))?
-        .query_row(params![stream.kind.code(), &*stream.key, durable], |row| row.get(0))
-        .optional()?;
+        .query_row(params![stream.kind.code(), &*stream.key], |row| row.get(0))?;
     Ok(head.unwrap_or(0) as u64)
 }
 

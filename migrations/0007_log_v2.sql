@@ -41,17 +41,10 @@ CREATE TABLE log (
     payload   BLOB    NOT NULL
 );
 
--- A stream's records in sequence order, and the last guard of contiguous sequences: a second
--- record at a taken (stream, sequence) is refused.
-CREATE UNIQUE INDEX log_stream_sequence ON log (stream, sequence);
-
--- Idempotency: a client-given id is unique within its stream, and a retry finds its first copy
--- with one seek.
-CREATE UNIQUE INDEX log_given_ids ON log (stream, id) WHERE given = 1;
 
 INSERT INTO streams (kind, key)
 SELECT DISTINCT
-    CASE kind WHEN 'events' THEN 1 WHEN 'notifications' THEN 2 WHEN 'chat' THEN 3 ELSE 4 END,
+    CASE kind WHEN 'events' THEN 1 WHEN 'notifications' THEN 2 WHEN 'chat' THEN 3 WHEN 'collab' THEN 4 END,
     stream_key
 FROM log_records
 ORDER BY 1, 2;
@@ -72,7 +65,16 @@ SELECT
 FROM log_records r
 JOIN streams s
   ON s.key = r.stream_key
- AND s.kind = CASE r.kind WHEN 'events' THEN 1 WHEN 'notifications' THEN 2 WHEN 'chat' THEN 3 ELSE 4 END
+ AND s.kind = CASE r.kind WHEN 'events' THEN 1 WHEN 'notifications' THEN 2 WHEN 'chat' THEN 3 WHEN 'collab' THEN 4 END
 ORDER BY s.id, r.sequence;
+
+-- The indexes come after the copy: built once in sorted order, not entry by entry.
+-- A stream's records in sequence order, and the last guard of contiguous sequences: a second
+-- record at a taken (stream, sequence) is refused.
+CREATE UNIQUE INDEX log_stream_sequence ON log (stream, sequence);
+
+-- Idempotency: a client-given id is unique within its stream, and a retry finds its first copy
+-- with one seek.
+CREATE UNIQUE INDEX log_given_ids ON log (stream, id) WHERE given = 1;
 
 DROP TABLE log_records;

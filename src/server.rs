@@ -253,8 +253,10 @@ impl App {
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
             tracing::warn!("chat or collaboration sessions still running after the grace period");
         }
-        self.log.writer.shutdown().await;
+        // Readers and the background checkpointer go first, so that the writer's final
+        // truncation of the WAL has no reader to wait for; queued writes need no reader.
         self.log.store.close().await;
+        self.log.writer.shutdown().await;
         tracing::info!("streamhub stopped; database closed");
         Ok(())
     }

@@ -362,9 +362,10 @@ impl Store {
         answer.await.map_err(|_| Error::Unavailable)?
     }
 
-    /// Stops the background checkpointer and closes every read connection. The writer thread
-    /// truncates the WAL when it stops, after this.
+    /// Closes every read connection and stops the background checkpointer. Call it before the
+    /// writer's shutdown: the writer then truncates the WAL with no reader left to wait for.
     pub async fn close(&self) {
+        self.log_readers.close();
         self.readers.close().await;
         let checkpointer = self.checkpointer.clone();
         let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;

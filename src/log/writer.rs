@@ -224,7 +224,13 @@ fn run(
                 }
             }
             WriteCommand::Job(job) => {
-                job(&mut writer);
+                // A job that panics rolls its transaction back (the transaction's drop) and
+                // drops its caller's answer (UNAVAILABLE); the writer goes on with the rest.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut writer)))
+                    .is_err()
+                {
+                    tracing::error!("a write job panicked; its transaction was rolled back");
+                }
                 bound_wal(&mut writer);
             }
             WriteCommand::Shutdown { done } => shutdown = Some(done),

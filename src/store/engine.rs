@@ -512,6 +512,22 @@ impl LogWriter {
     /// Commits one group atomically. Returns each request's outcomes and the newly stored
     /// records in commit order. On error nothing is kept.
     pub fn append_group(&mut self, requests: Vec<Vec<NewRecord>>) -> Result<GroupOutcome> {
+        let outcome = self.try_append_group(requests);
+        if outcome.is_err() {
+            self.forget();
+        }
+        outcome
+    }
+
+    /// After a failed transaction nothing it learned was kept, but the caches start again from
+    /// the store anyway: if a head were ever stale, every later group on that stream would
+    /// fail on the (stream, sequence) index.
+    fn forget(&mut self) {
+        self.streams.clear();
+        self.heads.clear();
+    }
+
+    fn try_append_group(&mut self, requests: Vec<Vec<NewRecord>>) -> Result<GroupOutcome> {
         let mut pending = self.begin()?;
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut stored = Vec::new();
@@ -554,7 +570,15 @@ impl LogWriter {
     /// Commits every record of `spill` to streams of `kind` in one transaction: all of them,
     /// or none. A record whose id is already stored with the same content is a duplicate, with
     /// other content a conflict; neither is stored. Memory stays flat however long the spill.
-    pub fn import(&mut self, kind: StreamKind, mut spill: SpillReader) -> Result<ImportOutcome> {
+    pub fn import(&mut self, kind: StreamKind, spill: SpillReader) -> Result<ImportOutcome> {
+        let outcome = self.try_import(kind, spill);
+        if outcome.is_err() {
+            self.forget();
+        }
+        outcome
+    }
+
+    fn try_import(&mut self, kind: StreamKind, mut spill: SpillReader) -> Result<ImportOutcome> {
         let mut pending = self.begin()?;
         let mut outcome = ImportOutcome::default();
         let mut last: HashMap<StreamKey, (u64, i64, String)> = HashMap::new();
@@ -589,17 +613,14 @@ impl LogWriter {
                 }
             }
         }
-        let learned = pending.commit()?;
-        self.learn(learned);
-        // The last records' payloads are read back after the commit: the hub delivers whole
-        // records, and only these few are needed.
+        // The last records' payloads are read back before the commit, so that nothing can fail
+        // after it: the hub delivers whole records, and only these few are needed.
         for (stream, (sequence, ts_micros, id)) in last {
-            let payload: Vec<u8> = self
-                .conn
+            let stream_id = pending.stream_id(&stream)?;
+            let payload: Vec<u8> = pending
+                .tx
                 .prepare_cached("SELECT payload FROM log WHERE stream = ?1 AND sequence = ?2")?
-                .query_row(params![self.streams[&stream], sequence as i64], |row| {
-                    row.get(0)
-                })?;
+                .query_row(params![stream_id, sequence as i64], |row| row.get(0))?;
             outcome.last_per_stream.push(Arc::new(LogRecord {
                 stream,
                 sequence,
@@ -608,6 +629,8 @@ impl LogWriter {
                 payload,
             }));
         }
+        let learned = pending.commit()?;
+        self.learn(learned);
         Ok(outcome)
     }
 
@@ -694,13 +717,8 @@ impl LogWriter {
         self.truncate_wal(before)
     }
 
-    fn truncate_wal(&mut self, before: u64) -> Result<()> {
-        let _turn = self
-            .one_checkpoint_at_a_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        self.conn.busy_timeout(WAL_TRUNCATE_WAIT)?;
-        let mut truncated = false;
+    /// TRUNCATE checkpoints, up to [`WAL_TRUNCATE_ATTEMPTS`]; true once one succeeded.
+    fn truncate_attempts(&self) -> Result<bool> {
         for _ in 0..WAL_TRUNCATE_ATTEMPTS {
             let (busy, wal_pages, copied): (i64, i64, i64) =
                 self.conn
@@ -708,8 +726,7 @@ impl LogWriter {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })?;
             if busy == 0 {
-                truncated = true;
-                break;
+                return Ok(true);
             }
             tracing::debug!(
                 wal_pages,
@@ -717,7 +734,19 @@ impl LogWriter {
                 "WAL truncation waited for readers; retrying"
             );
         }
+        Ok(false)
+    }
+
+    fn truncate_wal(&mut self, before: u64) -> Result<()> {
+        let _turn = self
+            .one_checkpoint_at_a_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.conn.busy_timeout(WAL_TRUNCATE_WAIT)?;
+        let attempts = self.truncate_attempts();
+        // The usual busy timeout comes back whatever the attempts gave.
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        let truncated = attempts?;
         if truncated {
             tracing::debug!(wal_bytes_before = before, "WAL truncated");
         } else {

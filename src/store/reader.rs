@@ -19,7 +19,7 @@ pub struct LogReaders {
     path: std::path::PathBuf,
     idle: Mutex<Vec<Connection>>,
     /// Bounds the connections in use at once (and so the blocking threads they hold).
-    in_use: tokio::sync::Semaphore,
+    in_use: Arc<tokio::sync::Semaphore>,
     /// Page reads in flight, shared by every subscriber that asks for the same page meanwhile.
     flights: Mutex<HashMap<PageKey, Flight>>,
 }
@@ -35,6 +35,29 @@ struct Flight {
     page: Arc<tokio::sync::OnceCell<Arc<Vec<LogRecord>>>>,
 }
 
+/// Removes a flight from the map when its first finisher is done with it.
+struct EndsFlight<'a> {
+    readers: &'a LogReaders,
+    key: &'a PageKey,
+    page: &'a Arc<tokio::sync::OnceCell<Arc<Vec<LogRecord>>>>,
+}
+
+impl Drop for EndsFlight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .readers
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(self.key)
+            .is_some_and(|flight| Arc::ptr_eq(&flight.page, self.page))
+        {
+            flights.remove(self.key);
+        }
+    }
+}
+
 /// The stream's id, from the key, inside each statement: one statement per read, no cache to
 /// keep in step with the writer.
 const STREAM: &str = "(SELECT id FROM streams WHERE kind = ?1 AND key = ?2)";
@@ -44,7 +67,7 @@ impl LogReaders {
         Arc::new(LogReaders {
             path,
             idle: Mutex::new(Vec::new()),
-            in_use: tokio::sync::Semaphore::new(max.max(1)),
+            in_use: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
             flights: Mutex::new(HashMap::new()),
         })
     }
@@ -59,31 +82,43 @@ impl LogReaders {
         Ok(conn)
     }
 
-    /// Runs `read` on a pooled connection on a blocking thread.
+    /// Runs `read` on a pooled connection on a blocking thread. The permit goes with the read,
+    /// so a caller that gives up does not free its place before the read is over.
     async fn with<T: Send + 'static>(
         self: &Arc<Self>,
         read: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
+        let permit = self
             .in_use
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable)?;
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = match pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(conn) => conn,
                 None => pool.connect()?,
             };
             let result = read(&conn);
-            pool.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+            if !pool.in_use.is_closed() {
+                pool.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
+            }
             result
         })
         .await
         .map_err(|e| Error::Internal(format!("a read task failed: {e}")))?
+    }
+
+    /// Refuses new reads and closes the idle connections; a read in progress closes its own
+    /// when it ends. After this no reader keeps the WAL from being truncated.
+    pub fn close(&self) {
+        self.in_use.close();
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Records of `stream` after `after`, in order, none past `until`: at most `limit` of
@@ -159,24 +194,21 @@ impl LogReaders {
                 }
             }
         };
-        let page = cell
-            .get_or_try_init(|| async {
-                self.read_page(stream, after, until, limit, max_bytes)
-                    .await
-                    .map(Arc::new)
-            })
-            .await
-            .cloned();
-        // Only reads in flight are shared: a finished page would soon be stale, and holding
-        // pages would hold their memory.
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights
-            .get(&key)
-            .is_some_and(|flight| Arc::ptr_eq(&flight.page, &cell))
-        {
-            flights.remove(&key);
-        }
-        page
+        // Whoever finishes (or gives up) first ends the flight: only reads in flight are
+        // shared, since a finished page would soon be stale and holding pages would hold their
+        // memory. A guard, so that a caller dropped mid-read ends it too.
+        let _ends = EndsFlight {
+            readers: self,
+            key: &key,
+            page: &cell,
+        };
+        cell.get_or_try_init(|| async {
+            self.read_page(stream, after, until, limit, max_bytes)
+                .await
+                .map(Arc::new)
+        })
+        .await
+        .cloned()
     }
 
     /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.

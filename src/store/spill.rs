@@ -122,12 +122,19 @@ impl SpillReader {
         record.key = into_string(key)?;
         let mut flag = [0u8; 1];
         self.file.read_exact(&mut flag)?;
-        record.id = if flag[0] == 1 {
-            let mut id = record.id.take().unwrap_or_default().into_bytes();
-            read_bytes(&mut self.file, &mut id)?;
-            Some(into_string(id)?)
-        } else {
-            None
+        record.id = match flag[0] {
+            0 => None,
+            1 => {
+                let mut id = record.id.take().unwrap_or_default().into_bytes();
+                read_bytes(&mut self.file, &mut id)?;
+                Some(into_string(id)?)
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "corrupt spill record",
+                ));
+            }
         };
         read_bytes(&mut self.file, &mut record.payload)?;
         Ok(true)

@@ -18,6 +18,7 @@ pub use engine::{
 };
 pub use files::{FileRow, QuotaRefusal, StorageLimits};
 use reader::LogReaders;
+pub use reader::page_is_full;
 use spill::SpillReader;
 
 use crate::config::{Config, SyncMode};
@@ -295,7 +296,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
         self.log_readers
-            .read_page(stream, after, until, limit, PAGE_BYTES)
+            .read_page(stream, after, until, limit)
             .await
     }
 
@@ -311,7 +312,7 @@ impl Store {
         not_before: std::time::Instant,
     ) -> Result<Arc<Vec<LogRecord>>> {
         self.log_readers
-            .read_page_shared(stream, after, until, limit, PAGE_BYTES, not_before)
+            .read_page_shared(stream, after, until, limit, not_before)
             .await
     }
 

@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::user_events::*;
 use common::*;
 use prost::Message;
 use prost_types::{Any, Timestamp};
@@ -23,7 +24,6 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::codec::Streaming;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -63,31 +63,6 @@ async fn publish(client: &mut Client, request: PublishUserEventRequest) -> UserE
         .await
         .unwrap_or_else(|s| panic!("publish {request:?} failed: {s:?}"))
         .into_inner()
-}
-
-fn live(user: &str) -> StreamUserEventsRequest {
-    StreamUserEventsRequest {
-        user_id: user.to_string(),
-        ..Default::default()
-    }
-}
-
-async fn open(client: &mut Client, request: StreamUserEventsRequest) -> Streaming<UserEvent> {
-    client
-        .stream_user_events(request.clone())
-        .await
-        .unwrap_or_else(|s| panic!("StreamUserEvents {request:?} failed: {s:?}"))
-        .into_inner()
-}
-
-/// The next event of an open stream; fails on an error, an end, or 20 s of silence.
-async fn next_event(stream: &mut Streaming<UserEvent>) -> UserEvent {
-    match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
-        Err(_) => panic!("no event within 20 s"),
-        Ok(Err(status)) => panic!("stream failed: {status:?}"),
-        Ok(Ok(None)) => panic!("stream ended early"),
-        Ok(Ok(Some(event))) => event,
-    }
 }
 
 /// A `history_only` replay of `user`, read to its end (which must be OK).

@@ -260,10 +260,7 @@ impl<V: RecordView> Task<V> {
                 .store
                 .read_page_shared(&self.stream, self.cursor, until, PAGE, needed_since)
                 .await?;
-            // A page ends early at the record limit or at the byte limit; only a page short of
-            // both reached the end.
-            let full = page.len() >= PAGE as usize
-                || page.iter().map(|r| r.payload.len()).sum::<usize>() >= crate::store::PAGE_BYTES;
+            let full = crate::store::page_is_full(&page, PAGE);
             if let Err(stop) = self.deliver(&page).await? {
                 return Ok(Err(stop));
             }

@@ -164,6 +164,41 @@ fn sequence_of_server_id(id: &[u8; 16]) -> Option<u64> {
     Some(tail & SERVER_ID_SEQUENCE_MASK)
 }
 
+/// A record of `stream` from a row whose first four columns are sequence, id, ts_micros and
+/// payload, as every query that builds records selects them.
+pub(crate) fn record_from_row(
+    stream: &StreamKey,
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<LogRecord> {
+    Ok(LogRecord {
+        stream: stream.clone(),
+        sequence: row.get::<_, i64>(0)? as u64,
+        id: id_text(row.get_ref(1)?)?,
+        ts_micros: row.get(2)?,
+        payload: row.get(3)?,
+    })
+}
+
+/// The checkpoint modes this engine runs.
+#[derive(Clone, Copy)]
+enum Checkpoint {
+    Passive,
+    Restart,
+    Truncate,
+}
+
+/// Runs one checkpoint and returns SQLite's answer: (busy, frames in the WAL, frames copied).
+fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<(i64, i64, i64)> {
+    let pragma = match mode {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+        Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    conn.query_row(pragma, [], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
+}
+
 impl StreamKind {
     /// The value stored in `streams.kind`. Never change one: rows on disk carry it.
     pub fn code(self) -> i64 {
@@ -331,15 +366,7 @@ impl<'w> Pending<'w> {
             .prepare_cached(FIND_ASSIGNED)?
             .query_row(
                 params![stream_id, sequence as i64, StoredId::Uuid(bytes)],
-                |row| {
-                    Ok(LogRecord {
-                        stream: stream.clone(),
-                        sequence: row.get::<_, i64>(0)? as u64,
-                        id: id_text(row.get_ref(1)?)?,
-                        ts_micros: row.get(2)?,
-                        payload: row.get(3)?,
-                    })
-                },
+                |row| record_from_row(stream, row),
             )
             .optional()?)
     }
@@ -354,13 +381,7 @@ impl<'w> Pending<'w> {
             .tx
             .prepare_cached(FIND_GIVEN)?
             .query_row(params![stream_id, StoredId::of(id)], |row| {
-                Ok(LogRecord {
-                    stream: stream.clone(),
-                    sequence: row.get::<_, i64>(0)? as u64,
-                    id: id_text(row.get_ref(1)?)?,
-                    ts_micros: row.get(2)?,
-                    payload: row.get(3)?,
-                })
+                record_from_row(stream, row)
             })
             .optional()?)
     }
@@ -689,13 +710,9 @@ impl LogWriter {
             return Ok(());
         };
         self.conn.busy_timeout(WAL_RESTART_WAIT)?;
-        let outcome = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
-                row.get::<_, i64>(0)
-            });
+        let outcome = checkpoint(&self.conn, Checkpoint::Restart);
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
-        let busy = outcome?;
+        let (busy, _, _) = outcome?;
         self.next_restart = now
             + if busy == 0 {
                 WAL_RESTART_EVERY
@@ -720,11 +737,7 @@ impl LogWriter {
     /// TRUNCATE checkpoints, up to [`WAL_TRUNCATE_ATTEMPTS`]; true once one succeeded.
     fn truncate_attempts(&self) -> Result<bool> {
         for _ in 0..WAL_TRUNCATE_ATTEMPTS {
-            let (busy, wal_pages, copied): (i64, i64, i64) =
-                self.conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })?;
+            let (busy, wal_pages, copied) = checkpoint(&self.conn, Checkpoint::Truncate)?;
             if busy == 0 {
                 return Ok(true);
             }
@@ -767,15 +780,7 @@ impl LogWriter {
             .one_checkpoint_at_a_time
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            }) {
+        match checkpoint(&self.conn, Checkpoint::Truncate) {
             Ok((0, _, _)) => tracing::debug!("WAL truncated at shutdown"),
             Ok((_, wal_pages, copied)) => {
                 tracing::warn!(wal_pages, copied, "WAL could not be truncated at shutdown")
@@ -815,13 +820,7 @@ pub(crate) fn checkpoint_in_background(
                 let _turn = one_checkpoint_at_a_time
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                }) {
+                match checkpoint(&conn, Checkpoint::Passive) {
                     Ok((busy, wal_pages, copied)) => {
                         tracing::trace!(busy, wal_pages, copied, "checkpoint")
                     }

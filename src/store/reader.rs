@@ -5,7 +5,8 @@
 //! rather than one per row. Pages are bounded in bytes as well as in records, so a subscriber's
 //! memory stays bounded however large its records. It must never write.
 
-use super::engine::id_text;
+use super::PAGE_BYTES;
+use super::engine::record_from_row;
 use super::{LogRecord, StreamKey};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -59,8 +60,38 @@ impl Drop for EndsFlight<'_> {
 }
 
 /// The stream's id, from the key, inside each statement: one statement per read, no cache to
-/// keep in step with the writer.
-const STREAM: &str = "(SELECT id FROM streams WHERE kind = ?1 AND key = ?2)";
+/// keep in step with the writer. A macro, so that every statement stays a `&'static str`.
+macro_rules! stream_id {
+    () => {
+        "(SELECT id FROM streams WHERE kind = ?1 AND key = ?2)"
+    };
+}
+const PAGE_AFTER: &str = concat!(
+    "SELECT sequence, id, ts_micros, payload FROM log WHERE stream = ",
+    stream_id!(),
+    " AND sequence > ?3 AND sequence <= ?4 ORDER BY sequence LIMIT ?5"
+);
+const PAGE_BEFORE: &str = concat!(
+    "SELECT sequence, id, ts_micros, payload FROM log WHERE stream = ",
+    stream_id!(),
+    " AND sequence < ?3 ORDER BY sequence DESC LIMIT ?4"
+);
+const TS_AT: &str = concat!(
+    "SELECT ts_micros FROM log WHERE stream = ",
+    stream_id!(),
+    " AND sequence = ?3"
+);
+const HEAD: &str = concat!(
+    "SELECT max(sequence) FROM log WHERE stream = ",
+    stream_id!()
+);
+
+/// Whether a page read with `limit` may have stopped before the end: it holds `limit` records,
+/// or reached [`PAGE_BYTES`] of payload. Only a page short of both reached the end.
+pub fn page_is_full(page: &[LogRecord], limit: u32) -> bool {
+    page.len() >= limit as usize
+        || page.iter().map(|r| r.payload.len()).sum::<usize>() >= PAGE_BYTES
+}
 
 impl LogReaders {
     pub fn new(path: std::path::PathBuf, max: usize) -> Arc<LogReaders> {
@@ -122,22 +153,18 @@ impl LogReaders {
     }
 
     /// Records of `stream` after `after`, in order, none past `until`: at most `limit` of
-    /// them, and no more once `max_bytes` of payload are in the page (but always at least one).
+    /// them, and no more once [`PAGE_BYTES`] of payload are in the page (but always at least
+    /// one).
     pub async fn read_page(
         self: &Arc<Self>,
         stream: &StreamKey,
         after: u64,
         until: Option<u64>,
         limit: u32,
-        max_bytes: usize,
     ) -> Result<Vec<LogRecord>> {
         let stream = stream.clone();
         self.with(move |conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT sequence, id, ts_micros, payload FROM log \
-                 WHERE stream = {STREAM} AND sequence > ?3 AND sequence <= ?4 \
-                 ORDER BY sequence LIMIT ?5"
-            ))?;
+            let mut statement = conn.prepare_cached(PAGE_AFTER)?;
             let mut rows = statement.query(params![
                 stream.kind.code(),
                 &*stream.key,
@@ -149,10 +176,10 @@ impl LogReaders {
             let mut page = Vec::new();
             let mut bytes = 0;
             while let Some(row) = rows.next()? {
-                let record = record(&stream, row)?;
+                let record = record_from_row(&stream, row)?;
                 bytes += record.payload.len();
                 page.push(record);
-                if bytes >= max_bytes {
+                if bytes >= PAGE_BYTES {
                     break;
                 }
             }
@@ -166,14 +193,12 @@ impl LogReaders {
     /// of each reading the same rows again. `not_before` is when the caller learned that it
     /// needs the page: only a read that started since then has a snapshot new enough to hold
     /// every record the caller knows to be committed.
-    #[allow(clippy::too_many_arguments)]
     pub async fn read_page_shared(
         self: &Arc<Self>,
         stream: &StreamKey,
         after: u64,
         until: Option<u64>,
         limit: u32,
-        max_bytes: usize,
         not_before: Instant,
     ) -> Result<Arc<Vec<LogRecord>>> {
         let key: PageKey = (stream.clone(), after, until, limit);
@@ -203,7 +228,7 @@ impl LogReaders {
             page: &cell,
         };
         cell.get_or_try_init(|| async {
-            self.read_page(stream, after, until, limit, max_bytes)
+            self.read_page(stream, after, until, limit)
                 .await
                 .map(Arc::new)
         })
@@ -220,15 +245,12 @@ impl LogReaders {
     ) -> Result<Vec<LogRecord>> {
         let stream = stream.clone();
         self.with(move |conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT sequence, id, ts_micros, payload FROM log \
-                 WHERE stream = {STREAM} AND sequence < ?3 ORDER BY sequence DESC LIMIT ?4"
-            ))?;
+            let mut statement = conn.prepare_cached(PAGE_BEFORE)?;
             let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
             let mut records = statement
                 .query_map(
                     params![stream.kind.code(), &*stream.key, before, limit],
-                    |row| record(&stream, row),
+                    |row| record_from_row(&stream, row),
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             records.reverse();
@@ -258,9 +280,7 @@ impl LogReaders {
             conn.execute_batch("BEGIN")?;
             let found = (|| {
                 let head = head(conn, &stream)?;
-                let mut probe = conn.prepare_cached(&format!(
-                    "SELECT ts_micros FROM log WHERE stream = {STREAM} AND sequence = ?3"
-                ))?;
+                let mut probe = conn.prepare_cached(TS_AT)?;
                 let (mut lo, mut hi) = (1u64, head + 1);
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
@@ -287,20 +307,7 @@ impl LogReaders {
 
 fn head(conn: &Connection, stream: &StreamKey) -> Result<u64> {
     let head: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT max(sequence) FROM log WHERE stream = {STREAM}"
-        ))?
+        .prepare_cached(HEAD)?
         .query_row(params![stream.kind.code(), &*stream.key], |row| row.get(0))?;
     Ok(head.unwrap_or(0) as u64)
-}
-
-/// By position: every query that builds records selects these four columns first.
-fn record(stream: &StreamKey, row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
-    Ok(LogRecord {
-        stream: stream.clone(),
-        sequence: row.get::<_, i64>(0)? as u64,
-        id: id_text(row.get_ref(1)?)?,
-        ts_micros: row.get(2)?,
-        payload: row.get(3)?,
-    })
 }

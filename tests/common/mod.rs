@@ -2,6 +2,8 @@
 //! reached through the generated client. Logs stay quiet unless TEST_LOG is set.
 #![allow(dead_code)]
 
+pub mod user_events;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

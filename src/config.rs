@@ -24,8 +24,9 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// Database: a `sqlite:` URL (sqlite://path/to/file.db), created and migrated at start.
-    /// Any other scheme is refused. One server holds a database at a time (`<file>.lock`).
+    /// Database: a `sqlite:` URL (sqlite://path/to/file.db) for one server, created and migrated
+    /// at start, which one server holds at a time (`<file>.lock`); or a `postgres:` URL
+    /// (postgres://user:password@host/db), migrated at start, which several replicas share.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -283,6 +284,34 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_LIVE_MAX_KEYS", default_value_t = 10_000)]
     pub live_max_keys: usize,
 
+    /// PostgreSQL only: connections this replica opens to the database (its appends, reads,
+    /// file rows and presence leases share them; LISTEN holds one more of its own).
+    #[arg(long, env = "STREAMHUB_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: u32,
+
+    /// PostgreSQL only: milliseconds any one statement may run before the database cancels it
+    /// (its call then fails with UNAVAILABLE and nothing of it is kept). 0 turns it off.
+    #[arg(long, env = "STREAMHUB_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub pg_statement_timeout_ms: u64,
+
+    /// PostgreSQL only: milliseconds before the first attempt to reconnect a lost LISTEN
+    /// connection; each failed attempt doubles it, up to 30 s. Live records from other replicas
+    /// wait meanwhile (the head check catches them up once it is back); none are lost.
+    #[arg(long, env = "STREAMHUB_PG_LISTEN_BACKOFF_MS", default_value_t = 250)]
+    pub pg_listen_backoff_ms: u64,
+
+    /// PostgreSQL only: milliseconds between checks of the heads of streams this replica has
+    /// live subscribers on. A notification from another replica that was lost is caught up
+    /// within this time.
+    #[arg(long, env = "STREAMHUB_PG_HEAD_CHECK_MS", default_value_t = 1_000)]
+    pub pg_head_check_ms: u64,
+
+    /// PostgreSQL only: seconds a replica's presence lease on a chat or collaboration member
+    /// lasts unless renewed (renewed every third of it). After a replica dies, a survivor
+    /// announces its members' leave once their leases lapse.
+    #[arg(long, env = "STREAMHUB_PG_PRESENCE_LEASE_SECS", default_value_t = 15)]
+    pub pg_presence_lease_secs: u64,
+
     /// Seconds that in-flight calls get to finish after a shutdown signal. Live streams end at
     /// once with UNAVAILABLE; idle client connections that ignore GOAWAY are cut after this.
     #[arg(long, env = "STREAMHUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
@@ -327,6 +356,11 @@ impl Config {
 
     pub fn keepalive_timeout(&self) -> Duration {
         Duration::from_secs(self.keepalive_timeout_secs)
+    }
+
+    /// Whether the database is PostgreSQL (several replicas) rather than SQLite (one server).
+    pub fn is_postgres(&self) -> bool {
+        crate::store::is_postgres_url(&self.database_url)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -70,10 +70,14 @@ impl App {
                 config.storage_dir.display()
             ))
         })?;
-        locks.push(ServerLock::acquire(
-            &config.storage_dir.join(crate::lock::STORAGE_LOCK_FILE),
-            "storage directory",
-        )?);
+        // On PostgreSQL the replicas share the storage directory by design: uploads are
+        // claimed in the database and sweeps take turns under an advisory lock.
+        if !config.is_postgres() {
+            locks.push(ServerLock::acquire(
+                &config.storage_dir.join(crate::lock::STORAGE_LOCK_FILE),
+                "storage directory",
+            )?);
+        }
         let (store, write_queue) = crate::store::open(&config).await?;
         let spill_dir = crate::store::spill_dir(&config)?;
         let hub = Hub::new(config.hub_capacity);

@@ -1,20 +1,24 @@
-//! The store: every line of SQL in streamhub lives here.
+//! The store: every line of SQL in streamhub lives here, for SQLite and for PostgreSQL.
 //!
-//! It opens SQLite (WAL, the configured `synchronous`, a busy timeout), runs the embedded
-//! migrations, and offers two faces: [`Store`], read-only connections for replays and lookups
-//! plus the queue that hands writes to the writer thread, and [`LogWriter`], the one read-write
-//! connection that only the writer thread (`crate::log::writer`) holds. It knows nothing of
-//! gRPC, of the hub, or of what a payload means.
+//! `DATABASE_URL` picks the database. SQLite (the default, one server): WAL, the configured
+//! `synchronous`, a busy timeout, migrations from `migrations/`. PostgreSQL (several replicas
+//! on one database): a connection pool, migrations from `migrations_pg/` (see `pg`). Either way
+//! it offers two faces: [`Store`], reads for replays and lookups plus the queue that hands
+//! writes to the writer thread, and [`LogWriter`], the write side that only the writer thread
+//! (`crate::log::writer`) holds. It knows nothing of gRPC, of the hub, or of what a payload
+//! means.
 
 mod engine;
 mod files;
 mod metrics;
 mod notify;
+pub mod pg;
 mod reader;
 pub mod spill;
 
 pub use engine::{
-    AppendOutcome, ImportOutcome, LogWriter, MAX_LISTED_CONFLICTS, NewRecord, now_micros,
+    AppendOutcome, GroupOutcome, ImportOutcome, MAX_LISTED_CONFLICTS, NewRecord, SqliteWriter,
+    now_micros,
 };
 pub use files::{FileRow, QuotaRefusal, StorageLimits};
 use reader::LogReaders;
@@ -102,24 +106,41 @@ fn check_database_url(url: &str) -> Result<()> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme);
     match scheme {
         Some(scheme) if scheme.eq_ignore_ascii_case("sqlite") => Ok(()),
+        Some(_) if is_postgres_url(url) => Err(Error::Config(format!(
+            "DATABASE_URL {} is PostgreSQL, which has no database file",
+            crate::secret::redact_url(url)
+        ))),
         Some(scheme) if !scheme.is_empty() && !scheme.contains(['/', '\\', '.']) => {
             Err(Error::Config(format!(
-                "unsupported DATABASE_URL scheme `{scheme}:` in {}: this server stores its data \
-                 in SQLite; use sqlite://path/to/streamhub.db",
+                "unsupported DATABASE_URL scheme `{scheme}:` in {}: use \
+                 sqlite://path/to/streamhub.db (one server) or postgres://user@host/db \
+                 (several replicas)",
                 crate::secret::redact_url(url)
             )))
         }
         _ => Err(Error::Config(format!(
-            "DATABASE_URL {} is not a URL; use sqlite://path/to/streamhub.db",
+            "DATABASE_URL {} is not a URL; use sqlite://path/to/streamhub.db or \
+             postgres://user@host/db",
             crate::secret::redact_url(url)
         ))),
     }
 }
 
+/// Whether `url` names a PostgreSQL database (`postgres:` or `postgresql:`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+    })
+}
+
 /// Where the database's single-server lock lives: beside the SQLite file, as `<file>.lock`,
 /// from the same parse of `DATABASE_URL` that opens the database (so an unsupported URL is
-/// refused here, before anything is created). `None` for an in-memory database.
+/// refused here, before anything is created). `None` for an in-memory database, and for
+/// PostgreSQL, which several replicas share by design.
 pub fn database_lock_path(config: &Config) -> Result<Option<std::path::PathBuf>> {
+    if config.is_postgres() {
+        return Ok(None);
+    }
     let options = connect_options(config)?;
     let file = options.get_filename();
     let name = file.to_string_lossy();
@@ -178,6 +199,7 @@ pub enum WriteCommand {
     },
     /// A write outside the log (a file row, a cursor, metric points); it answers through its
     /// own channel.
+    /// SQLite only: on PostgreSQL those writes go straight to the pool.
     Job(Box<dyn FnOnce(&mut LogWriter) + Send>),
     /// Finish everything queued before this, truncate the WAL, close, then stop.
     Shutdown { done: oneshot::Sender<()> },
@@ -190,6 +212,66 @@ pub struct WriteQueue {
     pub sender: mpsc::Sender<WriteCommand>,
 }
 
+/// The writer thread's side of the store: the SQLite connection, or the PostgreSQL pool.
+pub enum LogWriter {
+    Sqlite(SqliteWriter),
+    Postgres(pg::PgWriter),
+}
+
+impl LogWriter {
+    /// Commits one group atomically; see [`SqliteWriter::append_group`].
+    pub fn append_group(&mut self, requests: Vec<Vec<NewRecord>>) -> Result<GroupOutcome> {
+        match self {
+            LogWriter::Sqlite(writer) => writer.append_group(requests),
+            LogWriter::Postgres(writer) => writer.append_group(requests),
+        }
+    }
+
+    /// Commits a spilled import in one transaction of its own.
+    pub fn import(&mut self, kind: StreamKind, spill: SpillReader) -> Result<ImportOutcome> {
+        match self {
+            LogWriter::Sqlite(writer) => writer.import(kind, spill),
+            LogWriter::Postgres(writer) => writer.import(kind, spill),
+        }
+    }
+
+    /// Runs a SQLite job in a transaction of its own.
+    pub fn run_job<T>(
+        &mut self,
+        job: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            LogWriter::Sqlite(writer) => writer.run_job(job),
+            LogWriter::Postgres(_) => Err(Error::Internal(
+                "a SQLite write job was sent to the PostgreSQL store".into(),
+            )),
+        }
+    }
+
+    /// SQLite: keeps the WAL under its bound. Nothing to do on PostgreSQL.
+    pub fn bound_wal(&mut self) -> Result<()> {
+        match self {
+            LogWriter::Sqlite(writer) => writer.bound_wal(),
+            LogWriter::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// SQLite: truncates a WAL that an import grew. Nothing to do on PostgreSQL.
+    pub fn settle_after_large(&mut self) -> Result<()> {
+        match self {
+            LogWriter::Sqlite(writer) => writer.settle_after_large(),
+            LogWriter::Postgres(_) => Ok(()),
+        }
+    }
+
+    pub fn close(self) {
+        match self {
+            LogWriter::Sqlite(writer) => writer.close(),
+            LogWriter::Postgres(writer) => writer.close(),
+        }
+    }
+}
+
 /// How often the background checkpointer moves committed WAL pages into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Read-only connections of the log engine: replays and head look-ups, one page per use.
@@ -198,6 +280,25 @@ const LOG_READERS: usize = 8;
 /// Opens the database: creates its directory and file if needed, runs migrations, and returns
 /// the read side and the writer's queue.
 pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
+    let (sender, commands) = mpsc::channel(config.writer_queue.max(1));
+    if config.is_postgres() {
+        let pg = pg::open(config).await?;
+        let writer = LogWriter::Postgres(pg::PgWriter {
+            store: pg.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        return Ok((
+            Store {
+                writes: sender.clone(),
+                backend: Backend::Postgres(pg),
+            },
+            WriteQueue {
+                writer,
+                commands,
+                sender,
+            },
+        ));
+    }
     let options = connect_options(config)?;
     let path = options.get_filename().to_path_buf();
     if let Some(dir) = path.parent()
@@ -211,12 +312,12 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         migrator.close().await?;
     }
     let one_checkpoint_at_a_time = Arc::new(std::sync::Mutex::new(()));
-    let writer = LogWriter::open(
+    let writer = LogWriter::Sqlite(SqliteWriter::open(
         &path,
         config.sync == SyncMode::Full,
         config.max_wal_bytes,
         one_checkpoint_at_a_time.clone(),
-    )?;
+    )?);
     let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
     let checkpoints = engine::checkpoint_in_background(
         path.clone(),
@@ -230,15 +331,16 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         .min_connections(1)
         .connect_with(options.read_only(true))
         .await?;
-    let (sender, commands) = mpsc::channel(config.writer_queue.max(1));
     Ok((
         Store {
-            readers,
-            log_readers: LogReaders::new(path, LOG_READERS),
             writes: sender.clone(),
-            checkpointer: Arc::new(Checkpointer {
-                stop,
-                thread: std::sync::Mutex::new(Some(checkpoints)),
+            backend: Backend::Sqlite(SqliteSide {
+                readers,
+                log_readers: LogReaders::new(path, LOG_READERS),
+                checkpointer: Arc::new(Checkpointer {
+                    stop,
+                    thread: std::sync::Mutex::new(Some(checkpoints)),
+                }),
             }),
         },
         WriteQueue {
@@ -252,12 +354,24 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
 /// The read side, and the way to hand writes to the writer thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// The writer thread's queue, for jobs.
+    writes: mpsc::Sender<WriteCommand>,
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqliteSide),
+    Postgres(pg::PgStore),
+}
+
+/// SQLite's read side.
+#[derive(Clone, Debug)]
+struct SqliteSide {
     /// sqlx read-only connections, for files and metrics.
     readers: SqlitePool,
     /// The log engine's read-only connections.
     log_readers: Arc<LogReaders>,
-    /// The writer thread's queue, for jobs.
-    writes: mpsc::Sender<WriteCommand>,
     checkpointer: Arc<Checkpointer>,
 }
 
@@ -295,9 +409,15 @@ impl Store {
         until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
-        self.log_readers
-            .read_page(stream, after, until, limit)
-            .await
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .log_readers
+                    .read_page(stream, after, until, limit)
+                    .await
+            }
+            Backend::Postgres(pg) => pg.read_page(stream, after, until, limit).await,
+        }
     }
 
     /// [`Self::read_page`] for subscribers: callers asking for the same page at the same time
@@ -311,9 +431,16 @@ impl Store {
         limit: u32,
         not_before: std::time::Instant,
     ) -> Result<Arc<Vec<LogRecord>>> {
-        self.log_readers
-            .read_page_shared(stream, after, until, limit, not_before)
-            .await
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .log_readers
+                    .read_page_shared(stream, after, until, limit, not_before)
+                    .await
+            }
+            // Every PostgreSQL read sees everything committed before it began.
+            Backend::Postgres(pg) => pg.read_page(stream, after, until, limit).await.map(Arc::new),
+        }
     }
 
     /// Up to `limit` records of `stream` before `before` (`None`: the newest), oldest first.
@@ -323,14 +450,23 @@ impl Store {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
-        self.log_readers
-            .read_page_before(stream, before, limit)
-            .await
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .log_readers
+                    .read_page_before(stream, before, limit)
+                    .await
+            }
+            Backend::Postgres(pg) => pg.read_page_before(stream, before, limit).await,
+        }
     }
 
     /// The last committed sequence of `stream` (0 when it is empty).
     pub async fn head(&self, stream: &StreamKey) -> Result<u64> {
-        self.log_readers.head(stream).await
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.log_readers.head(stream).await,
+            Backend::Postgres(pg) => pg.head(stream).await,
+        }
     }
 
     /// The first sequence whose timestamp is at or after `ts_micros`, or `head + 1` when none is.
@@ -339,9 +475,34 @@ impl Store {
         stream: &StreamKey,
         ts_micros: i64,
     ) -> Result<u64> {
-        self.log_readers
-            .first_sequence_at_or_after(stream, ts_micros)
-            .await
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .log_readers
+                    .first_sequence_at_or_after(stream, ts_micros)
+                    .await
+            }
+            Backend::Postgres(pg) => pg.first_sequence_at_or_after(stream, ts_micros).await,
+        }
+    }
+
+    /// The PostgreSQL store, when that is the database: what only several replicas need (the
+    /// LISTEN connection, presence leases, upload claims).
+    pub fn postgres(&self) -> Option<&pg::PgStore> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// SQLite's read side, for the SQLite half of a query method.
+    fn sqlite(&self) -> Result<&SqliteSide> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => Ok(sqlite),
+            Backend::Postgres(_) => Err(Error::Internal(
+                "a SQLite query was sent to the PostgreSQL store".into(),
+            )),
+        }
     }
 
     /// Runs `job` on the writer thread in a transaction of its own (never inside a group
@@ -366,10 +527,16 @@ impl Store {
     /// Closes every read connection and stops the background checkpointer. Call it before the
     /// writer's shutdown: the writer then truncates the WAL with no reader left to wait for.
     pub async fn close(&self) {
-        self.log_readers.close();
-        self.readers.close().await;
-        let checkpointer = self.checkpointer.clone();
-        let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite.log_readers.close();
+                sqlite.readers.close().await;
+                let checkpointer = sqlite.checkpointer.clone();
+                let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+            }
+            // The pool closes with the writer, after the last queued write.
+            Backend::Postgres(_) => {}
+        }
     }
 }
 

@@ -154,6 +154,13 @@ fn server_id(ts_micros: i64, sequence: u64) -> [u8; 16] {
         .as_bytes()
 }
 
+/// [`server_id`] as text, for a store that keeps ids as text (PostgreSQL).
+pub(crate) fn server_id_text(ts_micros: i64, sequence: u64) -> String {
+    uuid::Uuid::from_bytes(server_id(ts_micros, sequence))
+        .hyphenated()
+        .to_string()
+}
+
 /// The sequence a server-assigned id would carry, if `id` is shaped like one (a UUIDv7).
 fn sequence_of_server_id(id: &[u8; 16]) -> Option<u64> {
     let uuid = uuid::Uuid::from_bytes(*id);
@@ -212,7 +219,7 @@ impl StreamKind {
 }
 
 /// The writer thread's connection. Only that thread holds it.
-pub struct LogWriter {
+pub struct SqliteWriter {
     conn: Connection,
     /// Interned stream ids, as committed.
     streams: HashMap<StreamKey, i64>,
@@ -229,9 +236,9 @@ pub struct LogWriter {
     next_restart: std::time::Instant,
 }
 
-impl std::fmt::Debug for LogWriter {
+impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogWriter")
+        f.debug_struct("SqliteWriter")
             .field("cached_streams", &self.streams.len())
             .finish()
     }
@@ -260,10 +267,10 @@ const WAL_TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 /// Attempts per commit, each waiting up to the time above for readers on old snapshots.
 const WAL_TRUNCATE_ATTEMPTS: usize = 3;
 /// A WAL larger than this after an import is truncated at once; see
-/// [`LogWriter::settle_after_large`].
+/// [`SqliteWriter::settle_after_large`].
 const SETTLE_AFTER_LARGE_BYTES: u64 = 16 << 20;
 /// How often the writer restarts the WAL under steady load, and how soon it tries again when
-/// readers or a running checkpoint kept it from doing so; see [`LogWriter::restart_wal`].
+/// readers or a running checkpoint kept it from doing so; see [`SqliteWriter::restart_wal`].
 const WAL_RESTART_EVERY: Duration = Duration::from_millis(250);
 const WAL_RESTART_RETRY: Duration = Duration::from_millis(50);
 /// How long a restart waits for readers: a restart is an optimisation, so it gives up quickly.
@@ -469,14 +476,14 @@ impl<'w> Pending<'w> {
     }
 }
 
-impl LogWriter {
+impl SqliteWriter {
     /// Opens the read-write connection on a database that migrations have already prepared.
     pub(crate) fn open(
         path: &std::path::Path,
         synchronous_full: bool,
         max_wal_bytes: u64,
         one_checkpoint_at_a_time: Arc<Mutex<()>>,
-    ) -> Result<LogWriter> {
+    ) -> Result<SqliteWriter> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -496,7 +503,7 @@ impl LogWriter {
         conn.set_prepared_statement_cache_capacity(64);
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        Ok(LogWriter {
+        Ok(SqliteWriter {
             conn,
             streams: HashMap::new(),
             heads: HashMap::new(),
@@ -795,7 +802,7 @@ impl LogWriter {
 
 /// Runs PASSIVE checkpoints every `interval` until `stop` is set, on its own thread and its own
 /// connection. PASSIVE never waits for readers or the writer; what it cannot copy now it copies
-/// next time. It never resets the WAL under steady load: that is [`LogWriter::bound_wal`].
+/// next time. It never resets the WAL under steady load: that is [`SqliteWriter::bound_wal`].
 pub(crate) fn checkpoint_in_background(
     path: std::path::PathBuf,
     interval: Duration,

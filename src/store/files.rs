@@ -189,7 +189,7 @@ impl Store {
             " FROM files WHERE file_id = ?1"
         ))
         .bind(file_id)
-        .fetch_optional(&self.readers)
+        .fetch_optional(&self.sqlite()?.readers)
         .await?;
         row.as_ref().map(file_from_row).transpose()
     }
@@ -331,7 +331,7 @@ impl Store {
     /// Every file row, for the sweep (complete or not).
     pub async fn all_files(&self) -> Result<Vec<FileRow>> {
         let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
-            .fetch_all(&self.readers)
+            .fetch_all(&self.sqlite()?.readers)
             .await?;
         rows.iter().map(file_from_row).collect()
     }
@@ -344,7 +344,7 @@ impl Store {
             " FROM files WHERE complete = 0 AND updated_at_micros < ?1"
         ))
         .bind(before)
-        .fetch_all(&self.readers)
+        .fetch_all(&self.sqlite()?.readers)
         .await?;
         rows.iter().map(file_from_row).collect()
     }

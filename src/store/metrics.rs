@@ -56,7 +56,7 @@ impl Store {
             .collect();
         let mut ids: Vec<Option<i64>> = vec![None; series.len()];
         for chunk in series.chunks(SERIES_CHUNK) {
-            lookup_series(&self.readers, chunk, &position, &mut ids).await?;
+            lookup_series(&self.sqlite()?.readers, chunk, &position, &mut ids).await?;
         }
         let (places, missing): (Vec<usize>, Vec<(String, String)>) = series
             .iter()
@@ -145,7 +145,7 @@ impl Store {
         query
             .push(" ORDER BY labels LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = query.build().fetch_all(&self.readers).await?;
+        let rows = query.build().fetch_all(&self.sqlite()?.readers).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
@@ -174,7 +174,7 @@ impl Store {
         .bind(end)
         .bind(step)
         .bind(i64::from(limit))
-        .fetch_all(&self.readers)
+        .fetch_all(&self.sqlite()?.readers)
         .await?;
         rows.iter()
             .map(|row| {

@@ -17,7 +17,7 @@ impl Store {
             "SELECT acknowledged_through FROM notification_cursors WHERE user_id = ?1",
         )
         .bind(user_id)
-        .fetch_optional(&self.readers)
+        .fetch_optional(&self.sqlite()?.readers)
         .await?;
         Ok(cursor.unwrap_or(0) as u64)
     }

@@ -12,6 +12,11 @@
 //! Like the SQLite engine, it never answers or publishes anything itself: the writer thread
 //! answers callers and feeds the hub after COMMIT. It must never log the database password.
 
+mod files;
+mod metrics;
+mod notify;
+mod presence;
+
 use super::spill::{SpillReader, SpilledRecord};
 use super::{LogRecord, PAGE_BYTES, StreamKey, StreamKind};
 use super::{AppendOutcome, GroupOutcome, ImportOutcome, MAX_LISTED_CONFLICTS, NewRecord};

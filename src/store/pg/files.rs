@@ -1,0 +1,6 @@
+//! PostgreSQL queries for files (filled in by the PostgreSQL work).
+
+use super::PgStore;
+
+#[allow(dead_code)]
+impl PgStore {}

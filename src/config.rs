@@ -291,7 +291,11 @@ pub struct Config {
 
     /// PostgreSQL only: milliseconds any one statement may run before the database cancels it
     /// (its call then fails with UNAVAILABLE and nothing of it is kept). 0 turns it off.
-    #[arg(long, env = "STREAMHUB_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "STREAMHUB_PG_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub pg_statement_timeout_ms: u64,
 
     /// PostgreSQL only: milliseconds before the first attempt to reconnect a lost LISTEN

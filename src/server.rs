@@ -82,11 +82,15 @@ impl App {
         let spill_dir = crate::store::spill_dir(&config)?;
         let hub = Hub::new(config.hub_capacity);
         let writer = Writer::spawn(write_queue, hub.clone())?;
+        let shutdown = CancellationToken::new();
+        let replicas =
+            crate::log::Replicas::start(&store, hub.clone(), &config, shutdown.clone()).await?;
         let log = Log {
             store,
             hub,
             writer,
-            shutdown: CancellationToken::new(),
+            replicas,
+            shutdown,
             subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
             user_subscriptions: crate::limits::PerUserLimit::new(config.max_subscriptions_per_user),
             spill_dir,

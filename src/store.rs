@@ -439,7 +439,10 @@ impl Store {
                     .await
             }
             // Every PostgreSQL read sees everything committed before it began.
-            Backend::Postgres(pg) => pg.read_page(stream, after, until, limit).await.map(Arc::new),
+            Backend::Postgres(pg) => pg
+                .read_page(stream, after, until, limit)
+                .await
+                .map(Arc::new),
         }
     }
 

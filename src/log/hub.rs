@@ -10,7 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
-type Channels = HashMap<StreamKey, broadcast::Sender<Arc<LogRecord>>>;
+type Channels = HashMap<StreamKey, Channel>;
+
+/// One stream's live channel, and the newest sequence published on it since it opened: what
+/// another replica's notice or the head check compares the store's head with.
+#[derive(Debug)]
+struct Channel {
+    sender: broadcast::Sender<Arc<LogRecord>>,
+    newest: u64,
+}
 
 /// Keyed broadcast registry. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -39,11 +47,12 @@ impl Hub {
     /// Starts receiving every record published to `stream` from now on.
     pub fn subscribe(&self, stream: &StreamKey) -> HubReceiver {
         let mut channels = self.lock();
-        let sender = channels
-            .entry(stream.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0);
+        let channel = channels.entry(stream.clone()).or_insert_with(|| Channel {
+            sender: broadcast::channel(self.capacity).0,
+            newest: 0,
+        });
         HubReceiver {
-            rx: Some(sender.subscribe()),
+            rx: Some(channel.sender.subscribe()),
             stream: stream.clone(),
             hub: self.clone(),
         }
@@ -51,22 +60,40 @@ impl Hub {
 
     /// Sends committed records, in commit order, to their streams' subscribers.
     pub fn publish(&self, records: &[Arc<LogRecord>]) {
-        let channels = self.lock();
+        let mut channels = self.lock();
         if channels.is_empty() {
             return;
         }
         for record in records {
-            if let Some(sender) = channels.get(&record.stream) {
+            if let Some(channel) = channels.get_mut(&record.stream) {
+                channel.newest = channel.newest.max(record.sequence);
                 // An error only means the last receiver left a moment ago; nothing to do.
-                let _ = sender.send(record.clone());
+                let _ = channel.sender.send(record.clone());
             }
         }
+    }
+
+    /// The newest sequence published to `stream` since its channel opened, or `None` when
+    /// nobody subscribes to it (then nothing needs to be published).
+    pub fn newest(&self, stream: &StreamKey) -> Option<u64> {
+        self.lock().get(stream).map(|channel| channel.newest)
+    }
+
+    /// Every stream with a subscriber now, with its newest published sequence.
+    pub fn live_streams(&self) -> Vec<(StreamKey, u64)> {
+        self.lock()
+            .iter()
+            .map(|(stream, channel)| (stream.clone(), channel.newest))
+            .collect()
     }
 
     /// Live receivers across all streams. Tests and introspection use it to prove that
     /// finished subscriptions release their slot.
     pub fn receiver_count(&self) -> usize {
-        self.lock().values().map(|s| s.receiver_count()).sum()
+        self.lock()
+            .values()
+            .map(|c| c.sender.receiver_count())
+            .sum()
     }
 
     /// Streams that currently have a channel.
@@ -101,7 +128,7 @@ impl Drop for HubReceiver {
         drop(self.rx.take());
         if channels
             .get(&self.stream)
-            .is_some_and(|sender| sender.receiver_count() == 0)
+            .is_some_and(|channel| channel.sender.receiver_count() == 0)
         {
             channels.remove(&self.stream);
         }

@@ -3,10 +3,12 @@
 //! subscription. Services append and subscribe through [`Log`] and never touch SQL or channels.
 
 pub mod hub;
+pub mod replicas;
 pub mod subscribe;
 pub mod writer;
 
 pub use hub::Hub;
+pub use replicas::Replicas;
 pub use subscribe::{Delivery, RecordView, Start, SubscribeOptions, Subscription, subscribe};
 pub use writer::{AppendOutcome, AppendPermit, ImportOutcome, NewRecord, PendingAppend, Writer};
 
@@ -30,4 +32,7 @@ pub struct Log {
     /// Where imports spill while they arrive: the database's own directory, so a spill takes
     /// the disk the import is headed for rather than memory.
     pub spill_dir: std::path::PathBuf,
+    /// On PostgreSQL, the other replicas: their records reach this hub, and signals cross
+    /// through it. `None` on SQLite (one server).
+    pub replicas: Option<Replicas>,
 }

@@ -18,8 +18,8 @@ mod notify;
 mod presence;
 
 use super::spill::{SpillReader, SpilledRecord};
-use super::{LogRecord, PAGE_BYTES, StreamKey, StreamKind};
 use super::{AppendOutcome, GroupOutcome, ImportOutcome, MAX_LISTED_CONFLICTS, NewRecord};
+use super::{LogRecord, PAGE_BYTES, StreamKey, StreamKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -284,9 +284,15 @@ impl PgStore {
     }
 
     /// Moves the heads of the streams a transaction appended to and queues their notices.
-    async fn finish(&self, tx: &mut sqlx::PgConnection, locked: &HashMap<StreamKey, Locked>) -> Result<()> {
-        let moved: Vec<(&StreamKey, &Locked)> =
-            locked.iter().filter(|(_, l)| l.head != l.locked_head).collect();
+    async fn finish(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        locked: &HashMap<StreamKey, Locked>,
+    ) -> Result<()> {
+        let moved: Vec<(&StreamKey, &Locked)> = locked
+            .iter()
+            .filter(|(_, l)| l.head != l.locked_head)
+            .collect();
         if moved.is_empty() {
             return Ok(());
         }
@@ -325,7 +331,9 @@ impl PgStore {
     async fn try_append_group(&self, requests: &[Vec<NewRecord>]) -> Result<GroupOutcome> {
         let now = super::now_micros();
         let mut streams: Vec<&StreamKey> = requests.iter().flatten().map(|r| &r.stream).collect();
-        streams.sort_by(|a, b| (a.kind.code(), a.key.as_bytes()).cmp(&(b.kind.code(), b.key.as_bytes())));
+        streams.sort_by(|a, b| {
+            (a.kind.code(), a.key.as_bytes()).cmp(&(b.kind.code(), b.key.as_bytes()))
+        });
         streams.dedup();
 
         let mut tx = self.pool.begin().await?;
@@ -451,7 +459,9 @@ impl PgStore {
                     } else {
                         outcome.conflicts += 1;
                         if outcome.listed_conflicts.len() < MAX_LISTED_CONFLICTS {
-                            outcome.listed_conflicts.push((record.index, existing.id.clone()));
+                            outcome
+                                .listed_conflicts
+                                .push((record.index, existing.id.clone()));
                         }
                     }
                     continue;
@@ -619,7 +629,6 @@ impl PgStore {
         tx.commit().await?;
         Ok(lo)
     }
-
 }
 
 /// The writer thread's face of the PostgreSQL store: the same calls as the SQLite writer, each

@@ -11,6 +11,8 @@
 //! channel per room, and a member that falls behind loses stale signals (never stored data) and
 //! can resynchronise its view of who is present.
 
+pub mod cluster;
+
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -179,6 +181,16 @@ impl<S: Clone + Send + 'static> Presence<S> {
             rx: BroadcastStream::new(rx),
         };
         Ok((member, listener, answer))
+    }
+}
+
+impl<S: Clone + Send + 'static> Presence<S> {
+    /// Hands a signal from another replica to every stream of `room` here (none, when nobody
+    /// here is in it). Session 0 is no stream's, so every member hears it.
+    pub fn inject(&self, room: &str, body: S) {
+        if let Some(room) = self.lock().get(room) {
+            let _ = room.signals.send(Signal { from: 0, body });
+        }
     }
 }
 

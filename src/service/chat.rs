@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::log::{
     AppendOutcome, Log, NewRecord, PendingAppend, Start, SubscribeOptions, subscribe,
 };
+use crate::presence::cluster::Cluster;
 use crate::presence::{Heard, Listener, Member, Presence};
 use crate::proto::{
     ChatMessage, ChatMessageType, GetChatHistoryRequest, GetChatHistoryResponse,
@@ -89,6 +90,8 @@ pub struct ChatSettings {
 pub struct Chat {
     log: Log,
     presence: Presence<ChatMessage>,
+    /// On PostgreSQL: presence and typing across replicas.
+    cluster: Option<Cluster<ChatMessage>>,
     settings: ChatSettings,
     /// Every session's task, so shutdown can wait for their leave notices.
     sessions: TaskTracker,
@@ -147,6 +150,20 @@ enum Ending {
     Shutdown,
 }
 
+/// A join or leave notice: a system message of the room.
+fn notice_record(stream: &StreamKey, user: &str, what: &str) -> NewRecord {
+    NewRecord {
+        stream: stream.clone(),
+        id: None,
+        payload: body(
+            user,
+            &format!("User {user} {what} the chat"),
+            ChatMessageType::System,
+        ),
+        expect_head: None,
+    }
+}
+
 /// A typing notice from a user to a room.
 fn typing(room: &str, user: &str, content: String) -> ChatMessage {
     ChatMessage {
@@ -161,9 +178,30 @@ fn typing(room: &str, user: &str, content: String) -> ChatMessage {
 
 impl Chat {
     pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
+        let presence = Presence::new(config.presence_capacity, config.max_room_members);
+        let writer = log.writer.clone();
+        // A replica that died owed its members' leave notices: a survivor stores them.
+        let cluster = Cluster::start(
+            log.replicas.as_ref(),
+            &log.store,
+            StreamKind::Chat,
+            &presence,
+            std::time::Duration::from_secs(config.pg_presence_lease_secs),
+            log.shutdown.clone(),
+            move |_, room: String, user: String| {
+                let writer = writer.clone();
+                async move {
+                    let notice = notice_record(&room_stream(&room), &user, "left");
+                    if let Err(e) = writer.append(vec![notice]).await {
+                        tracing::warn!(%room, %user, error = %crate::error::cause_chain(&e), "leave notice of a lapsed member not stored");
+                    }
+                }
+            },
+        );
         Chat {
             log,
-            presence: Presence::new(config.presence_capacity, config.max_room_members),
+            presence,
+            cluster,
             settings: ChatSettings {
                 replay_messages: config.chat_replay_messages,
                 max_content_bytes: config.max_chat_content_bytes,
@@ -175,16 +213,15 @@ impl Chat {
 
     /// A SYSTEM notice about `user`, stored like any message.
     fn notice(&self, stream: &StreamKey, user: &str, what: &str) -> NewRecord {
-        NewRecord {
-            stream: stream.clone(),
-            id: None,
-            payload: body(
-                user,
-                &format!("User {user} {what} the chat"),
-                ChatMessageType::System,
-            ),
-            expect_head: None,
+        notice_record(stream, user, what)
+    }
+
+    /// Relays an ephemeral signal to the room's other members, here and on other replicas.
+    fn signal(&self, member: &Member<ChatMessage>, message: ChatMessage) {
+        if let Some(cluster) = &self.cluster {
+            cluster.send(&message.room_id, &message);
         }
+        member.signal(message);
     }
 
     /// Validates one client message of the session in `room` by `user`.
@@ -298,12 +335,29 @@ impl Chat {
             },
             |record: &LogRecord| message_from_record(record).map(Some),
         )?;
-        let permit = self.log.writer.reserve().await?;
-        let (member, listener, join_notice) = self.presence.join(&room, &user, |joined| {
-            joined
-                .first_of_user
-                .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
-        })?;
+        let (member, listener, join_notice) = match &self.cluster {
+            None => {
+                let permit = self.log.writer.reserve().await?;
+                self.presence.join(&room, &user, |joined| {
+                    joined
+                        .first_of_user
+                        .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
+                })?
+            }
+            Some(cluster) => {
+                // The user's turn orders this join with their other streams' joins and
+                // leaves in this process; the store orders it with other replicas'.
+                let _turn = cluster.turn(&room, &user).await;
+                let (member, listener, first_here) =
+                    self.presence
+                        .join(&room, &user, |joined| joined.first_of_user)?;
+                let elsewhere = first_here && cluster.arrive(&room, &user).await?;
+                let permit = self.log.writer.reserve().await?;
+                let notice = (first_here && !elsewhere)
+                    .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]));
+                (member, listener, notice)
+            }
+        };
         // From here on the session's own task owns the member: a client that resets its stream
         // while its join notice is being stored drops this call, but the task still sees the
         // join through and then stores the leave.
@@ -458,7 +512,7 @@ impl Chat {
             Incoming::Typing(notice) => {
                 // Empty content means "stopped typing".
                 *typing_shown = !notice.content.is_empty();
-                member.signal(notice);
+                self.signal(member, notice);
                 Ok(())
             }
             Incoming::Post(record) => {
@@ -494,7 +548,26 @@ impl Chat {
     ) -> Result<u64> {
         if typing_shown {
             // An empty typing notice means "stopped typing": none outlives its stream.
-            member.signal(typing(&stream.key, user, String::new()));
+            self.signal(&member, typing(&stream.key, user, String::new()));
+        }
+        if let Some(cluster) = &self.cluster {
+            let (room, user): (Arc<str>, Arc<str>) = (stream.key.clone(), user.into());
+            let _turn = cluster.turn(&room, &user).await;
+            let last_here = member.leave(|left| left.last_of_user);
+            // A failed drop leaves the lease to lapse: a survivor stores the leave notice.
+            if !last_here || cluster.depart(&room, &user).await? {
+                return self.log.store.head(stream).await;
+            }
+            let pending = self
+                .log
+                .writer
+                .reserve()
+                .await?
+                .append(vec![self.notice(stream, &user, "left")]);
+            return match pending.outcome().await?.into_iter().next() {
+                Some(AppendOutcome::Stored(record)) => Ok(record.sequence),
+                _ => Err(Error::Internal("unexpected append outcome".into())),
+            };
         }
         let permit = self.log.writer.reserve().await?;
         let notice = member.leave(|left| {

@@ -13,6 +13,7 @@ use crate::cancel::ClientCancelled;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, subscribe};
+use crate::presence::cluster::Cluster;
 use crate::presence::{Heard, Listener, Member, Presence};
 use crate::proto::{CollaborationEvent, CollaborationEventType, timestamp_from_micros};
 use crate::store::{LogRecord, StreamKey, StreamKind};
@@ -32,6 +33,8 @@ const CONTROL_CAPACITY: usize = 64;
 pub struct Collab {
     log: Log,
     presence: Presence<CollaborationEvent>,
+    /// On PostgreSQL: presence and cursors across replicas.
+    cluster: Option<Cluster<CollaborationEvent>>,
     max_payload_bytes: usize,
     /// `--public-documents`: documents any authenticated user may use.
     public_documents: Vec<String>,
@@ -95,9 +98,27 @@ enum Ending {
 
 impl Collab {
     pub fn new(log: Log, config: &Config, sessions: TaskTracker) -> Self {
+        let presence = Presence::new(config.presence_capacity, config.max_room_members);
+        let local = presence.clone();
+        // A replica that died owed its participants' LEAVE: a survivor tells everyone.
+        let cluster = Cluster::start(
+            log.replicas.as_ref(),
+            &log.store,
+            StreamKind::Collab,
+            &presence,
+            std::time::Duration::from_secs(config.pg_presence_lease_secs),
+            log.shutdown.clone(),
+            move |cluster: Cluster<CollaborationEvent>, document: String, user: String| {
+                let leave = presence_event(&document, &user, CollaborationEventType::Leave);
+                cluster.send(&document, &leave);
+                local.inject(&document, leave);
+                std::future::ready(())
+            },
+        );
         Collab {
             log,
-            presence: Presence::new(config.presence_capacity, config.max_room_members),
+            presence,
+            cluster,
             max_payload_bytes: config.max_collab_payload_bytes,
             public_documents: config.public_documents.clone(),
             sessions,
@@ -213,16 +234,39 @@ impl Collab {
             |record: &LogRecord| operation_from_record(record).map(Some),
         )?;
         // 2 and 3. Who is here (sent once the replay is done), and telling them about us.
-        let (member, listener, others) = self.presence.join(&document, &user, |joined| {
-            if joined.first_of_user {
-                joined.broadcast(presence_event(
-                    &document,
-                    &user,
-                    CollaborationEventType::Join,
-                ));
+        let (member, listener, others) = match &self.cluster {
+            None => self.presence.join(&document, &user, |joined| {
+                if joined.first_of_user {
+                    joined.broadcast(presence_event(
+                        &document,
+                        &user,
+                        CollaborationEventType::Join,
+                    ));
+                }
+                joined.others.clone()
+            })?,
+            Some(cluster) => {
+                // The user's turn orders this JOIN with their other streams' in this process;
+                // the store orders it with other replicas'.
+                let _turn = cluster.turn(&document, &user).await;
+                let (member, listener, (first_here, mut others)) =
+                    self.presence.join(&document, &user, |joined| {
+                        (joined.first_of_user, joined.others.clone())
+                    })?;
+                let elsewhere = first_here && cluster.arrive(&document, &user).await?;
+                if first_here && !elsewhere {
+                    let join = presence_event(&document, &user, CollaborationEventType::Join);
+                    cluster.send(&document, &join);
+                    member.signal(join);
+                }
+                for present in cluster.present_elsewhere(&document).await? {
+                    if present != user && !others.contains(&present) {
+                        others.push(present);
+                    }
+                }
+                (member, listener, others)
             }
-            joined.others.clone()
-        })?;
+        };
         tracing::debug!(%document, %user, version, present = others.len(), "participant joined");
         let relay = PresenceRelay::new(listener, document.clone(), others);
 
@@ -271,6 +315,9 @@ impl Collab {
             let step = match self.check(event, &stream.key, &user) {
                 Ok(Incoming::Leave) => break Ending::Finished,
                 Ok(Incoming::Cursor(cursor)) => {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.send(&stream.key, &cursor);
+                    }
                     member.signal(cursor);
                     Ok(())
                 }
@@ -289,15 +336,27 @@ impl Collab {
             // queue full (REJECTED events a client does not read) the LEAVE is not delayed.
             let _ = control.try_send(Control::Finishing);
         }
-        member.leave(|left| {
-            if left.last_of_user {
-                left.broadcast(presence_event(
-                    &stream.key,
-                    &user,
-                    CollaborationEventType::Leave,
-                ));
+        match &self.cluster {
+            None => member.leave(|left| {
+                if left.last_of_user {
+                    left.broadcast(presence_event(
+                        &stream.key,
+                        &user,
+                        CollaborationEventType::Leave,
+                    ));
+                }
+            }),
+            Some(cluster) => {
+                let _turn = cluster.turn(&stream.key, &user).await;
+                let last_here = member.leave(|left| left.last_of_user);
+                // A failed drop leaves the lease to lapse: a survivor sends the LEAVE then.
+                if last_here && matches!(cluster.depart(&stream.key, &user).await, Ok(false)) {
+                    let leave = presence_event(&stream.key, &user, CollaborationEventType::Leave);
+                    cluster.send(&stream.key, &leave);
+                    self.presence.inject(&stream.key, leave);
+                }
             }
-        });
+        }
         let last = match ending {
             Ending::Finished => match self.log.store.head(&stream).await {
                 Ok(head) => Control::DrainThrough(head),

@@ -26,7 +26,7 @@ async fn lock_member(
     user: &str,
 ) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
-        .bind(format!("presence {room}\u{0}{user}"))
+        .bind(format!("presence {} {room}{user}", room.len()))
         .bind(i64::from(space))
         .execute(tx)
         .await?;

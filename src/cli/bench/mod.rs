@@ -91,6 +91,11 @@ pub struct EventsBench {
     /// Client connections to spread calls and subscriptions over.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Another replica of the same deployment (same PostgreSQL database) that the fan-out and
+    /// hot-user phases publish through, while they subscribe through --server: the figure is
+    /// then cross-replica append→receive latency. The same TLS and token settings apply.
+    #[arg(long, value_name = "URL|HOST:PORT")]
+    pub publish_to: Option<String>,
 }
 
 /// Which file phases to run, and on how much data.
@@ -241,6 +246,17 @@ async fn clients(connect: &Connect, n: usize) -> CliResult<Vec<Client>> {
 async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliResult<()> {
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let pool = clients(connect, bench.connections).await?;
+    let publish_pool = match &bench.publish_to {
+        Some(server) => {
+            let other = Connect {
+                server: server.clone(),
+                ..connect.clone()
+            };
+            eprintln!("latency phases publish through {server}");
+            clients(&other, bench.connections).await?
+        }
+        None => pool.clone(),
+    };
     let rss = RssProbe { pid };
     let mut rows = Vec::new();
     eprintln!("bench run {run_id} against {}", connect.server);
@@ -250,8 +266,8 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
             "append" => append_phase(&pool, run_id, &bench).await?,
             "import" => import_phase(&pool, run_id, &bench).await?,
             "replay" => replay_phase(&pool, run_id, &bench, &rss).await?,
-            "fanout" => latency_phase(&pool, run_id, &bench, false).await?,
-            "hot" => latency_phase(&pool, run_id, &bench, true).await?,
+            "fanout" => latency_phase(&pool, &publish_pool, run_id, &bench, false).await?,
+            "hot" => latency_phase(&pool, &publish_pool, run_id, &bench, true).await?,
             other => return Err(fail(format!("unknown phase {other:?}"))),
         };
         rows.push(finish_row(row, &rss));
@@ -520,6 +536,7 @@ async fn replay_phase(
 /// fixed rate; measures append→receive latency of every delivery.
 async fn latency_phase(
     pool: &[Client],
+    publish_pool: &[Client],
     run_id: &str,
     bench: &EventsBench,
     hot: bool,
@@ -586,7 +603,7 @@ async fn latency_phase(
     let mut publishes = JoinSet::new();
     for i in 0..appends {
         ticker.tick().await;
-        let mut client = pool[i as usize % pool.len()].clone();
+        let mut client = publish_pool[i as usize % publish_pool.len()].clone();
         let user = users[i as usize % users.len()].clone();
         publishes.spawn(async move {
             client
@@ -617,14 +634,19 @@ async fn latency_phase(
     }
     samples.sort_unstable();
     let got = delivered.load(Ordering::Relaxed);
+    let across = if bench.publish_to.is_some() {
+        ", published via the other replica"
+    } else {
+        ""
+    };
     let figure = if hot {
         format!(
-            "{} subs on 1 hot user, {rate_per_sec} appends/s",
+            "{} subs on 1 hot user, {rate_per_sec} appends/s{across}",
             thousands(bench.subs as u64)
         )
     } else {
         format!(
-            "{} subs on {} users, {rate_per_sec} appends/s",
+            "{} subs on {} users, {rate_per_sec} appends/s{across}",
             thousands(bench.subs as u64),
             thousands(users.len() as u64)
         )

@@ -84,6 +84,32 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True when the database could not be reached or gave up on the statement (PostgreSQL: a
+    /// lost connection, a full pool, the statement timeout, a server shutting down): the client
+    /// may retry, so it sees UNAVAILABLE rather than INTERNAL. Nothing of the call was kept.
+    fn is_database_unreachable(&self) -> bool {
+        let Error::Storage(e) = self else {
+            return false;
+        };
+        match e.as_ref() {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| {
+                    let code = pg.code();
+                    // 57014 query_canceled (statement_timeout), 57P01-57P03 shutdown or starting
+                    // up, class 08 connection exceptions, 53300 too many connections.
+                    code == "57014"
+                        || code.starts_with("57P")
+                        || code.starts_with("08")
+                        || code == "53300"
+                }),
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::Storage(Arc::new(e))
@@ -139,6 +165,10 @@ impl From<Error> for Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Unavailable => Status::unavailable("server is shutting down"),
+            ref fault if fault.is_database_unreachable() => {
+                tracing::error!(error = %cause_chain(fault), "database unavailable");
+                Status::unavailable("the database is unavailable; retry")
+            }
             ref fault if fault.is_disk_full() => {
                 tracing::error!(error = %cause_chain(fault), "storage is full");
                 Status::resource_exhausted("server storage is full")

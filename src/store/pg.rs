@@ -116,6 +116,24 @@ const INSERT_RECORDS: &str = "INSERT INTO log (stream, sequence, id, ts_micros, 
 const MOVE_HEADS: &str = "UPDATE stream_heads h SET head = m.head, head_ts = m.ts \
      FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS m(id, head, ts) WHERE h.id = m.id";
 const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
+/// A group's records, its heads and its notices in one statement (one round trip): all of it
+/// happens, or none, and the notices go out only if the transaction commits.
+const STORE_GROUP: &str = "WITH inserted AS (\
+       INSERT INTO log (stream, sequence, id, ts_micros, payload) \
+       SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::bytea[])), \
+     moved AS (\
+       UPDATE stream_heads h SET head = m.head, head_ts = m.ts \
+       FROM UNNEST($6::int8[], $7::int8[], $8::int8[]) AS m(id, head, ts) WHERE h.id = m.id) \
+     SELECT count(pg_notify($9, p)) FROM UNNEST($10::text[]) AS p";
+
+/// Heads a transaction moved, column by column, and their notices.
+#[derive(Default)]
+struct Moved {
+    ids: Vec<i64>,
+    heads: Vec<i64>,
+    ts: Vec<i64>,
+    notices: Vec<String>,
+}
 
 /// The records a group or an import stores, column by column, as UNNEST takes them.
 #[derive(Default)]
@@ -283,32 +301,40 @@ impl PgStore {
         Ok(found)
     }
 
+    /// The streams a transaction moved: their ids, new heads and timestamps, and the notices
+    /// that tell the other replicas.
+    fn moved(&self, locked: &HashMap<StreamKey, Locked>) -> Moved {
+        let mut moved = Moved::default();
+        for (stream, l) in locked.iter().filter(|(_, l)| l.head != l.locked_head) {
+            moved.ids.push(l.id);
+            moved.heads.push(l.head as i64);
+            moved.ts.push(l.head_ts);
+            moved
+                .notices
+                .push(log_notice(&self.replica, stream, l.locked_head + 1, l.head));
+        }
+        moved
+    }
+
     /// Moves the heads of the streams a transaction appended to and queues their notices.
     async fn finish(
         &self,
         tx: &mut sqlx::PgConnection,
         locked: &HashMap<StreamKey, Locked>,
     ) -> Result<()> {
-        let moved: Vec<(&StreamKey, &Locked)> = locked
-            .iter()
-            .filter(|(_, l)| l.head != l.locked_head)
-            .collect();
-        if moved.is_empty() {
+        let moved = self.moved(locked);
+        if moved.ids.is_empty() {
             return Ok(());
         }
         sqlx::query(MOVE_HEADS)
-            .bind(moved.iter().map(|(_, l)| l.id).collect::<Vec<_>>())
-            .bind(moved.iter().map(|(_, l)| l.head as i64).collect::<Vec<_>>())
-            .bind(moved.iter().map(|(_, l)| l.head_ts).collect::<Vec<_>>())
+            .bind(moved.ids)
+            .bind(moved.heads)
+            .bind(moved.ts)
             .execute(&mut *tx)
             .await?;
-        let notices: Vec<String> = moved
-            .iter()
-            .map(|(stream, l)| log_notice(&self.replica, stream, l.locked_head + 1, l.head))
-            .collect();
         sqlx::query(NOTIFY)
             .bind(LOG_CHANNEL)
-            .bind(notices)
+            .bind(moved.notices)
             .execute(&mut *tx)
             .await?;
         Ok(())
@@ -390,8 +416,22 @@ impl PgStore {
             }
             outcomes.push(request_outcomes);
         }
-        rows.insert(&mut tx).await?;
-        self.finish(&mut tx, &locked).await?;
+        if !rows.is_empty() {
+            let moved = self.moved(&locked);
+            sqlx::query(STORE_GROUP)
+                .bind(rows.streams)
+                .bind(rows.sequences)
+                .bind(rows.ids)
+                .bind(rows.ts)
+                .bind(rows.payloads)
+                .bind(moved.ids)
+                .bind(moved.heads)
+                .bind(moved.ts)
+                .bind(LOG_CHANNEL)
+                .bind(moved.notices)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((outcomes, stored))
     }

@@ -26,9 +26,25 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `url` with the password of its `user:password@` part replaced by `***`, for logs and errors.
-/// Anything that is not a URL with credentials comes back unchanged.
+/// `url` with the password of its `user:password@` part, and any `password=` query parameter
+/// (PostgreSQL's other way to give one), replaced by `***`, for logs and errors. Anything that
+/// is not a URL with credentials comes back unchanged.
 pub fn redact_url(url: &str) -> String {
+    let url = redact_userinfo(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
@@ -68,6 +84,10 @@ mod tests {
                 "postgres://user:***@host:5432/db?sslmode=require",
             ),
             ("postgres://user@host/db", "postgres://user@host/db"),
+            (
+                "postgres://user@host/db?sslmode=require&password=hunter2",
+                "postgres://user@host/db?sslmode=require&password=***",
+            ),
             ("sqlite://data/streamhub.db", "sqlite://data/streamhub.db"),
             ("sqlite://data/a@b.db", "sqlite://data/a@b.db"),
             ("not a url", "not a url"),

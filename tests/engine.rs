@@ -8,6 +8,9 @@
 //! read nothing while thousands of large events overflow the hub still gets every event exactly
 //! once, in order, as acknowledged, and stays live. And an id the server assigned is an id of its
 //! stream like any other: sent back, it is a duplicate, never a second record with that id.
+//!
+//! All but the migration (SQLite's own older schema) run on SQLite and on PostgreSQL
+//! (`store_tests!`: `<name>::sqlite`, `<name>::postgres`).
 
 mod common;
 
@@ -724,16 +727,20 @@ fn import_records(n: usize, users: [&str; 2]) -> Vec<DataRecord> {
     records
 }
 
+store_tests!(an_import_cancelled_mid_stream_leaves_no_rows_files_or_descriptors);
 /// A ProcessDataBatch of 5,000 records (and one large one) to a server in its own process is
 /// cancelled after the server spilled every record, before half-close. Nothing is committed, the
 /// spill was an unnamed file (the directory never shows a new name), and once the call is gone
 /// the server's descriptors are exactly those it had before the call. The same batch then
 /// commits whole with exact counts, and its spill is gone too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_cancelled_mid_stream_leaves_no_rows_files_or_descriptors() {
+///
+/// On PostgreSQL the spill goes to the storage directory (there is no database file to sit
+/// beside), which is inside the same temporary directory.
+async fn an_import_cancelled_mid_stream_leaves_no_rows_files_or_descriptors(kind: StoreKind) {
     const USERS: [&str; 2] = ["cancelled-a", "cancelled-b"];
-    let dir = tempfile::tempdir().expect("temp dir");
-    let child = ChildServer::spawn(dir.path(), &["--max-event-data-bytes", "1048576"]);
+    let home = kind.home().await;
+    let dir = home.dir.clone();
+    let child = ChildServer::spawn_at(&home, &["--max-event-data-bytes", "1048576"]);
     let pid = child.child.id();
     let mut client = connect(&child.url()).await;
     within(120, "cancelled import", async {
@@ -864,18 +871,20 @@ async fn an_import_cancelled_mid_stream_leaves_no_rows_files_or_descriptors() {
 // 3. A herd of lagging subscribers
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_herd_of_lagging_subscribers_gets_every_event_exactly_once_and_stays_live);
 /// 40 live subscribers of one user, each on its own connection, read nothing while 6 callers
 /// publish 3,000 events of 2 KiB each (6 MB: far more than a hub of 4 records and the HTTP/2
 /// windows hold, so every subscriber lags and falls back to the store). Then each reads: every
 /// event exactly once, in order, equal to what its publisher was answered; and each still gets a
 /// new live event afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_herd_of_lagging_subscribers_gets_every_event_exactly_once_and_stays_live() {
+async fn a_herd_of_lagging_subscribers_gets_every_event_exactly_once_and_stays_live(
+    kind: StoreKind,
+) {
     const USER: &str = "herd";
     const SUBSCRIBERS: usize = 40;
     const PUBLISHERS: u64 = 6;
     const EVENTS: u64 = 3_000;
-    let server = TestServer::start_with(|c| c.hub_capacity = 4).await;
+    let server = TestServer::start_on(kind, |c| c.hub_capacity = 4).await;
     within(240, "herd", async {
         let mut subscribers = Vec::new();
         for _ in 0..SUBSCRIBERS {
@@ -954,15 +963,15 @@ async fn a_herd_of_lagging_subscribers_gets_every_event_exactly_once_and_stays_l
 // 4. Server-assigned ids are ids of their stream too
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record);
 /// An id is unique within its stream (docs/contract.md §3), whoever chose it. An event published
 /// without an id gets a server-assigned UUID; a client that later sends that id back (a retry
 /// that echoes the answer, or an export of the user's events imported into the same server) is
 /// sending the same id: with the same content it is a duplicate that answers the stored event,
 /// with other content ALREADY_EXISTS (or a rejected record in a batch), and nothing is stored
 /// twice. Before log v2 every id was in the unique index; 0007 indexes only client-given ids.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record() {
-    let server = TestServer::start().await;
+async fn a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "server-assigned ids", async {
         let mut client = server.client().await;
         let data = Some(any("type.test/echo", "first"));

@@ -2,6 +2,9 @@
 //! filters, idempotency, batch import, bad input, cancellation, shutdown, and the RPCs that are
 //! not built yet. Every test talks to the server only through the generated gRPC client and
 //! asserts exact outcomes: sequences, ids, counts and status codes.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable).
 
 mod common;
 
@@ -194,11 +197,11 @@ const TYPES: [UserEventType; 4] = [
 // 1. Handover under load
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(handover_under_load_every_subscriber_gets_every_sequence_in_order);
 /// 8 writers append 2,000 events each to one user while 20 subscribers join from the beginning
 /// at random moments spread over the write period. Every subscriber receives exactly 1..=16,000,
 /// in order, and exactly the events the writers were answered with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
+async fn handover_under_load_every_subscriber_gets_every_sequence_in_order(kind: StoreKind) {
     const WRITERS: u64 = 8;
     const PER_WRITER: u64 = 2_000;
     const TOTAL: u64 = WRITERS * PER_WRITER;
@@ -208,7 +211,7 @@ async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
     // fsync at checkpoints only: this test is about the handover from replay to live, not
     // durability, and 16,000 fsynced one-event commits made its time depend on the disk and
     // the machine's load. The deadline only catches a hang; how fast is `streamhub bench`'s.
-    let server = TestServer::start_with(|c| c.sync = streamhub::config::SyncMode::Normal).await;
+    let server = TestServer::start_on(kind, |c| c.sync = streamhub::config::SyncMode::Normal).await;
     let mut rng = rng_from_env_or_time();
     within(600, "handover under load", async {
         let acked = Arc::new(AtomicU64::new(0));
@@ -318,13 +321,13 @@ async fn handover_under_load_every_subscriber_gets_every_sequence_in_order() {
 // 2. Lag
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(lagging_subscriber_catches_up_from_the_store_and_stays_live);
 /// With a hub capacity of 2, a subscriber that stalls while 3,000 events (6 MB, far more than the
 /// HTTP/2 windows hold) are published still gets every one, in order, and stays live.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_subscriber_catches_up_from_the_store_and_stays_live() {
+async fn lagging_subscriber_catches_up_from_the_store_and_stays_live(kind: StoreKind) {
     const USER: &str = "lagging-user";
     const BURST: u64 = 3_000;
-    let server = TestServer::start_with(|c| c.hub_capacity = 2).await;
+    let server = TestServer::start_on(kind, |c| c.hub_capacity = 2).await;
     within(90, "lag", async {
         let mut client = server.client().await;
         let first = publish(&mut client, USER, UserEventType::Login, "", None).await;
@@ -458,23 +461,23 @@ async fn crash_load(
     tasks
 }
 
+store_tests!(crash_kill9_mid_load_keeps_every_acknowledged_append);
 /// Concurrent appends (unary and batched) to a built server binary, killed with SIGKILL mid-load
 /// at a random moment, five times over: every restart on the same database is loaded and killed
 /// again. After each restart, every append acknowledged in any round so far is there exactly as
 /// answered (sequence, id, timestamp, content), batches are all-or-nothing, each user's sequences
 /// are contiguous from 1, no id is stored twice, and whatever an earlier restart found stored
 /// (acknowledged or not) is still there unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
+async fn crash_kill9_mid_load_keeps_every_acknowledged_append(kind: StoreKind) {
     let mut rng = rng_from_env_or_time();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let home = kind.home().await;
     // Every unary append answered OK, as answered, and every batch sent: over all rounds.
     let acked: Arc<Mutex<Vec<UserEvent>>> = Arc::default();
     let batches: Arc<Mutex<Vec<SentBatch>>> = Arc::default();
     // What the previous restart found stored.
     let mut found_before: HashMap<String, UserEvent> = HashMap::new();
     let mut heads = HashMap::new();
-    let mut child = ChildServer::spawn(dir.path(), &[]);
+    let mut child = ChildServer::spawn_at(&home, &[]);
 
     for round in 0..CRASH_ROUNDS {
         let count = Arc::new(AtomicU64::new(0));
@@ -498,7 +501,7 @@ async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
         })
         .await;
 
-        child = ChildServer::spawn(dir.path(), &[]);
+        child = ChildServer::spawn_at(&home, &[]);
         let mut client = connect(&child.url()).await;
         let stored = within(60, "verify after restart", async {
             let mut stored: HashMap<String, UserEvent> = HashMap::new();
@@ -583,9 +586,9 @@ async fn crash_kill9_mid_load_keeps_every_acknowledged_append() {
 // 4. Restart
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_survives_a_restart_and_sequences_continue() {
-    let server = TestServer::start().await;
+store_tests!(data_survives_a_restart_and_sequences_continue);
+async fn data_survives_a_restart_and_sequences_continue(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     let (before_a, before_b) = within(30, "before restart", async {
         let mut client = server.client().await;
         let mut a = Vec::new();
@@ -607,9 +610,10 @@ async fn data_survives_a_restart_and_sequences_continue() {
         (a, b)
     })
     .await;
-    let dir = within(30, "stop", server.stop()).await;
+    let home = server.home();
+    within(30, "stop", server.stop()).await;
 
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "after restart", async {
         let mut client = server.client().await;
         assert_eq!(history(&mut client, "restart-a").await, before_a);
@@ -685,11 +689,11 @@ fn filtered(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters_return_exactly_the_expected_events() {
+store_tests!(filters_return_exactly_the_expected_events);
+async fn filters_return_exactly_the_expected_events(kind: StoreKind) {
     use UserEventType::{Login, Logout, PasswordChange, ProfileUpdate};
     const USER: &str = "filter-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "filters", async {
         let mut client = server.client().await;
         let types = [
@@ -887,10 +891,10 @@ async fn filters_return_exactly_the_expected_events() {
 // 6. Idempotency
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_ids_store_once_and_conflicts_get_already_exists() {
+store_tests!(idempotent_ids_store_once_and_conflicts_get_already_exists);
+async fn idempotent_ids_store_once_and_conflicts_get_already_exists(kind: StoreKind) {
     use UserEventType::{Login, Logout};
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "idempotency", async {
         let mut client = server.client().await;
         let data = || Some(any("test/idem", "payload"));
@@ -1005,9 +1009,9 @@ async fn idempotent_ids_store_once_and_conflicts_get_already_exists() {
 // 7. Batch
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_commits_atomically_and_live_subscribers_see_it() {
-    let server = TestServer::start().await;
+store_tests!(batch_commits_atomically_and_live_subscribers_see_it);
+async fn batch_commits_atomically_and_live_subscribers_see_it(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "batch commit", async {
         let mut client = server.client().await;
         let users = ["batch-a", "batch-b", "batch-c"];
@@ -1108,9 +1112,9 @@ async fn channel_batch(
     (tx, call)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_cancelled_before_half_close_commits_nothing() {
-    let server = TestServer::start().await;
+store_tests!(batch_cancelled_before_half_close_commits_nothing);
+async fn batch_cancelled_before_half_close_commits_nothing(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "batch cancel", async {
         let mut client = server.client().await;
 
@@ -1170,10 +1174,10 @@ async fn batch_cancelled_before_half_close_commits_nothing() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_counts_duplicates_and_lists_rejects() {
+store_tests!(batch_counts_duplicates_and_lists_rejects);
+async fn batch_counts_duplicates_and_lists_rejects(kind: StoreKind) {
     use UserEventType::{Login, Logout};
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "batch duplicates and rejects", async {
         let mut client = server.client().await;
         const USER: &str = "dup-user";
@@ -1313,9 +1317,9 @@ async fn batch_counts_duplicates_and_lists_rejects() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_over_the_cap_gets_resource_exhausted_and_commits_nothing() {
-    let server = TestServer::start_with(|c| c.max_batch_records = 10).await;
+store_tests!(batch_over_the_cap_gets_resource_exhausted_and_commits_nothing);
+async fn batch_over_the_cap_gets_resource_exhausted_and_commits_nothing(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |c| c.max_batch_records = 10).await;
     within(30, "batch cap", async {
         let mut client = server.client().await;
         let over: Vec<DataRecord> = (0..11)
@@ -1344,11 +1348,11 @@ async fn batch_over_the_cap_gets_resource_exhausted_and_commits_nothing() {
 // 8. Bad input
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_the_exact_status_and_stores_nothing() {
+store_tests!(bad_input_gets_the_exact_status_and_stores_nothing);
+async fn bad_input_gets_the_exact_status_and_stores_nothing(kind: StoreKind) {
     use UserEventType::Login;
     const USER: &str = "bad-input-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "bad input", async {
         let mut client = server.client().await;
         let long = "x".repeat(129);
@@ -1530,11 +1534,11 @@ async fn bad_input_gets_the_exact_status_and_stores_nothing() {
 // 9. Cancellation
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(cancelled_subscribers_release_their_hub_receivers);
 /// 100 subscribers (90 idle and live on 8 users, 10 stalled in the middle of a 6 MB replay)
 /// hold 100 hub receivers; once they are dropped the hub holds none and no stream channel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_subscribers_release_their_hub_receivers() {
-    let server = TestServer::start().await;
+async fn cancelled_subscribers_release_their_hub_receivers(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "cancellation", async {
         let mut client = server.client().await;
         // A backlog on which replays stall once the client stops reading.
@@ -1595,9 +1599,9 @@ async fn cancelled_subscribers_release_their_hub_receivers() {
 // 10. Shutdown
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_ends_live_streams_with_unavailable() {
-    let server = TestServer::start().await;
+store_tests!(graceful_stop_ends_live_streams_with_unavailable);
+async fn graceful_stop_ends_live_streams_with_unavailable(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     let mut client = server.client().await;
     let e = within(
         10,
@@ -1625,11 +1629,11 @@ async fn graceful_stop_ends_live_streams_with_unavailable() {
         .expect("stop");
 }
 
+store_tests!(an_after_sequence_past_two_to_the_63_replays_nothing);
 /// A cursor past anything SQLite can store (2^63 and above) replays nothing rather than wrapping
 /// around to the start.
-#[tokio::test]
-async fn an_after_sequence_past_two_to_the_63_replays_nothing() {
-    let server = TestServer::start().await;
+async fn an_after_sequence_past_two_to_the_63_replays_nothing(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     let mut client = server.client().await;
     for i in 0..3 {
         publish(

@@ -1,8 +1,16 @@
 //! The integration-test harness: the real server on 127.0.0.1:0 with its own temporary database,
 //! reached through the generated client. Logs stay quiet unless TEST_LOG is set.
+//!
+//! A server runs on either store ([`StoreKind`]): SQLite in its temporary directory, or a fresh
+//! PostgreSQL database of its own ([`pg::TestDb`]). [`store_tests!`] runs one test body on both;
+//! [`TestServer::replicas`] starts two servers on one PostgreSQL database and one storage
+//! directory, and [`ChildServer::spawn_on`] the built binary on any database URL.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod user_events;
+
+pub use pg::{TestDb, postgres_ready};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,12 +34,99 @@ pub fn init_logs() {
     }
 }
 
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `sqlite://<temp dir>/streamhub.db`: one server.
+    Sqlite,
+    /// A fresh PostgreSQL database per server home ([`TestDb`]): shareable by replicas.
+    Postgres,
+}
+
+impl StoreKind {
+    /// The skip rule: whether a test on this store can run here. Always for SQLite; for
+    /// PostgreSQL see [`postgres_ready`] (one `skipped:` line and `false` when it is unreachable,
+    /// a panic instead when STREAMHUB_REQUIRE_POSTGRES=1).
+    pub async fn ready(self) -> bool {
+        match self {
+            StoreKind::Sqlite => true,
+            StoreKind::Postgres => postgres_ready().await,
+        }
+    }
+
+    pub fn is_postgres(self) -> bool {
+        self == StoreKind::Postgres
+    }
+
+    /// A fresh place for a server on this store: a temporary directory and, for PostgreSQL, a
+    /// database of its own.
+    pub async fn home(self) -> Home {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let db = match self {
+            StoreKind::Sqlite => None,
+            StoreKind::Postgres => Some(Arc::new(TestDb::create().await)),
+        };
+        Home { dir, db }
+    }
+}
+
+/// Where a server keeps its data: a temporary directory (files, and the SQLite database) and,
+/// on PostgreSQL, its test database. Servers started on one home share everything: a restart
+/// finds the data, and two replicas share the database and the storage directory. The database
+/// is dropped once the last clone goes.
+#[derive(Clone)]
+pub struct Home {
+    pub dir: Arc<tempfile::TempDir>,
+    pub db: Option<Arc<TestDb>>,
+}
+
+impl Home {
+    pub fn kind(&self) -> StoreKind {
+        if self.db.is_some() {
+            StoreKind::Postgres
+        } else {
+            StoreKind::Sqlite
+        }
+    }
+
+    /// `DATABASE_URL` of this home.
+    pub fn database_url(&self) -> String {
+        match &self.db {
+            Some(db) => db.url().to_string(),
+            None => format!(
+                "sqlite://{}",
+                self.dir.path().join("streamhub.db").display()
+            ),
+        }
+    }
+
+    /// The shared storage directory (`<dir>/files`).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    /// The test defaults on this home.
+    pub fn config(&self) -> Config {
+        let mut config = Config::in_dir(self.dir.path());
+        config.shutdown_grace_secs = 1;
+        if let Some(db) = &self.db {
+            config.database_url = db.url().to_string();
+            // Tests run side by side, some with two replicas: stay well under PostgreSQL's
+            // default of 100 connections.
+            config.pg_pool_size = 8;
+        }
+        config
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
     /// The log engine inside the server: hub receiver counts, writer figures.
     pub log: Log,
     pub dir: Arc<tempfile::TempDir>,
+    /// The PostgreSQL test database, kept alive as long as the server (`None` on SQLite).
+    pub db: Option<Arc<TestDb>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<streamhub::Result<()>>>,
 }
@@ -46,12 +141,48 @@ impl TestServer {
         Self::start_in(dir, adjust).await
     }
 
-    /// Starts on an existing directory (a restart keeps the database).
+    /// Starts on `kind`: a fresh temporary directory and, for PostgreSQL, a fresh database
+    /// (check [`StoreKind::ready`] first; [`store_tests!`] does).
+    pub async fn start_on(kind: StoreKind, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_at(kind.home().await, adjust).await
+    }
+
+    /// Starts on an existing directory (a restart keeps the database). SQLite.
     pub async fn start_in(dir: Arc<tempfile::TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_at(Home { dir, db: None }, adjust).await
+    }
+
+    /// Two servers ("replicas") on one fresh PostgreSQL database and one storage directory,
+    /// both adjusted by `adjust`. `None` when PostgreSQL is unreachable (the test was skipped:
+    /// return).
+    pub async fn replicas(adjust: impl Fn(&mut Config)) -> Option<(TestServer, TestServer)> {
+        if !postgres_ready().await {
+            return None;
+        }
+        let home = StoreKind::Postgres.home().await;
+        let a = Self::start_at(home.clone(), &adjust).await;
+        let b = Self::start_at(home, &adjust).await;
+        Some((a, b))
+    }
+
+    /// What this server runs on, for a restart or a second replica on the same data.
+    pub fn home(&self) -> Home {
+        Home {
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.home().kind()
+    }
+
+    /// Starts on `home` (a restart, or one more replica of it).
+    pub async fn start_at(home: Home, adjust: impl FnOnce(&mut Config)) -> Self {
         init_logs();
-        let mut config = Config::in_dir(dir.path());
-        config.shutdown_grace_secs = 1;
+        let mut config = home.config();
         adjust(&mut config);
+        let Home { dir, db } = home;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -66,6 +197,7 @@ impl TestServer {
             addr,
             log,
             dir,
+            db,
             stop: Some(stop),
             task: Some(task),
         }
@@ -79,7 +211,15 @@ impl TestServer {
         connect(&self.url()).await
     }
 
-    /// Graceful shutdown; returns the directory so the database can be reopened.
+    /// Graceful shutdown, then a new server on the same data.
+    pub async fn restart(self, adjust: impl FnOnce(&mut Config)) -> Self {
+        let home = self.home();
+        self.stop().await;
+        Self::start_at(home, adjust).await
+    }
+
+    /// Graceful shutdown; returns the directory so the database can be reopened (keep
+    /// [`TestServer::home`] too for PostgreSQL: the database goes with its last handle).
     pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -117,14 +257,32 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
+    /// The binary on `<dir>/streamhub.db` (SQLite), files in `<dir>/files`.
     pub fn spawn(dir: &Path, extra_args: &[&str]) -> Self {
         let db = format!("sqlite://{}", dir.join("streamhub.db").display());
+        Self::spawn_on(dir, &db, extra_args)
+    }
+
+    /// The binary on a server home: its database (SQLite or PostgreSQL) and storage directory.
+    /// Several children on one PostgreSQL home are replicas of one deployment.
+    pub fn spawn_at(home: &Home, extra_args: &[&str]) -> Self {
+        Self::spawn_on(home.dir.path(), &home.database_url(), extra_args)
+    }
+
+    /// The binary with `DATABASE_URL=database_url` (in its environment, not its command line,
+    /// where a password would show), files in `<dir>/files`.
+    pub fn spawn_on(dir: &Path, database_url: &str, extra_args: &[&str]) -> Self {
         let files: PathBuf = dir.join("files");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streamhub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamhub"));
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        if streamhub::store::is_postgres_url(database_url) {
+            command.args(["--pg-pool-size", "8"]);
+        }
+        let mut child = command
             .arg("--storage-dir")
             .arg(&files)
             .args(extra_args)
+            .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "info")
             .env_remove("STREAMHUB_LISTEN")
             .stdout(Stdio::null())
@@ -530,3 +688,39 @@ pub async fn client_with_header(addr: SocketAddr, header: Option<&str>) -> AuthC
 pub async fn client_as(addr: SocketAddr, token: &str) -> AuthClient {
     client_with_header(addr, Some(&format!("Bearer {token}"))).await
 }
+
+/// One test body on both stores, without a copy. The body is an ordinary async function of the
+/// test file that takes the store:
+///
+/// ```ignore
+/// store_tests!(appends_replay);
+/// /// What it shows.
+/// async fn appends_replay(kind: StoreKind) {
+///     let server = TestServer::start_on(kind, |_| {}).await;
+///     …
+/// }
+/// ```
+///
+/// makes a module of the same name with two `#[tokio::test]`s (multi-threaded, 2 workers) that
+/// call it: `appends_replay::sqlite` and `appends_replay::postgres`. The PostgreSQL one follows
+/// the skip rule ([`StoreKind::ready`]) first. Several names may be given at once.
+#[allow(unused_macros)]
+macro_rules! store_tests {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::StoreKind::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::common::StoreKind::Postgres.ready().await {
+                    super::$name($crate::common::StoreKind::Postgres).await
+                }
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use store_tests;

@@ -452,3 +452,160 @@ impl PgStore {
         }
     }
 }
+
+/// Two stores on one scratch database stand for two replicas. These run only when
+/// `STREAMHUB_TEST_PG_URL` names a PostgreSQL server (e.g. `postgres://postgres@127.0.0.1:5432`)
+/// on which they may create and drop a database of their own.
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::store::{FileRow, QuotaRefusal, StorageLimits, Store};
+    use sqlx::Connection;
+    use std::time::Duration;
+
+    /// A fresh database on the test server, and two stores opened on it; `None` without one.
+    async fn two_replicas(
+        name: &str,
+    ) -> Option<(String, Store, Store, Vec<crate::store::WriteQueue>)> {
+        let server = std::env::var("STREAMHUB_TEST_PG_URL").ok()?;
+        let db = format!("streamhub_test_{name}_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("connect to the test server");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the scratch database");
+        let dir = std::env::temp_dir();
+        let mut config = Config::in_dir(&dir);
+        config.database_url = format!("{server}/{db}");
+        let (a, qa) = crate::store::open(&config).await.expect("open replica a");
+        let (b, qb) = crate::store::open(&config).await.expect("open replica b");
+        Some((db, a, b, vec![qa, qb]))
+    }
+
+    async fn drop_database(db: &str) {
+        let server = std::env::var("STREAMHUB_TEST_PG_URL").expect("a test server");
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("connect to the test server");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop the scratch database");
+    }
+
+    fn upload(id: &str, size: u64) -> FileRow {
+        FileRow {
+            file_id: id.into(),
+            filename: "f".into(),
+            content_type: "application/octet-stream".into(),
+            total_size: size,
+            checksum: String::new(),
+            resumable: true,
+            bytes_received: 0,
+            complete: false,
+            created_at_micros: 1,
+            updated_at_micros: 1,
+            owner: "alice".into(),
+            charged: true,
+            reserved: size,
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_and_sweep_turns_hold_across_replicas() {
+        let Some((db, a, b, _queues)) = two_replicas("claims").await else {
+            return;
+        };
+        let id = "0c2a2a55-9c77-4f0e-8a43-2b1f1b5b0c11";
+        let held = a.claim_upload(id).await.unwrap().expect("a claims the id");
+        assert!(
+            b.claim_upload(id).await.unwrap().is_none(),
+            "b must be refused"
+        );
+        let other = b
+            .claim_upload("7d0f5d0e-1b9e-4a59-9d0c-5b1b2c3d4e5f")
+            .await
+            .unwrap();
+        assert!(other.is_some(), "another id is free");
+        let turn = a.sweep_turn().await.unwrap().expect("a sweeps");
+        assert!(
+            b.sweep_turn().await.unwrap().is_none(),
+            "one sweep at a time"
+        );
+        drop(held);
+        drop(turn);
+        // The release runs on a task of its own.
+        let mut got = None;
+        for _ in 0..100 {
+            got = b.claim_upload(id).await.unwrap();
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(got.is_some(), "b claims the id once a released it");
+        assert!(b.sweep_turn().await.unwrap().is_some(), "b's turn to sweep");
+        drop((got, other));
+        drop_database(&db).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_reservations_never_pass_the_quota() {
+        let Some((db, a, b, _queues)) = two_replicas("quota").await else {
+            return;
+        };
+        let limits = StorageLimits {
+            global: 1000,
+            per_user: 700,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .insert_upload(&upload(&format!("id-{i}"), 100), limits)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut stored = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => stored += 1,
+                Err(QuotaRefusal::User { used }) => assert_eq!(used, 700),
+                Err(QuotaRefusal::Global { .. }) => panic!("the per-user limit comes first"),
+            }
+        }
+        assert_eq!(stored, 7, "exactly the per-user quota's worth");
+        let pg = a.postgres().unwrap();
+        let (total, usage, sum): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT bytes FROM storage_total), \
+             (SELECT bytes FROM storage_usage WHERE owner = 'alice'), \
+             (SELECT SUM(reserved)::int8 FROM files)",
+        )
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+        assert_eq!((total, usage, sum), (700, 700, 700));
+        // Interrupted at 30 bytes: the rest is released; resuming reserves it again.
+        a.set_upload_progress("id-0", 30, 2).await.unwrap();
+        b.reserve_upload("id-0", 100, limits)
+            .await
+            .unwrap()
+            .unwrap();
+        b.complete_upload("id-0", "abc", 3).await.unwrap();
+        let row = a.file("id-0").await.unwrap().unwrap();
+        assert!(row.complete && row.reserved == 100 && row.bytes_received == 100);
+        a.delete_file("id-0").await.unwrap();
+        let total: i64 = sqlx::query_scalar("SELECT bytes FROM storage_total")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+        assert_eq!(total, 600);
+        drop_database(&db).await;
+    }
+}

@@ -10,6 +10,10 @@
 //! also carries a send deadline: a reader that takes nothing for the idle time is ended. This
 //! module only moves bytes; it never decides what an upload means and never touches the database.
 //! File names on disk derive from the UUID alone, never from anything a client wrote.
+//!
+//! On PostgreSQL every replica opens the same storage directory. Nothing here changes for that:
+//! the file service claims an id (across replicas) before it touches that id's part or file, and
+//! sweeps take turns, so this module never needs to know who else is writing.
 
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};

@@ -163,6 +163,8 @@ impl App {
                 url_signer: self.auth.as_ref().map(|a| a.url_signer.clone()),
             },
         );
+        // On PostgreSQL it waits for no one: when another replica is sweeping, this one skips
+        // its startup sweep (an empty report), and claims keep it off other replicas' uploads.
         let report = files.sweep(true).await?;
         tracing::info!(?report, "startup sweep of uploads done");
         let sweeper = tokio::spawn(sweep_periodically(

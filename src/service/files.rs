@@ -13,6 +13,11 @@
 //! an upload naming its id), so ids cannot be probed. Storage is accounted in rows that move in
 //! the same transaction as the file row (see `store::files`): an upload reserves its declared
 //! size while a call writes it, and only its kept bytes while it is interrupted.
+//!
+//! On PostgreSQL several replicas share the database and the storage directory: an upload's
+//! claim on its id then holds across them (a database claim, taken after the in-process one),
+//! and sweeps take turns, so that no replica writes or sweeps away an upload another one is
+//! writing.
 
 use crate::auth::{Identity, Role};
 use crate::cancel::ClientCancelled;
@@ -160,6 +165,9 @@ struct Claim {
     id: Uuid,
     active: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
     progress: Arc<AtomicU64>,
+    /// The store's claim, which other servers sharing the database respect (it holds nothing on
+    /// SQLite); released when this is dropped, after the in-process entry.
+    _across_servers: Option<Box<dyn Send + Sync>>,
 }
 
 impl Drop for Claim {
@@ -296,19 +304,44 @@ impl Files {
         })
     }
 
-    fn claim(&self, id: Uuid) -> Result<Claim> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if active.contains_key(&id) {
-            return Err(Error::Aborted(
-                "another upload to this file_id is in progress".into(),
-            ));
+    /// Claims `id` for one upload (or one sweep of it): in-process first (cheap), then in the
+    /// store, which on PostgreSQL holds across every replica. ABORTED when anyone holds it.
+    async fn claim(&self, id: Uuid) -> Result<Claim> {
+        let busy = || Error::Aborted("another upload to this file_id is in progress".into());
+        let mut claim = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if active.contains_key(&id) {
+                return Err(busy());
+            }
+            let progress = Arc::new(AtomicU64::new(0));
+            active.insert(id, progress.clone());
+            Claim {
+                id,
+                active: self.active.clone(),
+                progress,
+                _across_servers: None,
+            }
+        };
+        // Dropping `claim` on the way out releases the in-process entry.
+        match self.store.claim_upload(&id.to_string()).await? {
+            Some(held) => claim._across_servers = Some(Box::new(held)),
+            None => return Err(busy()),
         }
-        let progress = Arc::new(AtomicU64::new(0));
-        active.insert(id, progress.clone());
-        Ok(Claim {
-            id,
-            active: self.active.clone(),
-            progress,
+        Ok(claim)
+    }
+
+    /// Claims an id found in the storage directory without a row in the listing the sweep
+    /// started from: `Some` only when, under the claim, it still has no row (an upload that
+    /// began meanwhile, here or on another replica, holds the claim or has its row by then).
+    async fn claim_leftover(&self, id: Uuid) -> Result<Option<Claim>> {
+        let claim = match self.claim(id).await {
+            Ok(claim) => claim,
+            Err(Error::Aborted(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(match self.store.file(&id.to_string()).await? {
+            None => Some(claim),
+            Some(_) => None,
         })
     }
 
@@ -379,9 +412,9 @@ impl Files {
         {
             return Err(taken(&plan.id).into());
         }
-        let claim = match self.claim(plan.id) {
+        let claim = match self.claim(plan.id).await {
             Ok(claim) => claim,
-            Err(busy) => {
+            Err(busy @ Error::Aborted(_)) => {
                 return Err(match self.store.file(&key).await? {
                     _ if identity.is_none() => busy,
                     Some(row) if reaches(identity, &row.owner) => busy,
@@ -390,6 +423,7 @@ impl Files {
                 }
                 .into());
             }
+            Err(other) => return Err(other.into()),
         };
 
         let now = now_micros();
@@ -769,19 +803,27 @@ impl Files {
     /// Removes what an abandoned upload or a crash left behind.
     ///
     /// Every run removes resumable uploads untouched for longer than the expiry. The run at
-    /// start (`startup`), before any upload can begin, also repairs what a crash can leave:
-    /// incomplete one-shot uploads and parts without a row go (the single-server lock makes
-    /// them this server's own); an upload whose file was already renamed into place is
-    /// completed when it verifies, and removed when it does not; and a resumable upload's
-    /// recorded bytes are set to what its part durably holds.
+    /// start (`startup`), before any upload of this server can begin, also repairs what a crash
+    /// can leave: incomplete one-shot uploads and parts without a row go (nobody holds their
+    /// claim: on SQLite the single-server lock makes them this server's own; on PostgreSQL a
+    /// replica that died lost its claims with its session); an upload whose file was already
+    /// renamed into place is completed when it verifies, and removed when it does not; and a
+    /// resumable upload's recorded bytes are set to what its part durably holds.
     ///
     /// It never deletes what it cannot prove is its own: a complete row whose file is missing
     /// is kept and reported as broken (downloads answer DATA_LOSS), and a file with no row is
     /// moved to `<storage>/orphans/`, not deleted.
     ///
-    /// Each id is examined under its upload claim and re-read, so a sweep never races an upload.
+    /// Each incomplete upload, part and file without a row is examined under its upload claim
+    /// and re-read, so a sweep never races an upload, here or on another replica. A complete
+    /// row needs no claim: nothing makes it incomplete again. On PostgreSQL one replica sweeps
+    /// at a time; a replica that finds another one sweeping skips the round (an empty report).
     pub async fn sweep(&self, startup: bool) -> Result<SweepReport> {
         let mut report = SweepReport::default();
+        let Some(_turn) = self.store.sweep_turn().await? else {
+            tracing::debug!("another replica is sweeping uploads; skipping this round");
+            return Ok(report);
+        };
         let expired_before = now_micros() - self.settings.upload_expiry.as_micros() as i64;
         let candidates = if startup {
             self.store.all_files().await?
@@ -794,13 +836,7 @@ impl Files {
                 continue;
             };
             known.insert(id);
-            let Ok(_claim) = self.claim(id) else {
-                continue; // An upload is running; it is not abandoned.
-            };
-            let Some(row) = self.store.file(&candidate.file_id).await? else {
-                continue;
-            };
-            if row.complete {
+            if candidate.complete {
                 if startup && !self.blobs.file_exists(id).await {
                     tracing::error!(
                         file_id = %id,
@@ -810,6 +846,18 @@ impl Files {
                     report.files_missing += 1;
                 }
                 continue;
+            }
+            let _claim = match self.claim(id).await {
+                Ok(claim) => claim,
+                // An upload is running; it is not abandoned.
+                Err(Error::Aborted(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(row) = self.store.file(&candidate.file_id).await? else {
+                continue;
+            };
+            if row.complete {
+                continue; // Completed since the listing.
             }
             if startup && self.blobs.file_exists(id).await {
                 // Renamed into place, but the crash came before the row said so.
@@ -828,14 +876,18 @@ impl Files {
         if startup {
             let inventory = self.blobs.inventory().await?;
             for id in inventory.parts {
-                if !known.contains(&id) {
+                if !known.contains(&id)
+                    && let Some(_claim) = self.claim_leftover(id).await?
+                {
                     self.blobs.remove_part(id).await?;
                     report.parts_removed += 1;
                 }
             }
             let mut orphans = Vec::new();
             for id in inventory.files {
-                if !known.contains(&id) {
+                if !known.contains(&id)
+                    && let Some(_claim) = self.claim_leftover(id).await?
+                {
                     orphans.push(self.blobs.move_to_orphans(id).await?);
                     report.orphans_moved += 1;
                 }

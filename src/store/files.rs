@@ -1,4 +1,4 @@
-//! SQL for uploaded files and the storage accounting that follows them.
+//! SQL for uploaded files, the storage accounting that follows them, and upload claims.
 //!
 //! Every file row carries what it reserves against the storage totals (`reserved`), and the totals
 //! themselves are rows: `storage_total` (one row, for `--max-storage-bytes`) and `storage_usage`
@@ -9,12 +9,20 @@
 //! same transaction, so a total is never computed with a `SUM` and can never drift from its rows,
 //! and two uploads can never both fit into the same free space. Reads go through the read-only
 //! pool. This module never touches the log's tables (`streams`, `log`).
+//!
+//! On PostgreSQL every public method hands over to its half in `pg::files` (one transaction on
+//! the pool per call, row locks for the totals), and upload claims hold across replicas. On
+//! SQLite the single-server locks make every claim this server's own, so a claim here is a
+//! guard that holds nothing.
 
 use super::Store;
+use super::pg::PgStore;
 use crate::error::{Error, Result};
 use rusqlite::{OptionalExtension, Transaction, params};
 use sqlx::Row;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteRow;
+use std::sync::Arc;
 
 /// One uploaded (or uploading) file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +65,72 @@ pub enum QuotaRefusal {
     Global { used: u64 },
 }
 
+/// PostgreSQL: the one connection whose session-level advisory locks are this server's claims,
+/// outside the pool so that a long upload never holds one of the pool's connections. Every claim
+/// holds it (`Arc`); it closes when the last claim is released, and the next claim opens it
+/// again. A claim is as good as this session: when it breaks, PostgreSQL releases all its
+/// locks, and the next claim opens a new session (a new generation).
+#[derive(Default)]
+pub(super) struct ClaimSession {
+    pub(super) state: tokio::sync::Mutex<SessionState>,
+}
+
+impl std::fmt::Debug for ClaimSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimSession").finish_non_exhaustive()
+    }
+}
+
+/// The claim connection, when open, and how many times it was opened: a claim taken on an
+/// earlier connection died with it and has nothing left to unlock.
+#[derive(Default)]
+pub(super) struct SessionState {
+    pub(super) conn: Option<PgConnection>,
+    pub(super) generation: u64,
+}
+
+/// A claim (an upload id, or the turn to sweep), released when dropped. Holds nothing on
+/// SQLite (`Default`). The store module does not export this type: callers keep it as
+/// `Box<dyn Send + Sync>`, which drops it all the same.
+#[derive(Debug, Default)]
+pub struct UploadClaim {
+    held: Option<HeldClaim>,
+}
+
+/// What releasing a PostgreSQL claim needs: its lock key text and the session generation it was
+/// taken in.
+#[derive(Debug)]
+pub(super) struct HeldClaim {
+    pub(super) store: PgStore,
+    pub(super) session: Arc<ClaimSession>,
+    pub(super) key: String,
+    pub(super) generation: u64,
+}
+
+impl UploadClaim {
+    pub(super) fn held(held: HeldClaim) -> Self {
+        UploadClaim { held: Some(held) }
+    }
+}
+
+impl Drop for UploadClaim {
+    /// Drop cannot wait, so the unlock runs on a task of its own. Until it has run, the session
+    /// still holds the lock: another server is refused a moment longer, and this server may take
+    /// it again meanwhile (session locks stack, and each unlock releases one hold). Without a
+    /// runtime (the process is ending) the lock ends with the session.
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                held.store
+                    .release_claim(&held.session, &held.key, held.generation)
+                    .await;
+            });
+        }
+    }
+}
+
 fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
     Ok(FileRow {
         file_id: row.try_get("file_id")?,
@@ -84,7 +158,7 @@ macro_rules! file_columns {
     };
 }
 
-fn to_i64(value: u64) -> Result<i64> {
+pub(super) fn to_i64(value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::Internal(format!("{value} does not fit the store")))
 }
 
@@ -183,6 +257,9 @@ fn incomplete_reservation(tx: &Transaction<'_>, file_id: &str) -> Result<Option<
 impl Store {
     /// The file with this id, complete or not.
     pub async fn file(&self, file_id: &str) -> Result<Option<FileRow>> {
+        if let Some(pg) = self.postgres() {
+            return pg.file(file_id).await;
+        }
         let row = sqlx::query(concat!(
             "SELECT ",
             file_columns!(),
@@ -201,6 +278,9 @@ impl Store {
         file: &FileRow,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
+        if let Some(pg) = self.postgres() {
+            return pg.insert_upload(file, limits).await;
+        }
         let file = file.clone();
         self.write(move |tx| {
             if let Some(refused) = move_totals(
@@ -246,6 +326,9 @@ impl Store {
         reserve: u64,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
+        if let Some(pg) = self.postgres() {
+            return pg.reserve_upload(file_id, reserve, limits).await;
+        }
         let file_id = file_id.to_owned();
         self.write(move |tx| {
             let Some((owner, charged, reserved)) = incomplete_reservation(tx, &file_id)? else {
@@ -266,6 +349,9 @@ impl Store {
     /// more, so it now reserves only those bytes; the rest of its declared size is released from
     /// the totals in the same transaction.
     pub async fn set_upload_progress(&self, file_id: &str, bytes: u64, now: i64) -> Result<()> {
+        if let Some(pg) = self.postgres() {
+            return pg.set_upload_progress(file_id, bytes, now).await;
+        }
         let file_id = file_id.to_owned();
         self.write(move |tx| {
             if let Some((owner, charged, reserved)) = incomplete_reservation(tx, &file_id)? {
@@ -284,6 +370,9 @@ impl Store {
     /// Marks an upload complete with its verified checksum, once its file is in place. It
     /// reserved its whole declared size while the call wrote it, and keeps that.
     pub async fn complete_upload(&self, file_id: &str, checksum: &str, now: i64) -> Result<()> {
+        if let Some(pg) = self.postgres() {
+            return pg.complete_upload(file_id, checksum, now).await;
+        }
         let file_id = file_id.to_owned();
         let checksum = checksum.to_owned();
         self.write(move |tx| {
@@ -312,6 +401,9 @@ impl Store {
 
     /// Removes a file row and releases what it reserved, in one transaction.
     pub async fn delete_file(&self, file_id: &str) -> Result<()> {
+        if let Some(pg) = self.postgres() {
+            return pg.delete_file(file_id).await;
+        }
         let file_id = file_id.to_owned();
         self.write(move |tx| {
             let row = tx
@@ -330,6 +422,9 @@ impl Store {
 
     /// Every file row, for the sweep (complete or not).
     pub async fn all_files(&self) -> Result<Vec<FileRow>> {
+        if let Some(pg) = self.postgres() {
+            return pg.all_files().await;
+        }
         let rows = sqlx::query(concat!("SELECT ", file_columns!(), " FROM files"))
             .fetch_all(&self.sqlite()?.readers)
             .await?;
@@ -338,6 +433,9 @@ impl Store {
 
     /// Incomplete uploads not touched since `before` (microseconds), for the expiry sweep.
     pub async fn stale_uploads(&self, before: i64) -> Result<Vec<FileRow>> {
+        if let Some(pg) = self.postgres() {
+            return pg.stale_uploads(before).await;
+        }
         let rows = sqlx::query(concat!(
             "SELECT ",
             file_columns!(),
@@ -347,5 +445,26 @@ impl Store {
         .fetch_all(&self.sqlite()?.readers)
         .await?;
         rows.iter().map(file_from_row).collect()
+    }
+
+    /// Claims the upload `file_id` for this server, so that no other server sharing the
+    /// database writes it (or sweeps it away) meanwhile; `None` when another one holds it. The
+    /// claim lasts until the guard is dropped. Callers take their in-process claim first: this
+    /// one costs a round trip on PostgreSQL.
+    pub async fn claim_upload(&self, file_id: &str) -> Result<Option<UploadClaim>> {
+        if let Some(pg) = self.postgres() {
+            return pg.claim_upload(file_id).await;
+        }
+        // The single-server locks make every upload this server's own.
+        Ok(Some(UploadClaim::default()))
+    }
+
+    /// This server's turn to sweep uploads, or `None` when another server sharing the database
+    /// is sweeping now (then this round is skipped). The turn lasts until the guard is dropped.
+    pub async fn sweep_turn(&self) -> Result<Option<UploadClaim>> {
+        if let Some(pg) = self.postgres() {
+            return pg.sweep_turn().await;
+        }
+        Ok(Some(UploadClaim::default()))
     }
 }

@@ -5,6 +5,7 @@
 //! jobs on the writer thread (`Store::write`), one `BEGIN IMMEDIATE` transaction per group of
 //! points on the database's one read-write connection, queued between the log's group commits
 //! instead of contending with them for SQLite's write lock; reads go through the read-only pool.
+//! On PostgreSQL each method hands over to its half in `pg::metrics`, with the same semantics.
 //! This module knows nothing of gRPC or of Prometheus naming rules, and must never decide what
 //! is valid: the service validates before anything reaches it. Its types are plain (tuples, std
 //! types), so that the service can use them without this private module being named.
@@ -49,6 +50,9 @@ impl Store {
         series: &[(&str, &str)],
         max_per_name: u64,
     ) -> Result<Vec<Option<i64>>> {
+        if let Some(pg) = self.postgres() {
+            return pg.metric_series_ids(series, max_per_name).await;
+        }
         let position: HashMap<(&str, &str), usize> = series
             .iter()
             .enumerate()
@@ -89,6 +93,11 @@ impl Store {
         // In primary-key order each B-tree leaf is written once and filled in order; the order
         // of rows inside one commit is invisible to readers.
         points.sort_unstable_by_key(|&(series, ts, index, _)| (series, ts, index));
+        if let Some(pg) = self.postgres() {
+            return pg
+                .insert_metric_points(collection_id, started_micros, points)
+                .await;
+        }
         let points = points.to_vec();
         self.write(move |tx| {
             let collection_id = match collection_id {
@@ -127,6 +136,9 @@ impl Store {
         matchers: &[(String, String)],
         limit: u64,
     ) -> Result<Vec<(i64, String)>> {
+        if let Some(pg) = self.postgres() {
+            return pg.metric_series_matching(name, matchers, limit).await;
+        }
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT series_id, labels FROM metric_series WHERE name = ",
         );
@@ -161,6 +173,9 @@ impl Store {
         step: i64,
         limit: u32,
     ) -> Result<Vec<MetricBucketRow>> {
+        if let Some(pg) = self.postgres() {
+            return pg.metric_buckets(series_id, start, end, step, limit).await;
+        }
         // Points are clustered by (series_id, ts_micros): this is one range scan. TOTAL is SUM
         // that always answers a float.
         let rows = sqlx::query(

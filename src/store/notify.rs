@@ -4,7 +4,8 @@
 //! the log writer; this module never touches the log's tables (`streams`, `log`). Cursors are
 //! written as jobs on the writer thread (`Store::write`), each a single statement in a
 //! transaction of its own, so a cursor can never be seen half-updated or moved back; they are
-//! read through the read-only pool.
+//! read through the read-only pool. On PostgreSQL each method hands over to its half in
+//! `pg::notify`, with the same semantics.
 
 use super::Store;
 use crate::error::Result;
@@ -13,6 +14,9 @@ use rusqlite::params;
 impl Store {
     /// The sequence through which `user_id` has acknowledged notifications (0 when never).
     pub async fn notification_cursor(&self, user_id: &str) -> Result<u64> {
+        if let Some(pg) = self.postgres() {
+            return pg.notification_cursor(user_id).await;
+        }
         let cursor: Option<i64> = sqlx::query_scalar(
             "SELECT acknowledged_through FROM notification_cursors WHERE user_id = ?1",
         )
@@ -26,6 +30,9 @@ impl Store {
     /// at or past it, and returns the cursor as it now stands. One upsert statement: concurrent
     /// acknowledgements cannot interleave between a read and a write, so the larger always wins.
     pub async fn advance_notification_cursor(&self, user_id: &str, through: u64) -> Result<u64> {
+        if let Some(pg) = self.postgres() {
+            return pg.advance_notification_cursor(user_id, through).await;
+        }
         let through = i64::try_from(through).map_err(|_| {
             crate::error::Error::Internal(format!("cursor {through} does not fit the store"))
         })?;

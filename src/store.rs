@@ -290,7 +290,7 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
         return Ok((
             Store {
                 writes: sender.clone(),
-                backend: Backend::Postgres(pg),
+                backend: Backend::Postgres(Box::new(pg)),
             },
             WriteQueue {
                 writer,
@@ -362,7 +362,8 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteSide),
-    Postgres(pg::PgStore),
+    /// Boxed: its connect options are large, and a `Store` is cloned into every service.
+    Postgres(Box<pg::PgStore>),
 }
 
 /// SQLite's read side.
@@ -493,7 +494,7 @@ impl Store {
     /// LISTEN connection, presence leases, upload claims).
     pub fn postgres(&self) -> Option<&pg::PgStore> {
         match &self.backend {
-            Backend::Postgres(pg) => Some(pg),
+            Backend::Postgres(pg) => Some(pg.as_ref()),
             Backend::Sqlite(_) => None,
         }
     }

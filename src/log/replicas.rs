@@ -315,7 +315,7 @@ impl Replicas {
                 tracing::warn!(error = %crate::error::cause_chain(&err), "head check failed");
             }
             rounds += 1;
-            if rounds % 30 == 0 {
+            if rounds.is_multiple_of(30) {
                 let _ = sqlx::query(
                     "DELETE FROM signal_bodies WHERE created_at < extract(epoch from now())::bigint - $1",
                 )

@@ -453,9 +453,11 @@ impl PgStore {
     }
 }
 
-/// Two stores on one scratch database stand for two replicas. These run only when
-/// `STREAMHUB_TEST_PG_URL` names a PostgreSQL server (e.g. `postgres://postgres@127.0.0.1:5432`)
-/// on which they may create and drop a database of their own.
+/// Two stores on one scratch database stand for two replicas. They find PostgreSQL as the
+/// integration tests do, through `STREAMHUB_TEST_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), create and drop a database of their own, and
+/// print one `skipped:` line when it is unreachable (a failure with
+/// `STREAMHUB_REQUIRE_POSTGRES=1`).
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
@@ -467,11 +469,25 @@ mod tests {
     async fn two_replicas(
         name: &str,
     ) -> Option<(String, Store, Store, Vec<crate::store::WriteQueue>)> {
-        let server = std::env::var("STREAMHUB_TEST_PG_URL").ok()?;
+        let url = admin_url();
+        let mut admin = match sqlx::PgConnection::connect(&url).await {
+            Ok(admin) => admin,
+            Err(e) if std::env::var("STREAMHUB_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!(
+                    "PostgreSQL unreachable at {} and STREAMHUB_REQUIRE_POSTGRES=1: {e}",
+                    crate::secret::redact_url(&url)
+                )
+            }
+            Err(e) => {
+                eprintln!(
+                    "skipped: PostgreSQL unreachable at {} ({e}); set STREAMHUB_TEST_POSTGRES_URL",
+                    crate::secret::redact_url(&url)
+                );
+                return None;
+            }
+        };
+        let server = server_of(&url);
         let db = format!("streamhub_test_{name}_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-            .await
-            .expect("connect to the test server");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .execute(&mut admin)
             .await
@@ -484,9 +500,24 @@ mod tests {
         Some((db, a, b, vec![qa, qb]))
     }
 
+    fn admin_url() -> String {
+        std::env::var("STREAMHUB_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// The URL without its database name, for naming another database on the same server.
+    fn server_of(url: &str) -> String {
+        let url = url.split('?').next().unwrap_or(url);
+        match url.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+                server.to_string()
+            }
+            _ => url.to_string(),
+        }
+    }
+
     async fn drop_database(db: &str) {
-        let server = std::env::var("STREAMHUB_TEST_PG_URL").expect("a test server");
-        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
             .await
             .expect("connect to the test server");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

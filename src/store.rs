@@ -283,10 +283,7 @@ pub async fn open(config: &Config) -> Result<(Store, WriteQueue)> {
     let (sender, commands) = mpsc::channel(config.writer_queue.max(1));
     if config.is_postgres() {
         let pg = pg::open(config).await?;
-        let writer = LogWriter::Postgres(pg::PgWriter {
-            store: pg.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        });
+        let writer = LogWriter::Postgres(pg::PgWriter::open(&pg).await?);
         return Ok((
             Store {
                 writes: sender.clone(),

@@ -194,28 +194,33 @@ impl Replicas {
 
     fn handle(&self, channel: &str, payload: &str) {
         if channel == LOG_CHANNEL {
-            let Some(notice) = LogNotice::parse(payload) else {
-                tracing::warn!(payload, "unreadable log notice");
-                return;
-            };
-            if notice.replica == *self.inner.store.replica {
-                return; // This replica's writer published its own records already.
+            let mut woke = false;
+            for line in payload.lines() {
+                let Some(notice) = LogNotice::parse(line) else {
+                    tracing::warn!(line, "unreadable log notice");
+                    continue;
+                };
+                if notice.replica == *self.inner.store.replica {
+                    return; // This replica's writer published its own records already.
+                }
+                if self.inner.hub.newest(&notice.stream).is_none() {
+                    continue; // Nobody here subscribes to it.
+                }
+                let mut announced = self
+                    .inner
+                    .announced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let range = announced
+                    .entry(notice.stream)
+                    .or_insert((notice.first, notice.last));
+                range.0 = range.0.min(notice.first);
+                range.1 = range.1.max(notice.last);
+                woke = true;
             }
-            if self.inner.hub.newest(&notice.stream).is_none() {
-                return; // Nobody here subscribes to it.
+            if woke {
+                self.inner.wake.notify_one();
             }
-            let mut announced = self
-                .inner
-                .announced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let range = announced
-                .entry(notice.stream)
-                .or_insert((notice.first, notice.last));
-            range.0 = range.0.min(notice.first);
-            range.1 = range.1.max(notice.last);
-            drop(announced);
-            self.inner.wake.notify_one();
         } else if channel == SIGNAL_CHANNEL {
             let Some((replica, body)) = payload.split_once(' ') else {
                 return;

@@ -31,6 +31,8 @@ use std::time::Duration;
 
 /// The channel that carries "stream S has new records up to H" between replicas.
 pub const LOG_CHANNEL: &str = "streamhub_log";
+/// Longest NOTIFY payload this store sends (PostgreSQL refuses 8,000 bytes or more).
+const MAX_NOTICE_BYTES: usize = 7_900;
 /// Records an import sends to the database per statement.
 const IMPORT_CHUNK: usize = 4096;
 /// Times a group is retried after PostgreSQL broke a deadlock by aborting it (possible only
@@ -109,8 +111,11 @@ const LOCK_STREAMS: &str = "INSERT INTO stream_heads (kind, key) \
      ORDER BY kind, key COLLATE \"C\" \
      ON CONFLICT (kind, key) DO UPDATE SET head = stream_heads.head \
      RETURNING id, kind, key, head, head_ts";
-const FIND_IDS: &str = "SELECT l.stream, l.sequence, l.id, l.ts_micros, l.payload FROM log l \
-     JOIN UNNEST($1::int8[], $2::text[]) AS w(stream, id) ON l.stream = w.stream AND l.id = w.id";
+/// One index probe per wanted id (LATERAL), whatever the statistics say: a hash join over the
+/// whole log would read it all.
+const FIND_IDS: &str = "SELECT l.stream, l.sequence, l.id, l.ts_micros, l.payload \
+     FROM UNNEST($1::int8[], $2::text[]) AS w(stream, id) \
+     CROSS JOIN LATERAL (SELECT * FROM log WHERE log.stream = w.stream AND log.id = w.id) l";
 const INSERT_RECORDS: &str = "INSERT INTO log (stream, sequence, id, ts_micros, payload) \
      SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::bytea[])";
 const MOVE_HEADS: &str = "UPDATE stream_heads h SET head = m.head, head_ts = m.ts \
@@ -194,8 +199,9 @@ fn kind_of(code: i16) -> Result<StreamKind> {
     })
 }
 
-/// A notification's text: `replica kind first last key` (the key last, since it may hold
-/// spaces). Keys are at most 128 bytes, so it stays far below NOTIFY's 8,000-byte limit.
+/// One line of a notification: `replica kind first last key` (the key last, since it may hold
+/// spaces; keys hold no control characters, so lines can be joined with `\n`). Keys are at most
+/// 128 bytes, so a line stays far below NOTIFY's 8,000-byte limit.
 fn log_notice(replica: &str, stream: &StreamKey, first: u64, last: u64) -> String {
     format!(
         "{replica} {} {first} {last} {}",
@@ -309,9 +315,16 @@ impl PgStore {
             moved.ids.push(l.id);
             moved.heads.push(l.head as i64);
             moved.ts.push(l.head_ts);
-            moved
-                .notices
-                .push(log_notice(&self.replica, stream, l.locked_head + 1, l.head));
+            let line = log_notice(&self.replica, stream, l.locked_head + 1, l.head);
+            // One notice per line, as many lines per NOTIFY as fit under its payload limit:
+            // a group of many streams sends a few notifications, not one per stream.
+            match moved.notices.last_mut() {
+                Some(last) if last.len() + 1 + line.len() <= MAX_NOTICE_BYTES => {
+                    last.push('\n');
+                    last.push_str(&line);
+                }
+                _ => moved.notices.push(line),
+            }
         }
         moved
     }
@@ -362,8 +375,11 @@ impl PgStore {
         });
         streams.dedup();
 
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
+        let begun = started.elapsed();
         let mut locked = Self::lock_streams(&mut tx, &streams).await?;
+        let locked_at = started.elapsed();
         let by_id: HashMap<i64, StreamKey> =
             locked.iter().map(|(k, l)| (l.id, k.clone())).collect();
         let wanted: Vec<(i64, &str)> = requests
@@ -372,6 +388,7 @@ impl PgStore {
             .filter_map(|r| Some((locked.get(&r.stream)?.id, r.id.as_deref()?)))
             .collect();
         let mut known = Self::find_ids(&mut tx, &wanted, &by_id).await?;
+        let found_at = started.elapsed();
 
         let mut rows = Rows::default();
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -432,7 +449,18 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        let stored_at = started.elapsed();
         tx.commit().await?;
+        tracing::trace!(
+            streams = streams.len(),
+            records = stored.len(),
+            begin_us = begun.as_micros() as u64,
+            lock_us = (locked_at - begun).as_micros() as u64,
+            find_us = (found_at - locked_at).as_micros() as u64,
+            store_us = (stored_at - found_at).as_micros() as u64,
+            commit_us = (started.elapsed() - stored_at).as_micros() as u64,
+            "group transaction"
+        );
         Ok((outcomes, stored))
     }
 
@@ -555,7 +583,14 @@ impl PgStore {
         .bind(stream.kind.code() as i16)
         .bind(&*stream.key)
         .bind(after.min(i64::MAX as u64) as i64)
-        .bind(until.map_or(i64::MAX, |u| u.min(i64::MAX as u64) as i64))
+        // Sequences are contiguous, so a page lies within `after + limit`: a range that tight
+        // keeps the plan an index range scan of one page, whatever the statistics say.
+        .bind(
+            until
+                .unwrap_or(u64::MAX)
+                .min(after.saturating_add(u64::from(limit)))
+                .min(i64::MAX as u64) as i64,
+        )
         .bind(i64::from(limit))
         .fetch(&self.pool);
         let mut page = Vec::new();
@@ -579,10 +614,14 @@ impl PgStore {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
+        // The range is one page wide (sequences are contiguous), so the plan stays an index
+        // range scan of one page.
         let rows = sqlx::query(
-            "SELECT l.sequence, l.id, l.ts_micros, l.payload FROM log l \
-             WHERE l.stream = (SELECT id FROM stream_heads WHERE kind = $1 AND key = $2) \
-             AND l.sequence < $3 ORDER BY l.sequence DESC LIMIT $4",
+            "SELECT l.sequence, l.id, l.ts_micros, l.payload \
+             FROM stream_heads s JOIN log l ON l.stream = s.id \
+             WHERE s.kind = $1 AND s.key = $2 \
+             AND l.sequence < LEAST($3, s.head + 1) AND l.sequence >= LEAST($3, s.head + 1) - $4 \
+             ORDER BY l.sequence DESC LIMIT $4",
         )
         .bind(stream.kind.code() as i16)
         .bind(&*stream.key)
@@ -671,26 +710,93 @@ impl PgStore {
     }
 }
 
+/// Connections the writer holds of its own: one for groups, one spare (an import, a reconnect).
+const WRITER_CONNECTIONS: u32 = 2;
+
 /// The writer thread's face of the PostgreSQL store: the same calls as the SQLite writer, each
-/// run to its end on the server's runtime while the writer thread waits, so that group commit
-/// and the order of answers and publication stay exactly as on SQLite.
+/// run to its end while the writer thread waits, so that group commit and the order of answers
+/// and publication stay exactly as on SQLite.
+///
+/// It has a runtime and connections of its own, driven by the writer thread itself: a group's
+/// statements then never wait for the server's busy worker threads to notice their replies
+/// (measured: about 0.9 ms per statement under load that way, against a fraction of that).
 pub struct PgWriter {
-    pub(crate) store: PgStore,
-    pub(crate) runtime: tokio::runtime::Handle,
+    store: PgStore,
+    /// `None` only once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl PgWriter {
+    /// Opens the writer's own connections to `store`'s database, on a runtime of its own. The
+    /// runtime is made on a thread of its own: one cannot be started inside another.
+    pub async fn open(store: &PgStore) -> Result<PgWriter> {
+        let options = store.options.clone();
+        let replica = store.replica.clone();
+        let (made, answer) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("streamhub-pg-writer-setup".into())
+            .spawn(move || {
+                let writer = (|| -> Result<PgWriter> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let pool = runtime.block_on(
+                        PgPoolOptions::new()
+                            .max_connections(WRITER_CONNECTIONS)
+                            .min_connections(1)
+                            // A broken connection fails its group (UNAVAILABLE) and is replaced;
+                            // a ping before every group would cost a round trip each.
+                            .test_before_acquire(false)
+                            .acquire_timeout(Duration::from_secs(10))
+                            .connect_with(options.clone()),
+                    )?;
+                    Ok(PgWriter {
+                        store: PgStore {
+                            pool,
+                            options,
+                            replica,
+                        },
+                        runtime: Some(runtime),
+                    })
+                })();
+                let _ = made.send(writer);
+            })?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the writer's setup thread stopped".into()))?
+    }
+
+    fn block_on<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(work),
+            None => Err(Error::Unavailable),
+        }
+    }
+
     pub fn append_group(&mut self, requests: Vec<Vec<NewRecord>>) -> Result<GroupOutcome> {
-        self.runtime.block_on(self.store.append_group(&requests))
+        self.block_on(self.store.append_group(&requests))
     }
 
     pub fn import(&mut self, kind: StreamKind, spill: SpillReader) -> Result<ImportOutcome> {
-        self.runtime.block_on(self.store.import(kind, spill))
+        self.block_on(self.store.import(kind, spill))
     }
 
-    /// Closes the pool, after the last queued write committed.
+    /// Closes the writer's connections, after the last queued write committed.
     pub fn close(self) {
-        self.runtime.block_on(self.store.pool.close());
+        let _ = self.block_on(async {
+            self.store.pool.close().await;
+            Ok(())
+        });
+    }
+}
+
+impl Drop for PgWriter {
+    fn drop(&mut self) {
+        // Never blocks, so the writer may also be dropped inside the server's runtime (a start
+        // that failed before the writer thread took it).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -226,7 +226,7 @@ async fn a_dead_replica_s_members_leave_once_their_leases_lapse() {
             .await
             .expect("carol joins through B")
             .into_inner();
-        let mut reader = a.client().await;
+        let reader = a.client().await;
         let joined = vec![(1, "User carol joined the chat".to_string())];
         poll_until("carol's join notice", Duration::from_secs(20), || {
             let mut reader = reader.clone();

@@ -597,16 +597,24 @@ mod tests {
         for i in 0..40 {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
-                store
-                    .insert_upload(&upload(&format!("id-{i}"), 100), limits)
+                let id = format!("id-{i}");
+                let outcome = store
+                    .insert_upload(&upload(&id, 100), limits)
                     .await
-                    .unwrap()
+                    .unwrap();
+                (id, outcome)
             }));
         }
         let mut stored = 0;
+        // Which ones fit depends on who got the lock first.
+        let mut one_stored = None;
         for task in tasks {
-            match task.await.unwrap() {
-                Ok(()) => stored += 1,
+            let (id, outcome) = task.await.unwrap();
+            match outcome {
+                Ok(()) => {
+                    stored += 1;
+                    one_stored.get_or_insert(id);
+                }
                 Err(QuotaRefusal::User { used }) => assert_eq!(used, 700),
                 Err(QuotaRefusal::Global { .. }) => panic!("the per-user limit comes first"),
             }
@@ -623,15 +631,13 @@ mod tests {
         .unwrap();
         assert_eq!((total, usage, sum), (700, 700, 700));
         // Interrupted at 30 bytes: the rest is released; resuming reserves it again.
-        a.set_upload_progress("id-0", 30, 2).await.unwrap();
-        b.reserve_upload("id-0", 100, limits)
-            .await
-            .unwrap()
-            .unwrap();
-        b.complete_upload("id-0", "abc", 3).await.unwrap();
-        let row = a.file("id-0").await.unwrap().unwrap();
+        let id = one_stored.expect("seven were stored");
+        a.set_upload_progress(&id, 30, 2).await.unwrap();
+        b.reserve_upload(&id, 100, limits).await.unwrap().unwrap();
+        b.complete_upload(&id, "abc", 3).await.unwrap();
+        let row = a.file(&id).await.unwrap().unwrap();
         assert!(row.complete && row.reserved == 100 && row.bytes_received == 100);
-        a.delete_file("id-0").await.unwrap();
+        a.delete_file(&id).await.unwrap();
         let total: i64 = sqlx::query_scalar("SELECT bytes FROM storage_total")
             .fetch_one(&pg.pool)
             .await

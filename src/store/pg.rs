@@ -103,6 +103,22 @@ struct Locked {
     locked_head: u64,
 }
 
+impl Locked {
+    /// Assigns the stream's next record: `head + 1`, a timestamp that never goes back, and the
+    /// given id or a server-assigned one; moves the head past it.
+    fn advance(&mut self, id: Option<&str>, now: i64) -> (u64, i64, String) {
+        let sequence = self.head + 1;
+        let ts_micros = self.head_ts.max(now);
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => super::engine::server_id_text(ts_micros, sequence),
+        };
+        self.head = sequence;
+        self.head_ts = ts_micros;
+        (sequence, ts_micros, id)
+    }
+}
+
 /// Creates the streams that do not exist yet and locks every one of them, in sorted key order:
 /// one statement. `ON CONFLICT … DO UPDATE` takes the row lock of an existing stream just as
 /// `SELECT … FOR UPDATE` would; rows are inserted (and locked) in the order of the sorted input.
@@ -411,14 +427,7 @@ impl PgStore {
                     request_outcomes.push(AppendOutcome::Rejected { head: state.head });
                     continue;
                 }
-                let sequence = state.head + 1;
-                let ts_micros = state.head_ts.max(now);
-                let id = match &record.id {
-                    Some(id) => id.clone(),
-                    None => super::engine::server_id_text(ts_micros, sequence),
-                };
-                state.head = sequence;
-                state.head_ts = ts_micros;
+                let (sequence, ts_micros, id) = state.advance(record.id.as_deref(), now);
                 rows.push(state.id, sequence, id.clone(), ts_micros, &record.payload);
                 let new = Arc::new(LogRecord {
                     stream: record.stream.clone(),
@@ -537,14 +546,7 @@ impl PgStore {
                 let state = locked
                     .get_mut(&stream)
                     .ok_or_else(|| Error::Internal("an import stream was not locked".into()))?;
-                let sequence = state.head + 1;
-                let ts_micros = state.head_ts.max(now);
-                let id = match &record.id {
-                    Some(id) => id.clone(),
-                    None => super::engine::server_id_text(ts_micros, sequence),
-                };
-                state.head = sequence;
-                state.head_ts = ts_micros;
+                let (sequence, ts_micros, id) = state.advance(record.id.as_deref(), now);
                 outcome.stored += 1;
                 let new = Arc::new(LogRecord {
                     stream: stream.clone(),

@@ -315,4 +315,81 @@ impl StreamingService for Api {
             self.metrics.query(request.into_inner()).await?,
         ))
     }
+
+    // ------------------------------------------------ browser calls: chat and collaboration
+
+    type JoinRoomStream = ResponseStream<proto::ChatMessage>;
+
+    #[tracing::instrument(skip_all, fields(room_id = %request.get_ref().room_id))]
+    async fn join_room(
+        &self,
+        request: Request<proto::JoinRoomRequest>,
+    ) -> Result<Response<Self::JoinRoomStream>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("JoinRoom is not built yet"))
+    }
+
+    #[tracing::instrument(skip_all, fields(room_id = %request.get_ref().room_id))]
+    async fn send_chat_message(
+        &self,
+        request: Request<proto::ChatMessage>,
+    ) -> Result<Response<proto::ChatMessage>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("SendChatMessage is not built yet"))
+    }
+
+    type OpenDocumentStream = ResponseStream<proto::CollaborationEvent>;
+
+    #[tracing::instrument(skip_all, fields(document_id = %request.get_ref().document_id))]
+    async fn open_document(
+        &self,
+        request: Request<proto::OpenDocumentRequest>,
+    ) -> Result<Response<Self::OpenDocumentStream>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("OpenDocument is not built yet"))
+    }
+
+    #[tracing::instrument(skip_all, fields(document_id = %request.get_ref().document_id))]
+    async fn submit_collaboration_event(
+        &self,
+        request: Request<proto::CollaborationEvent>,
+    ) -> Result<Response<proto::CollaborationEvent>, Status> {
+        let _ = request;
+        Err(Status::unimplemented(
+            "SubmitCollaborationEvent is not built yet",
+        ))
+    }
+
+    // ------------------------------------------------------- browser calls: listings
+
+    #[tracing::instrument(skip_all)]
+    async fn list_streams(
+        &self,
+        request: Request<proto::ListStreamsRequest>,
+    ) -> Result<Response<proto::ListStreamsResponse>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("ListStreams is not built yet"))
+    }
+
+    // ---------------------------------------------------------------- ListFiles
+
+    #[tracing::instrument(skip_all)]
+    async fn list_files(
+        &self,
+        request: Request<proto::ListFilesRequest>,
+    ) -> Result<Response<proto::ListFilesResponse>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("ListFiles is not built yet"))
+    }
+
+    // --------------------------------------------------------- ListMetricSeries
+
+    #[tracing::instrument(skip_all)]
+    async fn list_metric_series(
+        &self,
+        request: Request<proto::ListMetricSeriesRequest>,
+    ) -> Result<Response<proto::ListMetricSeriesResponse>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("ListMetricSeries is not built yet"))
+    }
 }

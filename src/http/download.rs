@@ -1,78 +1,23 @@
-//! Plain-HTTP routes served on the gRPC listener: `GET`/`HEAD /files/{id}` for download URLs,
-//! `GET /metrics`, and `GET /`, a short page that says what is listening here.
-//!
-//! Responses carry Content-Length, Content-Type, Content-Disposition, an ETag holding the
-//! SHA-256, and support one byte range (206/416). Bytes stream from disk one chunk at a time, as
-//! the client takes them, with no thread held while it does not; a client that takes nothing for
-//! `--transfer-idle-secs` has its response aborted (the connection is closed mid-body). With auth on, a download needs a signed, unexpired URL (403 otherwise; see
-//! `auth::UrlSigner`). This module only speaks HTTP; what a file is and whether it is complete comes from
-//! the files service.
+//! `GET`/`HEAD /files/{id}`: downloads by URL. Responses carry Content-Length, Content-Type,
+//! Content-Disposition, an ETag holding the SHA-256, and support one byte range (206/416). Bytes
+//! stream from disk one chunk at a time, as the client takes them, with no thread held while it
+//! does not; a client that takes nothing for `--transfer-idle-secs` has its response aborted (the
+//! connection is closed mid-body). With auth on, a download needs a signed, unexpired URL (403
+//! otherwise; see `auth::UrlSigner`). This module only speaks HTTP; what a file is and whether it
+//! is complete comes from the files service.
 
 use crate::error::Error;
-use crate::introspect::Introspection;
 use crate::service::files::{Files, parse_file_id};
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tokio_stream::StreamExt;
 
 /// Bytes per read when serving HTTP: large reads keep the copy loop cheap, and at most three of
 /// them exist per response (two waiting for the client, one being read), so a response that its
 /// client does not read costs at most 1.5 MiB.
 const HTTP_CHUNK: usize = 512 * 1024;
-
-pub fn router(files: Files, introspection: Introspection) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/files/{id}", get(download))
-        .with_state(files)
-        .merge(
-            Router::new()
-                .route("/metrics", get(metrics))
-                .with_state(introspection),
-        )
-}
-
-/// `GET /`: what a person who opens the address in a browser (or curls it) should learn: what
-/// this is, which version, and where to go next. Without it they got an empty 200 carrying
-/// `grpc-status: 12`.
-async fn index() -> Response {
-    let text = format!(
-        "streamhub {version}\n\
-         A persistent, event-sourced gRPC streaming service.\n\
-         \n\
-         gRPC:     service streaming.v1.StreamingService on this address (HTTP/2),\n\
-         \x20         with server reflection (grpcurl -plaintext HOST:PORT list) and gRPC health\n\
-         Files:    GET /files/{{id}} (download URLs returned by UploadFile)\n\
-         Metrics:  GET /metrics (Prometheus text)\n\
-         Docs:     README.md and docs/contract.md in the streamhub repository;\n\
-         \x20         `streamhub --help` for the command line\n",
-        version = env!("CARGO_PKG_VERSION"),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        text,
-    )
-        .into_response()
-}
-
-/// `GET /metrics`: the Prometheus text exposition.
-async fn metrics(State(introspection): State<Introspection>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        introspection.render(),
-    )
-        .into_response()
-}
 
 /// A requested byte range, resolved against the file's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +94,7 @@ fn plain(status: StatusCode, message: &str) -> Response {
     (status, message.to_string()).into_response()
 }
 
-async fn download(
+pub(super) async fn download(
     State(files): State<Files>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,

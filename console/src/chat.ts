@@ -166,7 +166,10 @@ export class ChatPanel {
 
   private receive(message: ChatMessage): void {
     if (message.type === ChatMessageType.TYPING) {
-      if (message.userId !== this.session?.user) this.showTyping(message.userId);
+      // An empty TYPING notice means "stopped typing", as `streamhub chat` reads it too.
+      if (message.userId === this.session?.user) return;
+      if (message.content === "") this.stopTyping(message.userId);
+      else this.showTyping(message.userId);
       return;
     }
     this.stopTyping(message.userId);
@@ -258,7 +261,7 @@ export class ChatPanel {
     if (!session || this.input.value === "" || now - this.lastTypingSent < TYPING_EVERY_MS) return;
     this.lastTypingSent = now;
     try {
-      await api.sendChatMessage({ roomId: session.room, userId: session.user, type: ChatMessageType.TYPING });
+      await api.sendChatMessage({ roomId: session.room, userId: session.user, type: ChatMessageType.TYPING, content: "typing" });
     } catch (err) {
       this.errors.show("SendChatMessage (typing)", err);
     }

@@ -633,7 +633,11 @@ mod tests {
     fn a_prefix_range_holds_exactly_the_keys_that_start_with_it() {
         let range = KeyRange::prefixed("ab", None);
         assert_eq!(
-            (range.from.as_str(), range.from_excluded, range.below.as_deref()),
+            (
+                range.from.as_str(),
+                range.from_excluded,
+                range.below.as_deref()
+            ),
             ("ab", false, Some("ac"))
         );
         assert_eq!(KeyRange::prefixed("", None).below, None);
@@ -651,8 +655,23 @@ mod tests {
         let after = KeyRange::prefixed("b", Some("b1"));
         assert_eq!((after.from.as_str(), after.from_excluded), ("b1", true));
         let keys = [
-            "", "a", "a%", "a_", "a%b", "ab", "a\u{7f}", "a\u{80}", "a\u{FFFF}",
-            "a\u{10FFFF}", "a\u{10FFFF}z", "b", "%", "_", "é", "éa", "ê",
+            "",
+            "a",
+            "a%",
+            "a_",
+            "a%b",
+            "ab",
+            "a\u{7f}",
+            "a\u{80}",
+            "a\u{FFFF}",
+            "a\u{10FFFF}",
+            "a\u{10FFFF}z",
+            "b",
+            "%",
+            "_",
+            "é",
+            "éa",
+            "ê",
         ];
         for prefix in ["", "a", "a%", "a_", "é", "a\u{10FFFF}", "\u{10FFFF}"] {
             for after in [None, Some("a"), Some("a%"), Some("é")] {

@@ -83,7 +83,10 @@ fn keys(page: &ListStreamsResponse) -> Vec<String> {
 /// One whole listing (a single page of up to 1,000, which must be the last).
 async fn all(client: &mut Client, kind: proto::StreamKind, prefix: &str) -> Vec<Listed> {
     let answer = page(client, kind, prefix, "", 1000).await;
-    assert_eq!(answer.next_page_token, "", "{kind:?} {prefix:?} fits one page");
+    assert_eq!(
+        answer.next_page_token, "",
+        "{kind:?} {prefix:?} fits one page"
+    );
     listed(&answer)
 }
 
@@ -248,7 +251,11 @@ async fn rejected_edit(server: &TestServer, document: &str) {
         (CollaborationEventType::Operation, Some(5)),
     ] {
         tx.send(CollaborationEvent {
-            id: if base.is_some() { "late".into() } else { "".into() },
+            id: if base.is_some() {
+                "late".into()
+            } else {
+                "".into()
+            },
             document_id: document.into(),
             user_id: "editor".into(),
             r#type: kind as i32,
@@ -289,14 +296,13 @@ async fn interned_heads(server: &TestServer, kind_code: i16, key: &str) -> Optio
     match &server.db {
         Some(db) => {
             let mut conn = db.connect().await;
-            let head: Option<i64> = sqlx::query_scalar(
-                "SELECT head FROM stream_heads WHERE kind = $1 AND key = $2",
-            )
-            .bind(kind_code)
-            .bind(key)
-            .fetch_optional(&mut conn)
-            .await
-            .expect("read stream_heads");
+            let head: Option<i64> =
+                sqlx::query_scalar("SELECT head FROM stream_heads WHERE kind = $1 AND key = $2")
+                    .bind(kind_code)
+                    .bind(key)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .expect("read stream_heads");
             let _ = conn.close().await;
             head
         }
@@ -341,8 +347,11 @@ fn series_rows(response: &ListMetricSeriesResponse) -> Vec<(String, Vec<(String,
         .iter()
         .map(|s| {
             assert!(s.buckets.is_empty(), "no buckets: {s:?}");
-            let mut labels: Vec<(String, String)> =
-                s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             labels.sort();
             (s.name.clone(), labels)
         })
@@ -378,7 +387,10 @@ fn all_series() -> Vec<(String, Vec<(String, String)>)> {
         row("cpu_seconds", &[("core", "1")]),
         row("http_latency_seconds", &[]),
         row("http_requests_total", &[("code", "200"), ("method", "GET")]),
-        row("http_requests_total", &[("code", "200"), ("method", "POST")]),
+        row(
+            "http_requests_total",
+            &[("code", "200"), ("method", "POST")],
+        ),
         row("http_requests_total", &[("code", "500"), ("method", "GET")]),
         row("httpx_total", &[]),
     ]
@@ -386,12 +398,24 @@ fn all_series() -> Vec<(String, Vec<(String, String)>)> {
 
 async fn store_some_series(client: &mut Client) {
     let points = vec![
-        point("http_requests_total", &[("method", "GET"), ("code", "500")], 1.0),
+        point(
+            "http_requests_total",
+            &[("method", "GET"), ("code", "500")],
+            1.0,
+        ),
         point("httpx_total", &[], 2.0),
-        point("http_requests_total", &[("code", "200"), ("method", "POST")], 3.0),
+        point(
+            "http_requests_total",
+            &[("code", "200"), ("method", "POST")],
+            3.0,
+        ),
         point("cpu_seconds", &[("core", "1")], 4.0),
         point("http_latency_seconds", &[], 5.0),
-        point("http_requests_total", &[("code", "200"), ("method", "GET")], 6.0),
+        point(
+            "http_requests_total",
+            &[("code", "200"), ("method", "GET")],
+            6.0,
+        ),
         point("cpu_seconds", &[("core", "0")], 7.0),
         // A second point of a series: still one series.
         point("cpu_seconds", &[("core", "0")], 8.0),
@@ -852,7 +876,10 @@ async fn with_auth_on_only_services_list_streams_and_series_need_the_metrics_cla
         .into_inner();
     for (what, request) in [
         ("her own kind", request(Events, "ann", "", 0)),
-        ("a bad kind", request(proto::StreamKind::Unspecified, "", "", 0)),
+        (
+            "a bad kind",
+            request(proto::StreamKind::Unspecified, "", "", 0),
+        ),
         ("chat", request(Chat, "", "", 0)),
     ] {
         expect_code(
@@ -1039,9 +1066,8 @@ async fn the_cli_lists_streams_and_series() {
     };
     store_some_series(&mut client).await;
 
-    let (stdout, stderr) = ok_output(
-        &cli(&["streams", "list", "--kind", "events", "--server", &addr]).await,
-    );
+    let (stdout, stderr) =
+        ok_output(&cli(&["streams", "list", "--kind", "events", "--server", &addr]).await);
     let width = "carol-with-a-long-name".len();
     let expected = [
         format!("{:<width$}  head  last record", "key"),
@@ -1062,7 +1088,10 @@ async fn the_cli_lists_streams_and_series() {
         ])
         .await,
     );
-    assert_eq!(stdout.lines().nth(1).map(|l| l.split_whitespace().next()), Some(Some("ann")));
+    assert_eq!(
+        stdout.lines().nth(1).map(|l| l.split_whitespace().next()),
+        Some(Some("ann"))
+    );
     let token = stderr
         .trim()
         .strip_suffix(')')
@@ -1075,12 +1104,23 @@ async fn the_cli_lists_streams_and_series() {
     );
     let (stdout, _) = ok_output(
         &cli(&[
-            "--server", &addr, "streams", "list", "--kind", "events", "--limit", "1",
-            "--page-token", &token,
+            "--server",
+            &addr,
+            "streams",
+            "list",
+            "--kind",
+            "events",
+            "--limit",
+            "1",
+            "--page-token",
+            &token,
         ])
         .await,
     );
-    assert_eq!(stdout.lines().nth(1).map(|l| l.split_whitespace().next()), Some(Some("bob")));
+    assert_eq!(
+        stdout.lines().nth(1).map(|l| l.split_whitespace().next()),
+        Some(Some("bob"))
+    );
 
     // --json is the ListStreamsResponse, as the RPC answers it.
     let (stdout, _) = ok_output(
@@ -1108,7 +1148,14 @@ async fn the_cli_lists_streams_and_series() {
     let output = cli(&["--server", &addr, "streams", "list", "--kind", "rooms"]).await;
     assert_eq!(output.status.code(), Some(2));
     let output = cli(&[
-        "--server", &addr, "streams", "list", "--kind", "events", "--page-token", "zz",
+        "--server",
+        &addr,
+        "streams",
+        "list",
+        "--kind",
+        "events",
+        "--page-token",
+        "zz",
     ])
     .await;
     assert_eq!(output.status.code(), Some(1));
@@ -1130,7 +1177,10 @@ async fn the_cli_lists_streams_and_series() {
         ]
     );
     let (stdout, _) = ok_output(
-        &cli(&["--server", &addr, "metrics", "series", "--prefix", "http_r", "--json"]).await,
+        &cli(&[
+            "--server", &addr, "metrics", "series", "--prefix", "http_r", "--json",
+        ])
+        .await,
     );
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(json["series"].as_array().map(Vec::len), Some(3), "{json}");

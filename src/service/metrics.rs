@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::proto::{
     ListMetricSeriesRequest, ListMetricSeriesResponse, MetricBucket, MetricData, MetricSeries,
-    MetricSummary, MetricsCollectionResult, QueryMetricsRequest, QueryMetricsResponse,
-    RecordError, micros_from_timestamp, timestamp_from_micros,
+    MetricSummary, MetricsCollectionResult, QueryMetricsRequest, QueryMetricsResponse, RecordError,
+    micros_from_timestamp, timestamp_from_micros,
 };
 use crate::store::{KeyRange, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};

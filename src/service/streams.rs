@@ -88,7 +88,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The last key of the page before, from a token [`encode_token`] made for a listing of `kind`.
 fn decode_token(kind: StreamKind, token: &str) -> Result<String> {
     let malformed = || Error::invalid("page_token is not one that ListStreams gave");
-    if token.len() % 2 != 0 || token.len() > 2 * (1 + MAX_KEY_BYTES) {
+    if !token.len().is_multiple_of(2) || token.len() > 2 * (1 + MAX_KEY_BYTES) {
         return Err(malformed());
     }
     let nibble = |c: u8| match c {
@@ -173,7 +173,15 @@ mod tests {
             assert!(decode_token(StreamKind::Events, &token).is_err());
         }
         for bad in [
-            "0", "03", "zz", "0361x", "03FF", "0361\u{e9}", "0300", "03ff", "0361 ",
+            "0",
+            "03",
+            "zz",
+            "0361x",
+            "03FF",
+            "0361\u{e9}",
+            "0300",
+            "03ff",
+            "0361 ",
         ] {
             assert!(decode_token(StreamKind::Chat, bad).is_err(), "{bad:?}");
         }

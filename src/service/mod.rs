@@ -14,6 +14,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 mod session;
+pub mod streams;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Subscription};
@@ -75,6 +76,7 @@ pub struct Api {
     notify: notify::Notify,
     metrics: metrics::Metrics,
     live: live::Live,
+    streams: streams::Streams,
 }
 
 impl Api {
@@ -98,6 +100,7 @@ impl Api {
             notify: notify::Notify::new(log.clone(), config),
             metrics: metrics::Metrics::new(log.clone(), config),
             live: live::Live::new(config, log.shutdown.clone()),
+            streams: streams::Streams::new(log.store.clone()),
             events: events::Events::new(
                 log,
                 events::EventLimits {
@@ -367,8 +370,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ListStreamsRequest>,
     ) -> Result<Response<proto::ListStreamsResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("ListStreams is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.streams
+                .list(request.into_inner(), identity.as_ref())
+                .await?,
+        ))
     }
 
     // ---------------------------------------------------------------- ListFiles
@@ -389,7 +396,10 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ListMetricSeriesRequest>,
     ) -> Result<Response<proto::ListMetricSeriesResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("ListMetricSeries is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        crate::auth::may_use_metrics(identity.as_ref(), crate::auth::MetricsAccess::Read)?;
+        Ok(Response::new(
+            self.metrics.list_series(request.into_inner()).await?,
+        ))
     }
 }

@@ -151,7 +151,6 @@ export class FilesPanel {
     this.uploadButton.disabled = false;
     this.pauseButton.disabled = this.resumeButton.disabled = true;
     const id = upload.url?.split("/").pop() ?? "";
-    this.setState("done");
     try {
       const info = await api.getFileInfo({ fileId: id });
       replace(
@@ -166,6 +165,8 @@ export class FilesPanel {
       this.errors.show("GetFileInfo", err);
     }
     await this.list(false);
+    // Last, so that "done" means the result and the list show the new file.
+    this.setState("done");
   }
 
   private failed(err: Error | tus.DetailedError): void {

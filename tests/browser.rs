@@ -314,7 +314,6 @@ fn the_console_in_chromium() {
         screenshots.display()
     );
     for shot in [
-        "00-console.png",
         "02-streams-tail.png",
         "03-chat.png",
         "04-files-paused.png",

@@ -30,6 +30,7 @@ export class FilesPanel {
   private readonly moreButton = h("button", { type: "button", testid: "files-more", hidden: true }, "More files");
   private upload: tus.Upload | undefined;
   private nextPageToken = "";
+  private listGeneration = 0;
 
   constructor() {
     this.uploadButton.addEventListener("click", () => void this.start());
@@ -182,9 +183,11 @@ export class FilesPanel {
   }
 
   async list(more: boolean): Promise<void> {
-    if (!more) this.nextPageToken = "";
+    // Only the answer to the latest request is shown (a refresh and an upload's end can overlap).
+    const generation = ++this.listGeneration;
     try {
       const page = await api.listFiles({ pageToken: more ? this.nextPageToken : "", limit: LIST_LIMIT });
+      if (generation !== this.listGeneration) return;
       if (!more) replace(this.listBody);
       for (const f of page.files) this.listBody.appendChild(fileRow(f, this.downloadButton(f.fileId)));
       if (this.listBody.childElementCount === 0) {
@@ -193,6 +196,7 @@ export class FilesPanel {
       this.nextPageToken = page.nextPageToken;
       this.moreButton.hidden = page.nextPageToken === "";
     } catch (err) {
+      if (generation !== this.listGeneration) return;
       this.errors.show("ListFiles", err);
     }
   }

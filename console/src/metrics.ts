@@ -56,6 +56,7 @@ export class MetricsPanel {
   private selected: { name: string; labels: Labels } | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
   private promText = "";
+  private listGeneration = 0;
 
   constructor() {
     this.prefixInput.addEventListener("keydown", (e) => {
@@ -110,8 +111,10 @@ export class MetricsPanel {
 
   async listSeries(): Promise<void> {
     this.errors.clear();
+    const generation = ++this.listGeneration;
     try {
       const page = await api.listMetricSeries({ namePrefix: this.prefixInput.value, limit: SERIES_LIMIT });
+      if (generation !== this.listGeneration) return;
       replace(this.seriesList, ...page.series.map((s) => this.seriesItem(s)));
       if (page.series.length === 0) this.seriesList.appendChild(h("li", { class: "empty" }, "No series."));
     } catch (err) {

@@ -30,6 +30,7 @@ export class StreamsPanel {
   private readonly openKeyInput: HTMLInputElement;
   private readonly detail: HTMLElement;
   private nextPageToken = "";
+  private listGeneration = 0;
   private opened: Opened | undefined;
   private tail: AbortController | undefined;
 
@@ -89,10 +90,8 @@ export class StreamsPanel {
   async list(more: boolean): Promise<void> {
     this.errors.clear();
     const kind = KINDS.find((k) => k.kind === this.kind) ?? KINDS[0]!;
-    if (!more) {
-      this.nextPageToken = "";
-      replace(this.listBody);
-    }
+    // Only the answer to the latest request is shown (a kind change and a click can overlap).
+    const generation = ++this.listGeneration;
     try {
       const page = await api.listStreams({
         kind: kind.wire,
@@ -100,6 +99,8 @@ export class StreamsPanel {
         pageToken: more ? this.nextPageToken : "",
         limit: LIST_LIMIT,
       });
+      if (generation !== this.listGeneration) return;
+      if (!more) replace(this.listBody);
       for (const s of page.streams) {
         const head = Number(s.head);
         const row = h(
@@ -122,6 +123,9 @@ export class StreamsPanel {
       this.nextPageToken = page.nextPageToken;
       this.moreButton.hidden = page.nextPageToken === "";
     } catch (err) {
+      if (generation !== this.listGeneration) return;
+      if (!more) replace(this.listBody);
+      this.moreButton.hidden = true;
       this.errors.show("ListStreams", err);
     }
   }
@@ -146,7 +150,8 @@ export class StreamsPanel {
   async open(kind: Kind, key: string, head: number | undefined): Promise<void> {
     this.stopTail();
     this.errors.clear();
-    const after = head === undefined ? 0 : Math.max(0, head - PAGE_SIZE);
+    // Pages are aligned to PAGE_SIZE from the start (#1–#25, #26–#50, …): the newest first.
+    const after = head === undefined || head === 0 ? 0 : Math.floor((head - 1) / PAGE_SIZE) * PAGE_SIZE;
     this.opened = { kind, key, head, after };
     for (const row of this.listBody.querySelectorAll("tr")) {
       row.classList.toggle("selected", row.getAttribute("data-key") === key);
@@ -164,11 +169,19 @@ export class StreamsPanel {
   private tailBody = h("tbody", { testid: "tail" });
   private tailScroll = h("div", { class: "scroll" });
 
+  private headLabel = h("span", { class: "muted", testid: "stream-head" });
+
+  private showHead(): void {
+    const head = this.opened?.head;
+    this.headLabel.textContent = head === undefined ? "head unknown" : `head ${head}`;
+  }
+
   private renderDetail(): void {
     const o = this.opened;
     if (!o) return;
     const label = KINDS.find((k) => k.kind === o.kind)!;
     this.tailScroll = h("div", { class: "scroll tail" }, table(this.tailBody));
+    this.showHead();
     replace(this.tailBody);
     replace(
       this.detail,
@@ -176,7 +189,7 @@ export class StreamsPanel {
         "header",
         {},
         h("h3", { testid: "stream-title" }, `${label.keyLabel} `, h("code", {}, o.key)),
-        h("span", { class: "muted" }, o.head === undefined ? "head unknown" : `head ${o.head}`),
+        this.headLabel,
       ),
       o.kind === "chat" || o.kind === "collaboration"
         ? h("p", { class: "muted small" }, `Tailing joins as “${this.me()}”: others see you present while it runs.`)
@@ -196,7 +209,8 @@ export class StreamsPanel {
     const o = this.opened;
     if (!o) return;
     const next = o.after + direction * PAGE_SIZE;
-    o.after = Math.max(0, o.head === undefined ? next : Math.min(next, Math.max(0, o.head - 1)));
+    if (next < 0 || (o.head !== undefined && next >= o.head)) return;
+    o.after = next;
     await this.loadPage();
   }
 
@@ -217,7 +231,7 @@ export class StreamsPanel {
       const last = rows.length ? rows[rows.length - 1]!.seq : o.after;
       this.historyInfo.textContent = rows.length ? `#${rows[0]!.seq} – #${last}` : `after #${o.after}`;
       this.olderButton.disabled = o.after === 0;
-      this.newerButton.disabled = o.head !== undefined ? last >= o.head : rows.length < PAGE_SIZE;
+      this.newerButton.disabled = o.head !== undefined ? o.after + PAGE_SIZE >= o.head : rows.length < PAGE_SIZE;
     } catch (err) {
       replace(this.historyBody);
       this.errors.show("History", err);
@@ -258,7 +272,15 @@ export class StreamsPanel {
       });
       for await (const row of stream) {
         this.setTailStatus("live");
-        if (row.seq > 0) after = Math.max(after, row.seq);
+        if (row.seq > after) {
+          after = row.seq;
+          // The stream grew: its newer pages can be read now.
+          if (this.opened === o && o.head !== undefined && row.seq > o.head) {
+            o.head = row.seq;
+            this.showHead();
+            this.newerButton.disabled = o.after + PAGE_SIZE >= o.head;
+          }
+        }
         stickToBottom(this.tailScroll, () => {
           this.tailBody.appendChild(rowElement(row, "tail-record"));
           while (this.tailBody.childElementCount > TAIL_ROWS) this.tailBody.firstElementChild?.remove();

@@ -7,12 +7,15 @@
 // - the token box: no token and a bad token are refused, a user token may not list streams
 //   (PERMISSION_DENIED shown), a service token is accepted;
 // - an event published by the CLI appears in the live tail;
+// - streams list a page at a time (51 over two pages, in key order), a stream's history pages
+//   both ways, and an inbox and a collaboration document are read and tailed too;
 // - a chat message typed in the browser reaches a `streamhub chat` member, its typing and its
 //   reply come back, and its join and leave notices show;
 // - a 20 MiB upload through tus shows its progress, is paused and resumed from the server's
 //   offset, and its SHA-256 (computed here) is what GetFileInfo reports through the CLI and
 //   what the download URL serves;
-// - a metrics chart renders the points pushed by the CLI, and the /metrics figures show.
+// - a metrics chart renders the points pushed by the CLI, and the /metrics figures show;
+// - Forget drops the token.
 //
 // Screenshots go to --screenshots (target/browser-screenshots/ by default). Every wait has a
 // deadline. Usage (tests/browser.rs runs it):
@@ -137,6 +140,101 @@ function assertEqual(actual, expected, what) {
   if (actual !== expected) throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
 }
 
+// ---------------------------------------------------------------- a collaborator for the test
+// The CLI has no collaboration command, so the test's own collaborator speaks gRPC-Web by hand:
+// a CollaborationEvent encoded field by field, one length-prefixed frame, and the answer's
+// frames read back. (The console itself uses the generated client, never this.)
+
+function varint(n) {
+  const out = [];
+  let v = BigInt(n);
+  do {
+    let byte = Number(v & 0x7fn);
+    v >>= 7n;
+    if (v > 0n) byte |= 0x80;
+    out.push(byte);
+  } while (v > 0n);
+  return Buffer.from(out);
+}
+
+const field = {
+  bytes: (number, value) => {
+    const data = Buffer.isBuffer(value) ? value : Buffer.from(value, "utf8");
+    return Buffer.concat([varint((number << 3) | 2), varint(data.length), data]);
+  },
+  uint: (number, value) => Buffer.concat([varint(number << 3), varint(value)]),
+};
+
+/** The varint fields of a message, by number (enough to read a sequence back). */
+function readVarints(message) {
+  const fields = new Map();
+  let at = 0;
+  const next = () => {
+    let result = 0n;
+    let shift = 0n;
+    for (;;) {
+      const byte = message[at++];
+      result |= BigInt(byte & 0x7f) << shift;
+      if ((byte & 0x80) === 0) return result;
+      shift += 7n;
+    }
+  };
+  while (at < message.length) {
+    const key = Number(next());
+    const [number, wire] = [key >> 3, key & 7];
+    if (wire === 0) fields.set(number, next());
+    else if (wire === 2) at += Number(next());
+    else if (wire === 1) at += 8;
+    else if (wire === 5) at += 4;
+    else throw new Error(`wire type ${wire}`);
+  }
+  return fields;
+}
+
+/** One unary gRPC-Web call; returns the answer's message bytes or throws with its status. */
+async function grpcWebUnary(method, message, token) {
+  const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message]);
+  frame.writeUInt32BE(message.length, 1);
+  const response = await fetch(`${args.url}/streaming.v1.StreamingService/${method}`, {
+    method: "POST",
+    headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${token}` },
+    body: frame,
+    signal: AbortSignal.timeout(DEADLINE_MS),
+  });
+  const body = Buffer.from(await response.arrayBuffer());
+  let status = response.headers.get("grpc-status");
+  let statusMessage = response.headers.get("grpc-message") ?? "";
+  let data;
+  for (let at = 0; at + 5 <= body.length; ) {
+    const length = body.readUInt32BE(at + 1);
+    const payload = body.subarray(at + 5, at + 5 + length);
+    if (body[at] & 0x80) {
+      for (const line of payload.toString("utf8").split("\r\n")) {
+        const [name, ...rest] = line.split(":");
+        if (name.toLowerCase() === "grpc-status") status = rest.join(":").trim();
+        if (name.toLowerCase() === "grpc-message") statusMessage = decodeURIComponent(rest.join(":").trim());
+      }
+    } else data = payload;
+    at += 5 + length;
+  }
+  if (status !== "0" || data === undefined) throw new Error(`${method}: grpc-status ${status}: ${statusMessage}`);
+  return data;
+}
+
+/** Submits an OPERATION on `base` and returns its stored sequence. */
+async function submitOperation(documentId, base, text, token) {
+  const event = Buffer.concat([
+    field.bytes(2, documentId),
+    field.bytes(3, "writer"),
+    field.uint(4, 3), // COLLABORATION_EVENT_TYPE_OPERATION
+    field.bytes(5, text),
+    field.uint(7, base),
+  ]);
+  const stored = readVarints(await grpcWebUnary("SubmitCollaborationEvent", event, token));
+  assertEqual(stored.get(4), 3n, "the stored event is an OPERATION");
+  return Number(stored.get(6));
+}
+
 /** Waits, with the deadline, until `predicate` (run in the page) holds. */
 async function waitForPage(page, predicate, arg, what) {
   try {
@@ -240,6 +338,81 @@ async function main() {
     await page.getByTestId("tail-toggle").click();
     clean("an event published by the CLI appears in the live tail");
 
+    // ---------------------------------------------------------------- streams: pages and kinds
+    // 51 users with one event each (a page of 50 streams, then one more), and one user with 30
+    // events (history pages #1–#25 and #26–#30), in one import.
+    const paged = `paged-${run}`;
+    const jsonl = [];
+    for (let i = 0; i < 51; i++) jsonl.push(JSON.stringify({ user_id: `many-${run}-${String(i).padStart(2, "0")}`, type: "login" }));
+    for (let i = 1; i <= 30; i++) jsonl.push(JSON.stringify({ user_id: paged, type: "logout", data: { i } }));
+    const importDir = mkdtempSync(join(tmpdir(), "streamhub-browser-"));
+    writeFileSync(join(importDir, "events.jsonl"), `${jsonl.join("\n")}\n`);
+    await cli(["events", "import", join(importDir, "events.jsonl"), "--quiet"], { token: serviceToken });
+    rmSync(importDir, { recursive: true, force: true });
+    const rows = page.locator('[data-testid="stream-row"]');
+    await page.getByTestId("stream-prefix").fill(`many-${run}-`);
+    await page.getByTestId("stream-list-button").click();
+    await waitForPage(page, () => document.querySelectorAll('[data-testid="stream-row"]').length === 50, undefined, "a first page of 50 streams");
+    await page.getByTestId("stream-more").click();
+    await waitForPage(page, () => document.querySelectorAll('[data-testid="stream-row"]').length === 51, undefined, "51 streams after More");
+    await page.getByTestId("stream-more").waitFor({ state: "hidden" });
+    const keys = await rows.evaluateAll((els) => els.map((e) => e.dataset.key));
+    assertEqual(JSON.stringify(keys), JSON.stringify([...keys].sort()), "streams in key order");
+    assertEqual(keys[50], `many-${run}-50`, "the last stream");
+
+    const range = (text) =>
+      waitForPage(page, (t) => document.querySelector('[data-testid="history-range"]')?.textContent === t, text, `history ${text}`);
+    const historyCount = () => page.locator('[data-testid="history-record"]').count();
+    await page.getByTestId("stream-open-key").fill(paged);
+    await page.getByTestId("stream-open-button").click();
+    await range("#26 – #30");
+    assertEqual(await historyCount(), 5, "records on the newest page");
+    assertEqual(await page.getByTestId("stream-head").textContent(), "head 30", "the opened stream's head");
+    await page.getByTestId("history-older").click();
+    await range("#1 – #25");
+    assertEqual(await historyCount(), 25, "records on the first page");
+    if (!(await page.getByTestId("history-older").isDisabled())) throw new Error("Older is enabled on the first page");
+    await page.getByTestId("history-newer").click();
+    await range("#26 – #30");
+    if (!(await page.getByTestId("history-newer").isDisabled())) throw new Error("Newer is enabled on the last page");
+
+    // Notifications: an inbox's history, then its live tail.
+    const inbox = `inbox-${run}`;
+    const sendNote = async (title) =>
+      JSON.parse(await cli(["notify", "send", inbox, "--topic", "builds", "--title", title, "--body", run, "--json"], { token: serviceToken }));
+    const note1 = await sendNote("first");
+    await page.getByTestId("stream-kind").selectOption("notifications");
+    await page.getByTestId("stream-prefix").fill(inbox);
+    await page.getByTestId("stream-list-button").click();
+    await page.locator(`[data-testid="stream-row"][data-key="${inbox}"]`).click();
+    await page.locator(`[data-testid="history-record"][data-id="${note1.id}"]`).waitFor();
+    await page.getByTestId("tail-toggle").click();
+    await waitForPage(page, () => document.querySelector('[data-testid="tail-status"]')?.dataset.state === "live", undefined, "the inbox tail is live");
+    const note2 = await sendNote("second");
+    await page.locator(`[data-testid="tail-record"][data-id="${note2.id}"]`, { hasText: "second" }).waitFor();
+    await page.getByTestId("tail-toggle").click();
+
+    // Collaboration: a document's operations, then its live tail.
+    const doc = `doc-${run}`;
+    assertEqual(await submitOperation(doc, 0, "hello", serviceToken), 1, "the first operation's sequence");
+    assertEqual(await submitOperation(doc, 1, " world", serviceToken), 2, "the second operation's sequence");
+    await page.getByTestId("stream-kind").selectOption("collaboration");
+    await page.getByTestId("stream-prefix").fill(doc);
+    await page.getByTestId("stream-list-button").click();
+    await page.locator(`[data-testid="stream-row"][data-key="${doc}"]`).click();
+    await range("#1 – #2");
+    assertEqual(
+      JSON.stringify(await page.locator('[data-testid="history-record"] td.detail-cell').allTextContents()),
+      JSON.stringify(["hello", " world"]),
+      "the document's operations",
+    );
+    await page.getByTestId("tail-toggle").click();
+    await waitForPage(page, () => document.querySelector('[data-testid="tail-status"]')?.dataset.state === "live", undefined, "the document tail is live");
+    assertEqual(await submitOperation(doc, 2, "!", serviceToken), 3, "the third operation's sequence");
+    await page.locator('[data-testid="tail-record"][data-seq="3"]', { hasText: "!" }).waitFor();
+    await page.getByTestId("tail-toggle").click();
+    clean("streams: 51 listed over two pages, history paged both ways, notifications and a document read and tailed");
+
     // ---------------------------------------------------------------- chat with a CLI member
     const bob = spawnCli(["chat", "--room", room, "--user", `bob-${run}`], bobToken);
     await bob.waitLine("stdout", (l) => l.includes(`User bob-${run} joined the chat`), "with bob's own join notice");
@@ -276,6 +449,17 @@ async function main() {
     assertEqual(bobExit.code, 0, "streamhub chat's exit status");
     await page.getByTestId("chat-leave").click();
     clean("a browser chat message reaches a streamhub chat member, and its typing, reply and notices come back");
+
+    // The room in the Streams tab: its stored history, through GetChatHistory.
+    await page.getByTestId("tab-streams").click();
+    await page.getByTestId("stream-kind").selectOption("chat");
+    await page.getByTestId("stream-prefix").fill(room);
+    await page.getByTestId("stream-list-button").click();
+    await page.locator(`[data-testid="stream-row"][data-key="${room}"]`).click();
+    await page.locator('[data-testid="history-record"]', { hasText: reply }).waitFor();
+    const roomHistory = await page.locator('[data-testid="history-record"]').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assertEqual(JSON.stringify(roomHistory), JSON.stringify(roomHistory.map((_, i) => i + 1)), "the room's history from #1, in order");
+    clean("the room's history in the Streams tab");
 
     // ---------------------------------------------------------------- files: tus upload
     const bytes = randomBytes(UPLOAD_BYTES);
@@ -372,10 +556,11 @@ async function main() {
     await shot("06-metrics.png");
     clean("a metrics chart renders the points pushed by the CLI, and the /metrics figures show");
 
-    // Back to the first tab for the overview screenshot (README).
-    await page.getByTestId("tab-streams").click();
-    await shot("00-console.png");
-    clean("no console or page error");
+    // Forget: the token leaves sessionStorage, and the server asks for one again.
+    await page.getByTestId("token-clear").click();
+    await authState("required");
+    assertEqual(await page.evaluate(() => sessionStorage.length), 0, "sessionStorage after Forget");
+    clean("Forget drops the token");
   } catch (err) {
     if (page) await page.screenshot({ path: join(args.screenshots, "failure.png"), fullPage: true }).catch(() => {});
     if (problems.length) console.error(`console and page errors:\n${problems.join("\n")}`);

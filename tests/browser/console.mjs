@@ -183,7 +183,10 @@ function readVarints(message) {
     const key = Number(next());
     const [number, wire] = [key >> 3, key & 7];
     if (wire === 0) fields.set(number, next());
-    else if (wire === 2) at += Number(next());
+    else if (wire === 2) {
+      const length = Number(next());
+      at += length;
+    }
     else if (wire === 1) at += 8;
     else if (wire === 5) at += 4;
     else throw new Error(`wire type ${wire}`);

@@ -311,8 +311,13 @@ impl Chat {
         let first = inbound.message().await?.ok_or_else(|| {
             Error::invalid("the stream ended before its first message, which joins a room")
         })?;
-        self.start(first, Inbound::Client(inbound), cancelled, identity)
-            .await
+        self.start(
+            first,
+            Inbound::Client(Box::new(inbound)),
+            cancelled,
+            identity,
+        )
+        .await
     }
 
     /// JoinRoom: a Chat session whose first message is the request (a join with no content,

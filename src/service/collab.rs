@@ -212,8 +212,13 @@ impl Collab {
         if first.r#type != CollaborationEventType::Join as i32 {
             return Err(Error::invalid("the first event must be JOIN").into());
         }
-        self.start(first, Inbound::Client(inbound), cancelled, identity)
-            .await
+        self.start(
+            first,
+            Inbound::Client(Box::new(inbound)),
+            cancelled,
+            identity,
+        )
+        .await
     }
 
     /// OpenDocument: a Collaborate session whose JOIN is the request (the client has the

@@ -23,8 +23,9 @@ use tonic::{Status, Streaming};
 
 /// Where a session's client messages come from.
 pub(crate) enum Inbound<T> {
-    /// A bidirectional call's request stream (Chat, Collaborate).
-    Client(Streaming<T>),
+    /// A bidirectional call's request stream (Chat, Collaborate). Boxed: one allocation per
+    /// session keeps [`Inbound::Held`] small.
+    Client(Box<Streaming<T>>),
     /// A server-streaming call (JoinRoom, OpenDocument): the client sends nothing after its
     /// request, so no message ever arrives and the stream never ends by itself. The session
     /// ends when the client drops the response ([`SessionOutput`]), which closes the session's

@@ -3,7 +3,7 @@
 //! notice from no stream). A JoinRoom member gets its join notice, the replay and the room's
 //! one order shared with Chat members; SendChatMessage posts are idempotent and typing is
 //! relayed to the other users only, never stored; dropping the stream stores the leave once per
-//! user; bad input, access and the per-user subscription limit give the same codes as Chat;
+//! user, and so does a shutdown; bad input, access and the per-user subscription limit give the same codes as Chat;
 //! and both calls work across two replicas. Every call goes through the generated client, and
 //! every test asserts exact sequences, contents and status codes.
 
@@ -589,6 +589,43 @@ async fn a_user_on_two_join_room_streams_joins_once_and_leaves_once(kind: StoreK
         })
         .await;
         assert_eq!(history(&mut client, ROOM).await.len(), 8, "nothing after");
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A JoinRoom member still connected when the server stops gets UNAVAILABLE, and its leave is
+/// stored before the server is gone: a restart finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_room_member_at_shutdown_gets_unavailable_and_its_leave_is_kept() {
+    const ROOM: &str = "browser-shutdown";
+    let server = TestServer::start().await;
+    let mut bob = within(30, "before the stop", async {
+        let mut bob = join_room(&server, ROOM, "bob", 0).await;
+        assert_eq!(rows(&bob.next_n(1).await), [sys(1, "bob", "joined")]);
+        bob
+    })
+    .await;
+    let (dir, end) = within(30, "stop", async {
+        tokio::join!(server.stop(), async {
+            loop {
+                match bob.next_item().await {
+                    Some(Ok(m)) => panic!("bob: unexpected {m:?} at shutdown"),
+                    Some(Err(status)) => return status,
+                    None => panic!("bob: the stream ended with OK at shutdown"),
+                }
+            }
+        })
+    })
+    .await;
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    let server = TestServer::start_in(dir, |_| {}).await;
+    within(30, "after the restart", async {
+        let mut client = server.client().await;
+        assert_eq!(
+            rows(&history(&mut client, ROOM).await),
+            [sys(1, "bob", "joined"), sys(2, "bob", "left")]
+        );
     })
     .await;
     server.stop().await;

@@ -347,13 +347,17 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 
 /// Parses one `--cors-origins` entry: `*`, or an origin as a browser sends it in `Origin`
 /// (`scheme://host[:port]`, http or https, no path), lower-cased, with one trailing `/` dropped
-/// (a browser never sends it, so it would match nothing).
+/// (a browser never sends it, so it would match nothing). A blank entry stays blank and allows
+/// nothing, so that `STREAMHUB_CORS_ORIGINS=` in a `.env` means none.
 pub fn parse_origin(text: &str) -> Result<String, String> {
     let trimmed = text.trim();
-    if trimmed == "*" {
-        return Ok("*".to_string());
+    if trimmed.is_empty() || trimmed == "*" {
+        return Ok(trimmed.to_string());
     }
-    let origin = trimmed.strip_suffix('/').unwrap_or(trimmed).to_ascii_lowercase();
+    let origin = trimmed
+        .strip_suffix('/')
+        .unwrap_or(trimmed)
+        .to_ascii_lowercase();
     let refuse = |why: &str| {
         Err(format!(
             "`{text}` is not a CORS origin ({why}); use scheme://host[:port] \
@@ -457,6 +461,8 @@ mod tests {
         for (text, origin) in [
             ("*", "*"),
             (" * ", "*"),
+            ("", ""),
+            ("  ", ""),
             ("https://app.example.com", "https://app.example.com"),
             ("https://App.Example.com/", "https://app.example.com"),
             ("http://localhost:5173", "http://localhost:5173"),
@@ -466,7 +472,6 @@ mod tests {
             assert_eq!(parse_origin(text).as_deref(), Ok(origin), "{text}");
         }
         for bad in [
-            "",
             "app.example.com",
             "ftp://example.com",
             "https://",

@@ -22,7 +22,6 @@ use crate::cancel::CancelLayer;
 use crate::introspect::{RpcMetrics, RpcMetricsLayer};
 use crate::message_limit::MessageLimitLayer;
 use crate::tls::Tls;
-use web::GrpcWebGateLayer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +37,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
+use web::GrpcWebGateLayer;
 
 mod web;
 

@@ -92,8 +92,7 @@ where
     }
 }
 
-type Transport<C> =
-    GrpcWebClientService<Probe<HyperClient<C, GrpcWebCall<tonic::body::Body>>>>;
+type Transport<C> = GrpcWebClientService<Probe<HyperClient<C, GrpcWebCall<tonic::body::Body>>>>;
 type WebClient<C> = StreamingServiceClient<Transport<C>>;
 
 /// Which HTTP the hyper client speaks: HTTP/1.1, or HTTP/2 (prior knowledge on plaintext, ALPN
@@ -304,7 +303,9 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
     }
 
     /// The comma-separated list of a header, lower-cased and sorted.
@@ -617,7 +618,11 @@ async fn unary_and_server_streaming_over_http1_and_http2() {
         // Each live stream was dropped by its client (CANCELLED); the history streams ended OK;
         // the native stream too.
         assert_eq!(finished(&text, "StreamUserEvents", "OK"), 3, "{text}");
-        assert_eq!(finished(&text, "StreamUserEvents", "CANCELLED"), 2, "{text}");
+        assert_eq!(
+            finished(&text, "StreamUserEvents", "CANCELLED"),
+            2,
+            "{text}"
+        );
     })
     .await;
 }
@@ -745,7 +750,10 @@ async fn the_message_limit_bounds_grpc_web_requests() {
         // Raw, as a browser sends it: the status in a gRPC-Web answer.
         let answer = raw_publish(server.addr, None, None, &big).await;
         assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.grpc_web().status, Some(Code::ResourceExhausted as i32));
+        assert_eq!(
+            answer.grpc_web().status,
+            Some(Code::ResourceExhausted as i32)
+        );
         let stored = web
             .client
             .publish_user_event(event("ann", "small"))
@@ -794,7 +802,10 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
         "upload-defer-length",
         "x-http-method-override",
     ] {
-        assert!(allowed.contains(&header.to_string()), "{header}: {allowed:?}");
+        assert!(
+            allowed.contains(&header.to_string()),
+            "{header}: {allowed:?}"
+        );
     }
     assert_eq!(answer.header("access-control-max-age"), Some("600"));
     assert_eq!(answer.header("access-control-allow-credentials"), None);
@@ -840,7 +851,11 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
         "https://console.example:8443",
     ] {
         let answer = preflight(addr, origin, "POST", asked).await;
-        assert_eq!(answer.header("access-control-allow-origin"), None, "{origin}");
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            None,
+            "{origin}"
+        );
     }
 
     // No token, from the listed origin: UNAUTHENTICATED as a gRPC-Web answer (HTTP 200, a
@@ -852,7 +867,11 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
         Some("application/grpc-web+proto")
     );
     let refused = answer.grpc_web();
-    assert_eq!(refused.status, Some(Code::Unauthenticated as i32), "{refused:?}");
+    assert_eq!(
+        refused.status,
+        Some(Code::Unauthenticated as i32),
+        "{refused:?}"
+    );
     assert!(refused.messages.is_empty());
     assert_eq!(answer.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(
@@ -883,7 +902,10 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
     assert_eq!(ok.messages.len(), 1);
     let stored = UserEvent::decode(ok.messages[0].clone()).expect("a UserEvent");
     assert_eq!((stored.sequence, stored.id.as_str()), (1, "a1"));
-    assert!(answer.trailers.is_none(), "gRPC-Web carries trailers in the body");
+    assert!(
+        answer.trailers.is_none(),
+        "gRPC-Web carries trailers in the body"
+    );
 
     // Another user's stream, from the listed origin: PERMISSION_DENIED, readable.
     let answer = raw_publish(addr, Some(ALLOWED), Some(&ann), &event("bob", "b1")).await;
@@ -894,10 +916,24 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
     );
 
     // The plain HTTP routes get CORS too; a bare OPTIONS (tus discovery) is left to the routes.
-    let metrics = raw(addr, Method::GET, "/metrics", &[("origin", ALLOWED)], Bytes::new()).await;
+    let metrics = raw(
+        addr,
+        Method::GET,
+        "/metrics",
+        &[("origin", ALLOWED)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(metrics.status, StatusCode::OK);
     assert_eq!(metrics.header("access-control-allow-origin"), Some(ALLOWED));
-    let bare = raw(addr, Method::OPTIONS, "/metrics", &[("origin", ALLOWED)], Bytes::new()).await;
+    let bare = raw(
+        addr,
+        Method::OPTIONS,
+        "/metrics",
+        &[("origin", ALLOWED)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(bare.header("access-control-allow-methods"), None);
 }
 
@@ -934,7 +970,14 @@ async fn without_cors_origins_no_cors_headers_at_all() {
         ),
         (
             "metrics",
-            raw(addr, Method::GET, "/metrics", &[("origin", ALLOWED)], Bytes::new()).await,
+            raw(
+                addr,
+                Method::GET,
+                "/metrics",
+                &[("origin", ALLOWED)],
+                Bytes::new(),
+            )
+            .await,
         ),
     ];
     for (what, answer) in &answers {
@@ -958,18 +1001,115 @@ async fn malformed_grpc_web_requests_get_a_defined_status() {
     let text = "application/grpc-web-text";
     // (what, method, path, content type, body, expected HTTP status, expected grpc-status)
     let rows: Vec<(&str, Method, &str, &str, Vec<u8>, StatusCode, Option<Code>)> = vec![
-        ("well-formed", Method::POST, PUBLISH, binary, frame(0, &good), StatusCode::OK, Some(Code::Ok)),
-        ("well-formed text", Method::POST, PUBLISH, text, good_text2.into_bytes(), StatusCode::OK, Some(Code::Ok)),
-        ("empty body", Method::POST, PUBLISH, binary, vec![], StatusCode::OK, Some(Code::Internal)),
-        ("truncated prefix", Method::POST, PUBLISH, binary, vec![0, 0, 0], StatusCode::OK, Some(Code::Internal)),
-        ("truncated message", Method::POST, PUBLISH, binary, frame(0, &good)[..8].to_vec(), StatusCode::OK, Some(Code::Internal)),
-        ("not protobuf", Method::POST, PUBLISH, binary, frame(0, &[0xff; 9]), StatusCode::OK, Some(Code::Internal)),
-        ("compressed, no encoding", Method::POST, PUBLISH, binary, frame(1, &good), StatusCode::OK, Some(Code::Internal)),
-        ("bad base64", Method::POST, PUBLISH, text, b"!!!!not base64".to_vec(), StatusCode::OK, Some(Code::Internal)),
-        ("base64 cut short", Method::POST, PUBLISH, text, good_text.as_bytes()[..good_text.len() - 3].to_vec(), StatusCode::OK, Some(Code::Internal)),
-        ("two messages to a unary call", Method::POST, PUBLISH, binary, [frame(0, &good), frame(0, &good)].concat(), StatusCode::OK, Some(Code::Internal)),
-        ("unknown method", Method::POST, "/streaming.v1.StreamingService/Nope", binary, frame(0, &good), StatusCode::OK, Some(Code::Unimplemented)),
-        ("GET", Method::GET, PUBLISH, binary, vec![], StatusCode::METHOD_NOT_ALLOWED, None),
+        (
+            "well-formed",
+            Method::POST,
+            PUBLISH,
+            binary,
+            frame(0, &good),
+            StatusCode::OK,
+            Some(Code::Ok),
+        ),
+        (
+            "well-formed text",
+            Method::POST,
+            PUBLISH,
+            text,
+            good_text2.into_bytes(),
+            StatusCode::OK,
+            Some(Code::Ok),
+        ),
+        (
+            "empty body",
+            Method::POST,
+            PUBLISH,
+            binary,
+            vec![],
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "truncated prefix",
+            Method::POST,
+            PUBLISH,
+            binary,
+            vec![0, 0, 0],
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "truncated message",
+            Method::POST,
+            PUBLISH,
+            binary,
+            frame(0, &good)[..8].to_vec(),
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "not protobuf",
+            Method::POST,
+            PUBLISH,
+            binary,
+            frame(0, &[0xff; 9]),
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "compressed, no encoding",
+            Method::POST,
+            PUBLISH,
+            binary,
+            frame(1, &good),
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "bad base64",
+            Method::POST,
+            PUBLISH,
+            text,
+            b"!!!!not base64".to_vec(),
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        (
+            "base64 cut short",
+            Method::POST,
+            PUBLISH,
+            text,
+            good_text.as_bytes()[..good_text.len() - 3].to_vec(),
+            StatusCode::OK,
+            Some(Code::Internal),
+        ),
+        // tonic reads a unary call's first message, for gRPC-Web as for gRPC: a retry of t1.
+        (
+            "two messages to a unary call",
+            Method::POST,
+            PUBLISH,
+            binary,
+            [frame(0, &good), frame(0, &good)].concat(),
+            StatusCode::OK,
+            Some(Code::Ok),
+        ),
+        (
+            "unknown method",
+            Method::POST,
+            "/streaming.v1.StreamingService/Nope",
+            binary,
+            frame(0, &good),
+            StatusCode::OK,
+            Some(Code::Unimplemented),
+        ),
+        (
+            "GET",
+            Method::GET,
+            PUBLISH,
+            binary,
+            vec![],
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+        ),
     ];
     for (what, method, path, content_type, body, http_status, grpc_status) in rows {
         let answer = raw(
@@ -984,8 +1124,7 @@ async fn malformed_grpc_web_requests_get_a_defined_status() {
         let got = answer.grpc_web();
         assert_eq!(got.status, grpc_status.map(|c| c as i32), "{what}: {got:?}");
     }
-    // Only the well-formed rows stored anything: t1 once (its duplicate in the two-message row
-    // was refused), and t2.
+    // Only t1 (its repeats answered with the stored event, by id) and t2 were stored.
     let mut native = server.client().await;
     let mut history = common::user_events::open(
         &mut native,

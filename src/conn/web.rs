@@ -82,10 +82,15 @@ const ALLOW_METHODS: [Method; 6] = [
 /// nothing. `*` among them allows any origin, and is worth a warning when tokens are checked:
 /// any page a user opens could then call the API with a token that page holds.
 pub fn cors_layer(origins: &[String], auth_on: bool) -> Result<CorsGateLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
     if origins.is_empty() {
         return Ok(CorsGateLayer(None));
     }
-    let allow_origin = if origins.iter().any(|o| o == "*") {
+    let allow_origin = if origins.contains(&"*") {
         if auth_on {
             tracing::warn!(
                 "WARNING: --cors-origins '*' with auth on: a page from any origin may call the \
@@ -98,7 +103,7 @@ pub fn cors_layer(origins: &[String], auth_on: bool) -> Result<CorsGateLayer> {
         AllowOrigin::any()
     } else {
         let mut list = Vec::with_capacity(origins.len());
-        for origin in origins {
+        for &origin in &origins {
             let valid = crate::config::parse_origin(origin).map_err(Error::Config)?;
             let value = HeaderValue::from_str(&valid)
                 .map_err(|e| Error::Config(format!("--cors-origins `{origin}`: {e}")))?;
@@ -172,7 +177,9 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         match self {
-            CorsGate::On(cors) if request.method() == Method::OPTIONS && !is_preflight(&request) => {
+            CorsGate::On(cors)
+                if request.method() == Method::OPTIONS && !is_preflight(&request) =>
+            {
                 Box::pin(cors.get_mut().call(request))
             }
             CorsGate::On(cors) => Box::pin(cors.call(request)),
@@ -283,11 +290,15 @@ mod tests {
     #[test]
     fn no_origins_no_layer_and_bad_ones_stop_the_start() {
         assert!(!cors_layer(&[], true).unwrap().is_on());
+        assert!(!cors_layer(&["".into(), " ".into()], true).unwrap().is_on());
         assert!(cors_layer(&["*".into()], true).unwrap().is_on());
         assert!(
-            cors_layer(&["https://a.example".into(), "http://localhost:5173".into()], false)
-                .unwrap()
-                .is_on()
+            cors_layer(
+                &["https://a.example".into(), "http://localhost:5173".into()],
+                false
+            )
+            .unwrap()
+            .is_on()
         );
         assert!(matches!(
             cors_layer(&["https://a.example/app".into()], false),

@@ -146,17 +146,18 @@ impl<S> Layer<S> for CorsGateLayer {
     type Service = CorsGate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        match &self.0 {
-            Some(cors) => CorsGate::On(cors.layer(inner)),
-            None => CorsGate::Off(inner),
+        // Off, the CORS service is only a way through to `inner`: every request bypasses it.
+        CorsGate {
+            cors: self.0.clone().unwrap_or_default().layer(inner),
+            on: self.0.is_some(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub enum CorsGate<S> {
-    On(Cors<S>),
-    Off(S),
+pub struct CorsGate<S> {
+    cors: Cors<S>,
+    on: bool,
 }
 
 impl<S> Service<Request<Body>> for CorsGate<S>
@@ -169,21 +170,15 @@ where
     type Future = BoxFuture<Response<Body>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self {
-            CorsGate::On(cors) => cors.poll_ready(cx),
-            CorsGate::Off(inner) => inner.poll_ready(cx),
-        }
+        self.cors.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self {
-            CorsGate::On(cors)
-                if request.method() == Method::OPTIONS && !is_preflight(&request) =>
-            {
-                Box::pin(cors.get_mut().call(request))
-            }
-            CorsGate::On(cors) => Box::pin(cors.call(request)),
-            CorsGate::Off(inner) => Box::pin(inner.call(request)),
+        let bare_options = request.method() == Method::OPTIONS && !is_preflight(&request);
+        if self.on && !bare_options {
+            Box::pin(self.cors.call(request))
+        } else {
+            Box::pin(self.cors.get_mut().call(request))
         }
     }
 }

@@ -328,8 +328,10 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::JoinRoomRequest>,
     ) -> Result<Response<Self::JoinRoomStream>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("JoinRoom is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.chat.join_room(request.into_inner(), identity).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(room_id = %request.get_ref().room_id))]
@@ -337,8 +339,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ChatMessage>,
     ) -> Result<Response<proto::ChatMessage>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("SendChatMessage is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.chat
+                .send(request.into_inner(), identity.as_ref())
+                .await?,
+        ))
     }
 
     type OpenDocumentStream = ResponseStream<proto::CollaborationEvent>;
@@ -348,8 +354,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::OpenDocumentRequest>,
     ) -> Result<Response<Self::OpenDocumentStream>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("OpenDocument is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.collab
+                .open_document(request.into_inner(), identity)
+                .await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(document_id = %request.get_ref().document_id))]
@@ -357,9 +367,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::CollaborationEvent>,
     ) -> Result<Response<proto::CollaborationEvent>, Status> {
-        let _ = request;
-        Err(Status::unimplemented(
-            "SubmitCollaborationEvent is not built yet",
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.collab
+                .submit(request.into_inner(), identity.as_ref())
+                .await?,
         ))
     }
 

@@ -80,6 +80,14 @@ async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
     }
 }
 
+/// A request (method, path), the status it gets, and for a served asset its type and bytes.
+type RouteCase = (
+    &'static str,
+    &'static str,
+    u16,
+    Option<(&'static str, Vec<u8>)>,
+);
+
 fn repo_file(path: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect(path)
 }
@@ -96,7 +104,7 @@ async fn console_routes_serve_the_embedded_assets_and_nothing_else() {
     .await;
     let addr = server.addr;
     let index = repo_file("console/dist/index.html");
-    let cases: &[(&str, &str, u16, Option<(&str, Vec<u8>)>)] = &[
+    let cases: &[RouteCase] = &[
         (
             "GET",
             "/console",

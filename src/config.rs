@@ -163,11 +163,13 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_WRITER_QUEUE", default_value_t = 8192)]
     pub writer_queue: usize,
 
-    /// Seconds between HTTP/2 keepalive pings to each client.
+    /// Seconds between HTTP/2 keepalive pings to each client; also the idle time before TCP
+    /// keepalive probes, which find dead HTTP/1.1 peers (gRPC-Web over plain HTTP has no pings).
     #[arg(long, env = "STREAMHUB_KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
     pub keepalive_interval_secs: u64,
 
-    /// Seconds to wait for a ping's answer before the connection is dropped.
+    /// Seconds to wait for a ping's answer before the connection is dropped; also the interval
+    /// between TCP keepalive probes (three unanswered ones close the connection).
     #[arg(long, env = "STREAMHUB_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10)]
     pub keepalive_timeout_secs: u64,
 

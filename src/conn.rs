@@ -118,6 +118,18 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // HTTP/2 pings find a dead peer; HTTP/1.1 has none, and a browser's JoinRoom over plain HTTP
+    // to a quiet room writes nothing that could fail. TCP keepalive finds it instead (probes
+    // after the ping interval, every ping timeout, a few times), so its stream ends, its leave
+    // is stored and its per-user slot comes back.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(settings.keepalive_interval)
+        .with_interval(settings.keepalive_timeout);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(3);
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
+    }
     let deadline = settings.open_timeout;
     match tls {
         None => {

@@ -22,7 +22,7 @@
 use crate::auth::{Identity, Role};
 use crate::cancel::ClientCancelled;
 use crate::error::{Error, Result};
-use crate::files::{BlobStore, ReadFailure};
+use crate::files::{BlobStore, ChunkAlgorithm, PartHash, PartWriter, ReadFailure};
 use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetUploadStatusResponse, UploadFileResponse,
     file_chunk, timestamp_from_micros,
@@ -42,6 +42,9 @@ pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 /// Longest filename, in bytes.
 const MAX_FILENAME_BYTES: usize = 255;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// Interrupted uploads whose part hash state is cached (about 200 bytes each); past it the cache
+/// starts over, and a continued upload reads its kept bytes again.
+const MAX_CACHED_HASHES: usize = 10_000;
 
 fn now_micros() -> i64 {
     SystemTime::now()
@@ -87,6 +90,10 @@ pub struct Files {
     /// Uploads in progress, by id, with their live byte count. Holding an entry is the right to
     /// write that id's part.
     active: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
+    /// The part hash state of interrupted uploads this server recorded, with the row's
+    /// `updated_at_micros` at that moment, so that a call continuing one (a tus PATCH per chunk)
+    /// need not read and hash its kept bytes again.
+    hashes: Arc<Mutex<HashMap<Uuid, (i64, PartHash)>>>,
     /// Upload tasks, so that shutdown can let each one finish or record its progress before
     /// the database closes.
     tasks: tokio_util::task::TaskTracker,
@@ -216,6 +223,7 @@ impl Files {
             blobs,
             settings,
             active: Arc::default(),
+            hashes: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -426,8 +434,7 @@ impl Files {
             Err(other) => return Err(other.into()),
         };
 
-        let now = now_micros();
-        let resume_from = match self.store.file(&key).await? {
+        let row = match self.store.file(&key).await? {
             Some(row) if !reaches(identity, &row.owner) => return Err(taken(&plan.id).into()),
             Some(row) if row.complete => {
                 return Err(Error::AlreadyExists(format!(
@@ -447,241 +454,299 @@ impl Files {
                     )
                     .into());
                 }
-                // While it was interrupted it reserved only its kept bytes: this call reserves
-                // the whole declared size again, or is refused with the kept bytes untouched.
-                if let Err(refusal) = self
-                    .store
-                    .reserve_upload(&key, row.total_size, self.limits())
-                    .await?
-                {
-                    let wanted = row.total_size.saturating_sub(row.reserved);
-                    return Err(self.over_quota(refusal, wanted).into());
-                }
-                row.bytes_received
+                self.reserve_whole(&row, false).await?;
+                row
             }
-            None => {
-                let inserted = self
-                    .store
-                    .insert_upload(
-                        &FileRow {
-                            file_id: key.clone(),
-                            filename: plan.filename.clone(),
-                            content_type: plan.content_type.clone(),
-                            total_size: plan.total_size,
-                            checksum: plan.checksum.clone(),
-                            resumable: plan.resumable,
-                            bytes_received: 0,
-                            complete: false,
-                            created_at_micros: now,
-                            updated_at_micros: now,
-                            owner: identity.map(|i| i.sub.clone()).unwrap_or_default(),
-                            charged: identity.is_some_and(|i| i.role == Role::User),
-                            reserved: plan.total_size,
-                        },
-                        self.limits(),
-                    )
-                    .await?;
-                if let Err(refusal) = inserted {
-                    return Err(self.over_quota(refusal, plan.total_size).into());
-                }
-                0
-            }
+            None => self.insert_planned(&plan, identity, "").await?,
         };
 
-        let (part, received) = match self.blobs.start_part(plan.id, resume_from).await {
+        let mut transfer = self.open_transfer(claim, &row).await?;
+        match self.receive(&mut transfer, messages, cancelled).await {
+            Ok(()) => {
+                let done = self.complete_transfer(transfer).await?;
+                Ok(UploadFileResponse {
+                    file_id: plan.id.to_string(),
+                    bytes_uploaded: done.bytes as i64,
+                    download_url: self.download_url(&plan.id),
+                    checksum_verified: done.verified,
+                })
+            }
+            Err(error) => {
+                // A checksum mismatch keeps nothing; any other interruption keeps what arrived.
+                let keep = !matches!(error, Error::DataLoss(_));
+                self.interrupt_transfer(transfer, keep).await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Records a new upload of `plan`, owned by `identity`, reserving its whole declared size
+    /// (RESOURCE_EXHAUSTED when that does not fit). Its id must be claimed.
+    async fn insert_planned(
+        &self,
+        plan: &Plan,
+        identity: Option<&Identity>,
+        tus_metadata: &str,
+    ) -> Result<FileRow> {
+        let now = now_micros();
+        let row = FileRow {
+            file_id: plan.id.to_string(),
+            filename: plan.filename.clone(),
+            content_type: plan.content_type.clone(),
+            total_size: plan.total_size,
+            checksum: plan.checksum.clone(),
+            resumable: plan.resumable,
+            bytes_received: 0,
+            complete: false,
+            created_at_micros: now,
+            updated_at_micros: now,
+            owner: identity.map(|i| i.sub.clone()).unwrap_or_default(),
+            charged: identity.is_some_and(|i| i.role == Role::User),
+            reserved: plan.total_size,
+            tus_metadata: tus_metadata.to_string(),
+            unverified: false,
+        };
+        if let Err(refusal) = self.store.insert_upload(&row, self.limits()).await? {
+            return Err(self.over_quota(refusal, plan.total_size));
+        }
+        Ok(row)
+    }
+
+    /// While an upload is interrupted it reserves only its kept bytes: a call that continues it
+    /// reserves the whole declared size again, or is refused (RESOURCE_EXHAUSTED) with the kept
+    /// bytes untouched. `unverified` marks a call whose chunk must verify before it counts.
+    async fn reserve_whole(&self, row: &FileRow, unverified: bool) -> Result<()> {
+        if let Err(refusal) = self
+            .store
+            .reserve_upload(&row.file_id, row.total_size, unverified, self.limits())
+            .await?
+        {
+            let wanted = row.total_size.saturating_sub(row.reserved);
+            return Err(self.over_quota(refusal, wanted));
+        }
+        Ok(())
+    }
+
+    /// Opens the part of a claimed upload whose row (as read under the claim) is in place,
+    /// continuing after its recorded bytes. Their hash state comes from this server's cache when
+    /// it recorded them itself and nobody has touched the row since; otherwise the kept bytes are
+    /// read and hashed again. A part that cannot be opened loses the whole upload.
+    async fn open_transfer(&self, claim: Claim, row: &FileRow) -> Result<Transfer> {
+        let id = claim.id;
+        let resume = self.cached_hash(id, row);
+        let (part, received) = match self.blobs.start_part(id, row.bytes_received, resume).await {
             Ok(started) => started,
             Err(e) => {
-                self.discard(plan.id).await;
-                return Err(Error::from(e).into());
+                self.discard(id).await;
+                return Err(Error::from(e));
             }
         };
         claim.progress.store(received, Ordering::Relaxed);
-        let outcome = self
-            .receive(&plan, part, received, &claim, messages, cancelled)
-            .await;
-        match outcome {
-            Ok(response) => Ok(response),
-            Err(Failure { error, part }) => {
-                let keep = plan.resumable && !matches!(error, Error::DataLoss(_));
-                match part {
-                    Some(part) if keep => self.keep_interrupted(plan.id, part).await,
-                    other => {
-                        // Stop the writing thread before its part is removed.
-                        if let Some(part) = other {
-                            let _ = part.finish().await;
-                        }
-                        self.discard(plan.id).await
-                    }
+        Ok(Transfer {
+            id,
+            total: row.total_size,
+            checksum: row.checksum.clone(),
+            resumable: row.resumable,
+            received,
+            part: Some(part),
+            claim,
+        })
+    }
+
+    /// Appends `bytes` to a transfer's part; the caller has checked that they fit its declared
+    /// size. A write that fails leaves a part nobody can trust: the transfer then keeps nothing.
+    async fn write(&self, transfer: &mut Transfer, bytes: Vec<u8>) -> Result<()> {
+        let Some(part) = transfer.part.as_mut() else {
+            return Err(Error::Internal("the upload's part failed earlier".into()));
+        };
+        let len = bytes.len() as u64;
+        self.transfers.uploaded.fetch_add(len, Ordering::Relaxed);
+        if let Err(e) = part.write(bytes).await {
+            transfer.part = None;
+            return Err(Error::from(e));
+        }
+        transfer.received += len;
+        transfer.claim.progress.store(transfer.received, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ends a transfer that holds all its declared bytes: fsync, verify the size and the declared
+    /// SHA-256 (DATA_LOSS when it differs), rename into place, fsync the directory, and only then
+    /// mark the row complete. Any failure keeps nothing.
+    async fn complete_transfer(&self, mut transfer: Transfer) -> Result<Completed> {
+        let id = transfer.id;
+        let Some(part) = transfer.part.take() else {
+            self.discard(id).await;
+            return Err(Error::Internal("the upload's part failed earlier".into()));
+        };
+        let summary = match part.finish().await {
+            Ok(summary) => summary,
+            Err(e) => {
+                self.discard(id).await;
+                return Err(e.into());
+            }
+        };
+        if summary.bytes != transfer.total {
+            self.discard(id).await;
+            return Err(Error::Internal(format!(
+                "part holds {} bytes, expected {}",
+                summary.bytes, transfer.total
+            )));
+        }
+        let verified = !transfer.checksum.is_empty();
+        if verified && summary.sha256 != transfer.checksum {
+            self.discard(id).await;
+            return Err(Error::DataLoss(format!(
+                "checksum mismatch: declared {}, received bytes hash to {}",
+                transfer.checksum, summary.sha256
+            )));
+        }
+        let commit = async {
+            self.blobs.publish(id).await?;
+            self.store
+                .complete_upload(&id.to_string(), &summary.sha256, now_micros())
+                .await
+        };
+        if let Err(error) = commit.await {
+            // The file may be in place without its row; the discard removes both.
+            self.discard(id).await;
+            return Err(error);
+        }
+        self.forget_hash(id);
+        tracing::info!(file_id = %id, bytes = summary.bytes, verified, "upload complete");
+        Ok(Completed {
+            bytes: summary.bytes,
+            verified,
+        })
+    }
+
+    /// Ends a transfer before its last byte. A resumable upload keeps what its part durably holds
+    /// when `keep` (and its part is still sound), and records that as its progress, releasing
+    /// the rest of its reservation; anything else is discarded. Returns the bytes kept, `None`
+    /// when the upload is gone.
+    async fn interrupt_transfer(&self, mut transfer: Transfer, keep: bool) -> Option<u64> {
+        let id = transfer.id;
+        match transfer.part.take() {
+            Some(part) if keep && transfer.resumable => self.keep_interrupted(id, part).await,
+            other => {
+                // Stop the writing thread before its part is removed.
+                if let Some(part) = other {
+                    let _ = part.finish().await;
                 }
-                Err(error.into())
+                self.discard(id).await;
+                None
             }
         }
     }
 
     async fn receive<S>(
         &self,
-        plan: &Plan,
-        mut part: crate::files::PartWriter,
-        mut received: u64,
-        claim: &Claim,
+        transfer: &mut Transfer,
         mut messages: S,
         cancelled: ClientCancelled,
-    ) -> Result<UploadFileResponse, Failure>
+    ) -> Result<()>
     where
         S: Stream<Item = Result<FileChunk, Status>> + Unpin,
     {
-        macro_rules! fail {
-            ($error:expr) => {
-                return Err(Failure {
-                    error: $error,
-                    part: Some(part),
-                })
-            };
-        }
-        let resumed_from = received;
+        let id = transfer.id;
+        let resumed_from = transfer.received;
         let mut first_chunk = true;
         let idle = self.settings.transfer_idle;
         loop {
             let Ok(next) = tokio::time::timeout(idle, messages.next()).await else {
-                fail!(Error::DeadlineExceeded(format!(
+                return Err(Error::DeadlineExceeded(format!(
                     "the upload sent nothing for {} s; resume it from GetUploadStatus",
                     idle.as_secs_f64()
-                )))
+                )));
             };
             let Some(message) = next else { break };
             let message = match message {
                 Ok(message) => message,
                 // A chunk message over the size limit: the client's fault, with its status.
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                    fail!(Error::ResourceExhausted(status.message().to_string()))
+                    return Err(Error::ResourceExhausted(status.message().to_string()));
                 }
                 Err(status) => {
-                    tracing::info!(file_id = %plan.id, code = ?status.code(), "upload interrupted");
-                    fail!(Error::invalid("the upload stream broke off"))
+                    tracing::info!(file_id = %id, code = ?status.code(), "upload interrupted");
+                    return Err(Error::invalid("the upload stream broke off"));
                 }
             };
             match message.data {
                 Some(file_chunk::Data::Chunk(bytes)) => {
+                    let received = transfer.received;
                     // `offset` 0 means "not set", except on the first chunk of a call that
                     // continues an interrupted upload: a client that restarts from byte 0
                     // would otherwise have its bytes appended in the wrong place.
                     let continuing = first_chunk && resumed_from > 0;
                     first_chunk = false;
                     if (message.offset != 0 || continuing) && message.offset as u64 != received {
-                        fail!(Error::FailedPrecondition(format!(
+                        return Err(Error::FailedPrecondition(format!(
                             "chunk offset {} does not match the {received} bytes received",
                             message.offset
-                        )))
+                        )));
                     }
-                    if bytes.len() as u64 > plan.total_size - received {
-                        fail!(Error::invalid(format!(
+                    if bytes.len() as u64 > transfer.total - received {
+                        return Err(Error::invalid(format!(
                             "more bytes than the declared total_size of {}",
-                            plan.total_size
-                        )))
+                            transfer.total
+                        )));
                     }
                     if bytes.is_empty() {
                         continue;
                     }
-                    let len = bytes.len() as u64;
-                    self.transfers.uploaded.fetch_add(len, Ordering::Relaxed);
-                    if let Err(e) = part.write(bytes).await {
-                        // A write job failed: the part cannot be trusted, so nothing is kept.
-                        return Err(Failure {
-                            error: Error::from(e),
-                            part: None,
-                        });
-                    }
-                    received += len;
-                    claim.progress.store(received, Ordering::Relaxed);
+                    self.write(transfer, bytes).await?;
                 }
                 Some(file_chunk::Data::Metadata(_)) => {
-                    fail!(Error::invalid("metadata may only be sent once, first"))
+                    return Err(Error::invalid("metadata may only be sent once, first"));
                 }
-                None => fail!(Error::invalid("a message must carry metadata or a chunk")),
+                None => return Err(Error::invalid("a message must carry metadata or a chunk")),
             }
         }
 
         // A client's cancel also ends the stream; only the flag tells it from a half-close.
         if cancelled.is_set() {
-            fail!(Error::invalid("the upload was cancelled"))
+            return Err(Error::invalid("the upload was cancelled"));
         }
-        if received < plan.total_size {
-            fail!(Error::invalid(format!(
-                "the stream ended after {received} of {} bytes",
-                plan.total_size
-            )))
+        if transfer.received < transfer.total {
+            return Err(Error::invalid(format!(
+                "the stream ended after {} of {} bytes",
+                transfer.received, transfer.total
+            )));
         }
-
-        let summary = match part.finish().await {
-            Ok(summary) => summary,
-            Err(e) => {
-                return Err(Failure {
-                    error: e.into(),
-                    part: None,
-                });
-            }
-        };
-        if summary.bytes != plan.total_size {
-            return Err(Failure {
-                error: Error::Internal(format!(
-                    "part holds {} bytes, expected {}",
-                    summary.bytes, plan.total_size
-                )),
-                part: None,
-            });
-        }
-        let verified = !plan.checksum.is_empty();
-        if verified && summary.sha256 != plan.checksum {
-            return Err(Failure {
-                error: Error::DataLoss(format!(
-                    "checksum mismatch: declared {}, received bytes hash to {}",
-                    plan.checksum, summary.sha256
-                )),
-                part: None,
-            });
-        }
-        let commit = async {
-            self.blobs.publish(plan.id).await?;
-            self.store
-                .complete_upload(&plan.id.to_string(), &summary.sha256, now_micros())
-                .await
-        };
-        if let Err(error) = commit.await {
-            // The file may be in place without its row; the discard removes both.
-            let _ = self.blobs.remove_file(plan.id).await;
-            return Err(Failure { error, part: None });
-        }
-        tracing::info!(file_id = %plan.id, bytes = summary.bytes, verified, "upload complete");
-        Ok(UploadFileResponse {
-            file_id: plan.id.to_string(),
-            bytes_uploaded: summary.bytes as i64,
-            download_url: self.download_url(&plan.id),
-            checksum_verified: verified,
-        })
+        Ok(())
     }
 
-    /// Keeps an interrupted resumable upload's durable bytes and records how many there are.
-    async fn keep_interrupted(&self, id: Uuid, part: crate::files::PartWriter) {
+    /// Keeps an interrupted resumable upload's durable bytes and records how many there are;
+    /// their hash state is cached for the next call that continues it here. `None` when the
+    /// bytes could not be kept (the upload is discarded).
+    async fn keep_interrupted(&self, id: Uuid, part: crate::files::PartWriter) -> Option<u64> {
         match part.finish().await {
             Ok(summary) => {
+                let now = now_micros();
                 if let Err(e) = self
                     .store
-                    .set_upload_progress(&id.to_string(), summary.bytes, now_micros())
+                    .set_upload_progress(&id.to_string(), summary.bytes, now)
                     .await
                 {
                     tracing::error!(file_id = %id, error = %crate::error::cause_chain(&e), "cannot record upload progress");
+                    self.forget_hash(id);
+                    return None;
                 }
+                self.remember_hash(id, now, summary.hash);
                 tracing::info!(file_id = %id, bytes = summary.bytes, "kept interrupted upload for resume");
+                Some(summary.bytes)
             }
             Err(e) => {
                 tracing::error!(file_id = %id, error = %e, "cannot keep interrupted upload; discarding it");
                 self.discard(id).await;
+                None
             }
         }
     }
 
     /// Removes everything of an upload: its part, its file and its row.
     async fn discard(&self, id: Uuid) {
+        self.forget_hash(id);
         let removed = async {
             self.blobs.remove_part(id).await?;
             self.blobs.remove_file(id).await?;
@@ -690,6 +755,35 @@ impl Files {
         if let Err(e) = removed.await {
             tracing::error!(file_id = %id, error = %crate::error::cause_chain(&e), "cannot remove a failed upload");
         }
+    }
+
+    /// Caches the hash state of an upload's part after this server recorded `hash.bytes` as its
+    /// progress at `recorded_at` (the row's `updated_at_micros`).
+    fn remember_hash(&self, id: Uuid, recorded_at: i64, hash: PartHash) {
+        let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if hashes.len() >= MAX_CACHED_HASHES {
+            // Interrupted uploads past the bound rehash their kept bytes when continued.
+            hashes.clear();
+        }
+        hashes.insert(id, (recorded_at, hash));
+    }
+
+    /// The cached hash state of `row`'s kept bytes, when it is still theirs: recorded by this
+    /// server, and the row unchanged since (another replica that moved it moved its timestamp).
+    fn cached_hash(&self, id: Uuid, row: &FileRow) -> Option<PartHash> {
+        let (recorded_at, hash) = self
+            .hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)?;
+        (recorded_at == row.updated_at_micros && hash.bytes == row.bytes_received).then_some(hash)
+    }
+
+    fn forget_hash(&self, id: Uuid) {
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// A complete file's row when `identity` reaches it, or NOT_FOUND with the same message
@@ -931,9 +1025,24 @@ impl Files {
         Ok(())
     }
 
-    /// After a crash: records what a resumable upload's part durably holds.
+    /// After a crash: records what a resumable upload's part durably holds. A part that was
+    /// being written with a chunk still to verify (`unverified`) is cut back to the recorded
+    /// bytes first: nothing checked what lies past them.
     async fn repair_resumable(&self, id: Uuid, row: &FileRow) -> Result<()> {
-        let durable = self.blobs.sync_part(id).await?.unwrap_or(0);
+        let durable = if row.unverified {
+            self.blobs.cut_part(id, row.bytes_received).await?
+        } else {
+            self.blobs.sync_part(id).await?
+        }
+        .unwrap_or(0);
+        if row.unverified {
+            // Recording progress clears the mark, whatever the bytes.
+            let bytes = durable.min(row.total_size);
+            self.store
+                .set_upload_progress(&row.file_id, bytes, row.updated_at_micros)
+                .await?;
+            return Ok(());
+        }
         if durable != row.bytes_received {
             let bytes = durable.min(row.total_size);
             self.store
@@ -968,9 +1077,27 @@ pub struct SweepReport {
     pub orphans_moved: u64,
 }
 
-/// A failed upload, with the part writer when it is still usable (to keep an interrupted
-/// resumable upload).
-struct Failure {
-    error: Error,
-    part: Option<crate::files::PartWriter>,
+/// One call's hold on an upload, from its claim to its end: the open part and how far its bytes
+/// got. Both front-ends (UploadFile, and tus PATCH and POST) move bytes only through this, with
+/// [`Files::open_transfer`], [`Files::write`], then [`Files::complete_transfer`] or
+/// [`Files::interrupt_transfer`].
+struct Transfer {
+    id: Uuid,
+    total: u64,
+    /// The declared SHA-256 of the whole file; empty when none was declared.
+    checksum: String,
+    resumable: bool,
+    /// Bytes in the part (kept ones included).
+    received: u64,
+    /// `None` once a write failed: the part cannot be trusted, and nothing is kept.
+    part: Option<PartWriter>,
+    /// Held until the transfer is dropped, after its end was recorded.
+    claim: Claim,
+}
+
+/// A completed upload.
+struct Completed {
+    bytes: u64,
+    /// Whether a declared SHA-256 was checked.
+    verified: bool,
 }

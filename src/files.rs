@@ -223,19 +223,17 @@ impl BlobStore {
     /// chunk past its recorded bytes.
     pub async fn cut_part(&self, id: Uuid, len: u64) -> io::Result<Option<u64>> {
         let path = self.part_path(&id);
-        tokio::task::spawn_blocking(move || {
-            match OpenOptions::new().write(true).open(&path) {
-                Ok(file) => {
-                    let size = file.metadata()?.len();
-                    if size > len {
-                        file.set_len(len)?;
-                    }
-                    file.sync_all()?;
-                    Ok(Some(size.min(len)))
+        tokio::task::spawn_blocking(move || match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => {
+                let size = file.metadata()?.len();
+                if size > len {
+                    file.set_len(len)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
+                file.sync_all()?;
+                Ok(Some(size.min(len)))
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         })
         .await
         .map_err(io::Error::other)?
@@ -485,11 +483,7 @@ async fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-fn open_part(
-    path: &Path,
-    keep: u64,
-    resume: Option<PartHash>,
-) -> io::Result<(File, Sha256, u64)> {
+fn open_part(path: &Path, keep: u64, resume: Option<PartHash>) -> io::Result<(File, Sha256, u64)> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -19,7 +19,11 @@ use std::sync::Arc;
 
 /// `verifier` checks the bearer tokens of tus requests (`None` with auth off); downloads are
 /// authorised by their signed URL instead.
-pub fn router(files: Files, verifier: Option<Arc<Verifier>>, introspection: Introspection) -> Router {
+pub fn router(
+    files: Files,
+    verifier: Option<Arc<Verifier>>,
+    introspection: Introspection,
+) -> Router {
     Router::new()
         .route("/", get(index))
         // Every `/files` route: tus uploads, and downloads of `/files/{id}` without tus headers.

@@ -92,6 +92,39 @@ fn answer(status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// A request refused before the files service is asked: its status, why, and at most one more
+/// header (`Tus-Version` on a 412, `WWW-Authenticate` on a 401).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    header: Option<(HeaderName, &'static str)>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = answer(self.status, &self.message);
+        if let Some((name, value)) = self.header {
+            set(&mut response, name, value);
+        }
+        response
+    }
+}
+
 fn set(response: &mut Response, name: HeaderName, value: impl ToString) {
     if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
         response.headers_mut().insert(name, value);
@@ -136,7 +169,7 @@ fn failure(error: crate::error::Error) -> Response {
 
 /// `Tus-Resumable` must name the version served; otherwise 412 with `Tus-Version`, and the
 /// request is not looked at further.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+fn check_version(headers: &HeaderMap) -> Result<(), Refusal> {
     let version = headers
         .get(TUS_RESUMABLE)
         .and_then(|v| v.to_str().ok())
@@ -144,17 +177,18 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
     if version == Some(TUS_VERSION) {
         return Ok(());
     }
-    let mut response = answer(
-        StatusCode::PRECONDITION_FAILED,
-        "this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0",
-    );
-    set(&mut response, TUS_VERSION_HEADER, TUS_VERSION);
-    Err(response)
+    Err(Refusal {
+        header: Some((TUS_VERSION_HEADER, TUS_VERSION)),
+        ..Refusal::new(
+            StatusCode::PRECONDITION_FAILED,
+            "this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0",
+        )
+    })
 }
 
 impl Tus {
     /// The caller: `None` with auth off; with auth on a checked bearer token, or 401.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Identity>, Response> {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Identity>, Refusal> {
         let Some(verifier) = &self.verifier else {
             return Ok(None);
         };
@@ -162,15 +196,16 @@ impl Tus {
             Ok(identity) => Ok(Some(identity)),
             Err(reason) => {
                 tracing::debug!(%reason, "tus request refused");
-                let mut response = answer(StatusCode::UNAUTHORIZED, &reason);
-                set(&mut response, header::WWW_AUTHENTICATE, "Bearer");
-                Err(response)
+                Err(Refusal {
+                    header: Some((header::WWW_AUTHENTICATE, "Bearer")),
+                    ..Refusal::new(StatusCode::UNAUTHORIZED, reason)
+                })
             }
         }
     }
 
     /// Version, then token: what every tus request but OPTIONS passes first.
-    fn admit(&self, headers: &HeaderMap) -> Result<Option<Identity>, Response> {
+    fn admit(&self, headers: &HeaderMap) -> Result<Option<Identity>, Refusal> {
         check_version(headers)?;
         self.authenticate(headers)
     }
@@ -186,27 +221,30 @@ fn capabilities(tus: &Tus) -> Response {
     set(&mut response, TUS_VERSION_HEADER, TUS_VERSION);
     set(&mut response, TUS_EXTENSION, TUS_EXTENSIONS);
     set(&mut response, TUS_MAX_SIZE, tus.files.max_upload_bytes());
-    set(&mut response, TUS_CHECKSUM_ALGORITHM, TUS_CHECKSUM_ALGORITHMS);
+    set(
+        &mut response,
+        TUS_CHECKSUM_ALGORITHM,
+        TUS_CHECKSUM_ALGORITHMS,
+    );
     response
 }
 
 /// A header that must be a non-negative decimal integer: `Ok(None)` when absent, 400 when it is
 /// anything else.
-fn number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, Response> {
+fn number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, Refusal> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default().trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(answer(
-            StatusCode::BAD_REQUEST,
-            &format!("{name} must be a non-negative integer"),
-        ));
+        return Err(Refusal::bad(format!(
+            "{name} must be a non-negative integer"
+        )));
     }
     text.parse().map(Some).map_err(|_| {
-        answer(
+        Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("{name} is too large"),
+            format!("{name} is too large"),
         )
     })
 }
@@ -234,11 +272,11 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 /// `Upload-Checksum: <algorithm> <base64 digest>`: sha1 or sha256; another algorithm, or a
 /// digest that is not one of that algorithm, is 400.
-fn chunk_checksum(headers: &HeaderMap) -> Result<Option<(ChunkAlgorithm, Vec<u8>)>, Response> {
+fn chunk_checksum(headers: &HeaderMap) -> Result<Option<(ChunkAlgorithm, Vec<u8>)>, Refusal> {
     let Some(value) = headers.get(UPLOAD_CHECKSUM) else {
         return Ok(None);
     };
-    let bad = |message: &str| answer(StatusCode::BAD_REQUEST, message);
+    let bad = |message: &str| Refusal::bad(message);
     let text = value
         .to_str()
         .map_err(|_| bad("Upload-Checksum must be `<algorithm> <base64 digest>`"))?;
@@ -267,17 +305,17 @@ fn chunk_checksum(headers: &HeaderMap) -> Result<Option<(ChunkAlgorithm, Vec<u8>
 /// `Upload-Metadata`: comma-separated `key base64value` pairs (the value may be left out), keys
 /// non-empty, unique, without spaces or commas. `filename`, `filetype` and `checksum` are read
 /// (UTF-8); every pair is kept as sent.
-fn metadata(headers: &HeaderMap, create: &mut TusCreate) -> Result<(), Response> {
+fn metadata(headers: &HeaderMap, create: &mut TusCreate) -> Result<(), Refusal> {
     let Some(value) = headers.get(UPLOAD_METADATA) else {
         return Ok(());
     };
-    let bad = |message: String| answer(StatusCode::BAD_REQUEST, &message);
+    let bad = |message: &str| Refusal::bad(message);
     let text = value
         .to_str()
-        .map_err(|_| bad("Upload-Metadata must be ASCII".into()))?
+        .map_err(|_| bad("Upload-Metadata must be ASCII"))?
         .trim();
     if text.len() > MAX_METADATA_BYTES {
-        return Err(bad(format!(
+        return Err(bad(&format!(
             "Upload-Metadata is longer than {MAX_METADATA_BYTES} bytes"
         )));
     }
@@ -285,13 +323,13 @@ fn metadata(headers: &HeaderMap, create: &mut TusCreate) -> Result<(), Response>
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
         if key.is_empty() || !seen.insert(key) {
-            return Err(bad(format!(
+            return Err(bad(&format!(
                 "Upload-Metadata keys must be non-empty and unique ({key:?})"
             )));
         }
         let value = BASE64_ANY_PADDING
             .decode(value.trim())
-            .map_err(|_| bad(format!("Upload-Metadata value of {key:?} is not base64")))?;
+            .map_err(|_| bad(&format!("Upload-Metadata value of {key:?} is not base64")))?;
         let field = match key {
             "filename" => &mut create.filename,
             "filetype" => &mut create.filetype,
@@ -299,7 +337,7 @@ fn metadata(headers: &HeaderMap, create: &mut TusCreate) -> Result<(), Response>
             _ => continue,
         };
         *field = String::from_utf8(value)
-            .map_err(|_| bad(format!("Upload-Metadata value of {key:?} is not UTF-8")))?;
+            .map_err(|_| bad(&format!("Upload-Metadata value of {key:?} is not UTF-8")))?;
     }
     create.metadata = text.to_string();
     Ok(())
@@ -312,7 +350,7 @@ async fn create(State(tus): State<Tus>, request: Request) -> Response {
     let headers = request.headers().clone();
     let identity = match tus.admit(&headers) {
         Ok(identity) => identity,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     if headers.contains_key(UPLOAD_DEFER_LENGTH) {
         return answer(
@@ -329,7 +367,7 @@ async fn create(State(tus): State<Tus>, request: Request) -> Response {
     let length = match number(&headers, &UPLOAD_LENGTH) {
         Ok(Some(length)) => length,
         Ok(None) => return answer(StatusCode::BAD_REQUEST, "Upload-Length is required"),
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     if length > tus.files.max_upload_bytes() {
         return answer(
@@ -345,13 +383,19 @@ async fn create(State(tus): State<Tus>, request: Request) -> Response {
         ..Default::default()
     };
     if let Err(refused) = metadata(&headers, &mut creation) {
-        return refused;
+        return refused.into_response();
     }
     let body = if is_offset_stream(&headers) {
         let chunk = match body_chunk(&headers, 0) {
             Ok(chunk) => chunk,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         };
+        if chunk.content_length.is_some_and(|len| len > length) {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the creation body is longer than Upload-Length",
+            );
+        }
         Some((chunk, request.into_body().into_data_stream()))
     } else if has_body(&headers) {
         return answer(
@@ -367,7 +411,11 @@ async fn create(State(tus): State<Tus>, request: Request) -> Response {
                 None => answer(StatusCode::CREATED, ""),
                 Some(error) => failure(error),
             };
-            set(&mut response, header::LOCATION, tus.files.upload_url(&upload.id));
+            set(
+                &mut response,
+                header::LOCATION,
+                tus.files.upload_url(&upload.id),
+            );
             describe(&mut response, &upload);
             response
         }
@@ -376,7 +424,7 @@ async fn create(State(tus): State<Tus>, request: Request) -> Response {
 }
 
 /// The offset, length and checksum headers of a body about to be written at `offset`.
-fn body_chunk(headers: &HeaderMap, offset: u64) -> Result<TusChunk, Response> {
+fn body_chunk(headers: &HeaderMap, offset: u64) -> Result<TusChunk, Refusal> {
     Ok(TusChunk {
         offset,
         content_length: number(headers, &header::CONTENT_LENGTH)?,
@@ -418,7 +466,7 @@ async fn resource(
     }
     let identity = match tus.admit(request.headers()) {
         Ok(identity) => identity,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     // A malformed id names no upload.
     let Ok(id) = Uuid::parse_str(&id) else {
@@ -471,11 +519,11 @@ async fn patch(tus: &Tus, id: Uuid, identity: Option<Identity>, request: Request
     let offset = match number(headers, &UPLOAD_OFFSET) {
         Ok(Some(offset)) => offset,
         Ok(None) => return answer(StatusCode::BAD_REQUEST, "Upload-Offset is required"),
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let chunk = match body_chunk(headers, offset) {
         Ok(chunk) => chunk,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let body: Body = request.into_body();
     match tus
@@ -511,10 +559,10 @@ mod tests {
         map
     }
 
-    fn status(result: Result<impl std::fmt::Debug, Response>) -> u16 {
+    fn status(result: Result<impl std::fmt::Debug, Refusal>) -> u16 {
         match result {
             Ok(_) => 0,
-            Err(response) => response.status().as_u16(),
+            Err(refusal) => refusal.status.as_u16(),
         }
     }
 
@@ -544,7 +592,10 @@ mod tests {
         let long = format!("other {}", "A".repeat(MAX_METADATA_BYTES));
         let mut create = TusCreate::default();
         assert_eq!(
-            status(metadata(&headers(&[("upload-metadata", &long)]), &mut create)),
+            status(metadata(
+                &headers(&[("upload-metadata", &long)]),
+                &mut create
+            )),
             400
         );
     }
@@ -556,7 +607,10 @@ mod tests {
         let sha256 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
         let ok = chunk_checksum(&headers(&[("upload-checksum", &format!("sha1 {sha1}"))]));
         assert_eq!(ok.unwrap().unwrap().0, ChunkAlgorithm::Sha1);
-        let ok = chunk_checksum(&headers(&[("upload-checksum", &format!("sha256 {sha256}"))]));
+        let ok = chunk_checksum(&headers(&[(
+            "upload-checksum",
+            &format!("sha256 {sha256}"),
+        )]));
         assert_eq!(ok.unwrap().unwrap().0, ChunkAlgorithm::Sha256);
         assert!(chunk_checksum(&headers(&[])).unwrap().is_none());
         for bad in [
@@ -586,7 +640,7 @@ mod tests {
     fn only_tus_1_0_0_is_admitted() {
         assert!(check_version(&headers(&[("tus-resumable", "1.0.0")])).is_ok());
         for other in [&[("tus-resumable", "0.2.2")][..], &[][..]] {
-            let refused = check_version(&headers(other)).unwrap_err();
+            let refused = check_version(&headers(other)).unwrap_err().into_response();
             assert_eq!(refused.status(), StatusCode::PRECONDITION_FAILED);
             assert_eq!(refused.headers()[TUS_VERSION_HEADER], "1.0.0");
             assert_eq!(refused.headers()[TUS_RESUMABLE], "1.0.0");

@@ -27,9 +27,9 @@ use crate::proto::{
     DownloadFileRequest, FileChunk, FileMetadata, GetUploadStatusResponse, ListFilesRequest,
     ListFilesResponse, UploadFileResponse, file_chunk, timestamp_from_micros,
 };
+use crate::store::{FileRow, QuotaRefusal, StorageLimits, Store};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
-use crate::store::{FileRow, QuotaRefusal, StorageLimits, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -649,7 +649,10 @@ impl Files {
             return Err(Error::from(e));
         }
         transfer.received += len;
-        transfer.claim.progress.store(transfer.received, Ordering::Relaxed);
+        transfer
+            .claim
+            .progress
+            .store(transfer.received, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1106,7 +1109,9 @@ impl Files {
         // Every tus upload can be continued: that is what tus is for.
         plan.resumable = true;
         let claim = self.claim(plan.id).await?;
-        let verifying = body.as_ref().is_some_and(|(chunk, _)| chunk.checksum.is_some());
+        let verifying = body
+            .as_ref()
+            .is_some_and(|(chunk, _)| chunk.checksum.is_some());
         let row = self
             .insert_planned(&plan, identity, &request.metadata, verifying)
             .await?;
@@ -1242,7 +1247,12 @@ impl Files {
     /// than the room left is RESOURCE_EXHAUSTED, refused from its `Content-Length` before any
     /// byte when it has one. The last request also checks the whole file against the declared
     /// SHA-256: a mismatch is DATA_LOSS, and the upload is deleted. Returns the new offset.
-    async fn tus_body<S, E>(&self, mut transfer: Transfer, chunk: TusChunk, mut body: S) -> Result<u64>
+    async fn tus_body<S, E>(
+        &self,
+        mut transfer: Transfer,
+        chunk: TusChunk,
+        mut body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,

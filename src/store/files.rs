@@ -342,7 +342,9 @@ impl Store {
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
         if let Some(pg) = self.postgres() {
-            return pg.reserve_upload(file_id, reserve, unverified, limits).await;
+            return pg
+                .reserve_upload(file_id, reserve, unverified, limits)
+                .await;
         }
         let file_id = file_id.to_owned();
         self.write(move |tx| {
@@ -353,8 +355,10 @@ impl Store {
             if let Some(refused) = move_totals(tx, &owner, charged, delta, Some(limits))? {
                 return Ok(Err(refused));
             }
-            tx.prepare_cached("UPDATE files SET reserved = ?2, unverified = ?3 WHERE file_id = ?1")?
-                .execute(params![file_id, to_i64(reserve)?, unverified])?;
+            tx.prepare_cached(
+                "UPDATE files SET reserved = ?2, unverified = ?3 WHERE file_id = ?1",
+            )?
+            .execute(params![file_id, to_i64(reserve)?, unverified])?;
             Ok(Ok(()))
         })
         .await
@@ -480,20 +484,20 @@ impl Store {
         let readers = &self.sqlite()?.readers;
         let limit = i64::from(limit);
         // One statement per shape, each matching a partial index (migrations/0008_tus_files.sql).
-        let rows = match (owner, after) {
-            (None, None) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    file_columns!(),
-                    " FROM files WHERE complete = 1 \
+        let rows =
+            match (owner, after) {
+                (None, None) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 \
                      ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?1"
-                ))
-                .bind(limit)
-                .fetch_all(readers)
-                .await?
-            }
-            (None, Some(after)) => {
-                sqlx::query(concat!(
+                    ))
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+                (None, Some(after)) => sqlx::query(concat!(
                     "SELECT ",
                     file_columns!(),
                     " FROM files WHERE complete = 1 AND (updated_at_micros, file_id) < (?1, ?2) \
@@ -503,36 +507,35 @@ impl Store {
                 .bind(after.1)
                 .bind(limit)
                 .fetch_all(readers)
-                .await?
-            }
-            (Some(owner), None) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    file_columns!(),
-                    " FROM files WHERE complete = 1 AND owner = ?1 \
+                .await?,
+                (Some(owner), None) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 AND owner = ?1 \
                      ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?2"
-                ))
-                .bind(owner)
-                .bind(limit)
-                .fetch_all(readers)
-                .await?
-            }
-            (Some(owner), Some(after)) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    file_columns!(),
-                    " FROM files WHERE complete = 1 AND owner = ?1 \
+                    ))
+                    .bind(owner)
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+                (Some(owner), Some(after)) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 AND owner = ?1 \
                      AND (updated_at_micros, file_id) < (?2, ?3) \
                      ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?4"
-                ))
-                .bind(owner)
-                .bind(after.0)
-                .bind(after.1)
-                .bind(limit)
-                .fetch_all(readers)
-                .await?
-            }
-        };
+                    ))
+                    .bind(owner)
+                    .bind(after.0)
+                    .bind(after.1)
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+            };
         rows.iter().map(file_from_row).collect()
     }
 

@@ -704,7 +704,9 @@ async fn bad_requests_are_refused() {
         assert_eq!(http.head("/files/not-a-uuid").await.status, 404);
         assert_eq!(http.tus("PUT", &path, &[], b"x").await.status, 405);
         assert_eq!(http.tus("GET", &path, &[], b"").await.status, 405);
-        assert_eq!(http.tus("PUT", "/files/", &[], b"x").await.status, 405);
+        let reply = http.tus("PUT", "/files/", &[], b"x").await;
+        assert_eq!((reply.status, reply.must("allow")), (405, "POST, OPTIONS"));
+        assert_eq!(reply.must("tus-resumable"), "1.0.0");
         // After all that, the upload is whole and at 0; it still completes.
         assert_eq!(http.patch(&path, 0, b"0123456789").await.status, 204);
         assert_eq!(http.head(&path).await.offset(), 10);

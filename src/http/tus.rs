@@ -73,8 +73,14 @@ struct Tus {
 /// downloads alike.
 pub(super) fn router(files: Files, verifier: Option<Arc<Verifier>>) -> Router {
     Router::new()
-        .route("/files", post(create).options(options))
-        .route("/files/", post(create).options(options))
+        .route(
+            "/files",
+            post(create).options(options).fallback(not_creation),
+        )
+        .route(
+            "/files/",
+            post(create).options(options).fallback(not_creation),
+        )
         .route("/files/{id}", any(resource))
         .with_state(Tus { files, verifier })
 }
@@ -209,6 +215,16 @@ impl Tus {
         check_version(headers)?;
         self.authenticate(headers)
     }
+}
+
+/// Any other method on the creation URL.
+async fn not_creation() -> Response {
+    let mut response = answer(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the creation URL answers POST and OPTIONS",
+    );
+    set(&mut response, header::ALLOW, "POST, OPTIONS");
+    response
 }
 
 /// OPTIONS: what this server offers. Needs no token and no `Tus-Resumable`.

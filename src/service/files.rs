@@ -632,6 +632,7 @@ impl Files {
             resumable: row.resumable,
             received,
             part: Some(part),
+            broke: true,
             claim,
         })
     }
@@ -713,7 +714,9 @@ impl Files {
     async fn interrupt_transfer(&self, mut transfer: Transfer, keep: bool) -> Option<u64> {
         let id = transfer.id;
         match transfer.part.take() {
-            Some(part) if keep && transfer.resumable => self.keep_interrupted(id, part).await,
+            Some(part) if keep && transfer.resumable => {
+                self.keep_interrupted(id, part, transfer.broke).await
+            }
             other => {
                 // Stop the writing thread before its part is removed.
                 if let Some(part) = other {
@@ -805,7 +808,12 @@ impl Files {
     /// Keeps an interrupted resumable upload's durable bytes and records how many there are;
     /// their hash state is cached for the next call that continues it here. `None` when the
     /// bytes could not be kept (the upload is discarded).
-    async fn keep_interrupted(&self, id: Uuid, part: crate::files::PartWriter) -> Option<u64> {
+    async fn keep_interrupted(
+        &self,
+        id: Uuid,
+        part: crate::files::PartWriter,
+        broke: bool,
+    ) -> Option<u64> {
         match part.finish().await {
             Ok(summary) => {
                 let now = now_micros();
@@ -819,7 +827,12 @@ impl Files {
                     return None;
                 }
                 self.remember_hash(id, now, summary.hash);
-                tracing::info!(file_id = %id, bytes = summary.bytes, "kept interrupted upload for resume");
+                if broke {
+                    tracing::info!(file_id = %id, bytes = summary.bytes, "kept interrupted upload for resume");
+                } else {
+                    // A tus PATCH that ended with its body: the usual way to send a chunk.
+                    tracing::debug!(file_id = %id, bytes = summary.bytes, "upload offset recorded");
+                }
                 Some(summary.bytes)
             }
             Err(e) => {
@@ -1312,10 +1325,14 @@ impl Files {
                 self.complete_transfer(transfer).await?;
                 Ok(chunk.offset + room)
             }
-            Ok(()) => self
-                .interrupt_transfer(transfer, true)
-                .await
-                .ok_or_else(|| Error::Internal("the upload's progress could not be kept".into())),
+            Ok(()) => {
+                transfer.broke = false;
+                self.interrupt_transfer(transfer, true)
+                    .await
+                    .ok_or_else(|| {
+                        Error::Internal("the upload's progress could not be kept".into())
+                    })
+            }
             Err(error) => {
                 self.interrupt_transfer(transfer, true).await;
                 Err(error)
@@ -1628,6 +1645,9 @@ struct Transfer {
     received: u64,
     /// `None` once a write failed: the part cannot be trusted, and nothing is kept.
     part: Option<PartWriter>,
+    /// Whether the transfer ended early (a broken, stalled or refused stream) rather than with
+    /// a tus request body that simply ended before the upload's last byte; only for the logs.
+    broke: bool,
     /// Held until the transfer is dropped, after its end was recorded.
     claim: Claim,
 }

@@ -1,4 +1,12 @@
-//! Files: UploadFile, DownloadFile, GetFileInfo and GetUploadStatus, plus the expiry sweep.
+//! Files: UploadFile, DownloadFile, GetFileInfo, GetUploadStatus and ListFiles, tus uploads
+//! (for `http::tus`), plus the expiry sweep.
+//!
+//! Both upload front-ends, UploadFile and tus (POST and PATCH), run one pipeline: claim the id,
+//! open the part, write, then either complete (fsync, verify, publish, mark complete) or keep
+//! what is durable and record it as the upload's progress (see `Transfer`). A tus upload is
+//! therefore an ordinary resumable upload with a server-chosen UUID: the same rows, quotas,
+//! owners and checks, continued by either front-end. A tus chunk with `Upload-Checksum` counts
+//! only once it verifies; until then its row is marked so that a crash cannot adopt it.
 //!
 //! An upload is metadata, then chunks. Bytes go to a temp part through the blob store while
 //! SHA-256 is computed; the commit order is fsync, verify, rename, fsync the directory, and only

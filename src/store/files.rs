@@ -8,7 +8,8 @@
 //! write lock. Each change to a file row that changes what it reserves moves the totals in that
 //! same transaction, so a total is never computed with a `SUM` and can never drift from its rows,
 //! and two uploads can never both fit into the same free space. Reads go through the read-only
-//! pool. This module never touches the log's tables (`streams`, `log`).
+//! pool, among them the newest-first listing of complete files (ListFiles), one statement per
+//! shape so that each walks its partial index. This module never touches the log's tables (`streams`, `log`).
 //!
 //! On PostgreSQL every public method hands over to its half in `pg::files` (one transaction on
 //! the pool per call, row locks for the totals), and upload claims hold across replicas. On

@@ -4,7 +4,8 @@
 //! mismatch (460) that leaves the offset where it was, an unknown algorithm (400); a whole-file
 //! checksum mismatch (460, then 404); termination; expiry; version (412) and size (413) refusals;
 //! concurrent PATCHes (423, also across two replicas on PostgreSQL); a stalled body (408, its
-//! bytes kept); access with auth on; and files that cross between tus and UploadFile both ways,
+//! bytes kept); a crash mid-chunk (SIGKILL: an unverified chunk is never adopted); access with
+//! auth on; and files that cross between tus and UploadFile both ways,
 //! each checked byte for byte and by SHA-256 through DownloadFile and the signed URL.
 //!
 //! The HTTP client is a few lines over a TCP socket, so that a test can stop a body half-way,
@@ -1447,6 +1448,78 @@ async fn access_with_auth_on() {
         );
         // Unsigned, the download route refuses.
         assert_eq!(anonymous.raw("GET", &path, &[], b"").await.status, 403);
+    })
+    .await;
+}
+
+/// A server killed (SIGKILL) while a checksummed chunk is half written adopts none of it at its
+/// next start: the offset is the one before that chunk, and the upload continues from there to
+/// the exact file. Without a checksum, the bytes that reached the part are kept, as tus asks.
+#[tokio::test]
+async fn a_crash_mid_checksummed_chunk_adopts_none_of_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    within(120, "crash mid-chunk", async {
+        let bytes = data(11, 200_000);
+        let child = common::ChildServer::spawn(dir.path(), &[]);
+        let http = Http::open(child.addr);
+        let client = grpc(child.addr, None).await;
+        let checked = http.create(bytes.len(), "").await;
+        let plain = http.create(bytes.len(), "").await;
+        for path in [&checked, &plain] {
+            assert_eq!(http.patch(path, 0, &bytes[..1_000]).await.status, 204);
+        }
+        let mut extra = vec![
+            (
+                "content-type",
+                "application/offset+octet-stream".to_string(),
+            ),
+            ("upload-offset", "1000".to_string()),
+        ];
+        let _plain_body = http
+            .start(
+                "PATCH",
+                &plain,
+                &http.tus_headers(&extra),
+                Some(bytes.len() - 1_000),
+                &bytes[1_000..60_000],
+            )
+            .await;
+        extra.push(upload_checksum("sha256", &bytes[1_000..]));
+        let _checked_body = http
+            .start(
+                "PATCH",
+                &checked,
+                &http.tus_headers(&extra),
+                Some(bytes.len() - 1_000),
+                &bytes[1_000..60_000],
+            )
+            .await;
+        wait_for_live(&client, &id_of(&plain), 60_000).await;
+        wait_for_live(&client, &id_of(&checked), 60_000).await;
+        child.kill9();
+
+        let child = common::ChildServer::spawn(dir.path(), &[]);
+        let http = Http::open(child.addr);
+        let mut client = grpc(child.addr, None).await;
+        assert_eq!(
+            http.head(&checked).await.offset(),
+            1_000,
+            "the unverified chunk is cut off"
+        );
+        assert_eq!(
+            http.head(&plain).await.offset(),
+            60_000,
+            "unchecked bytes are kept"
+        );
+        for (path, from) in [(&checked, 1_000), (&plain, 60_000)] {
+            let reply = http.patch(path, from, &bytes[from..]).await;
+            assert_eq!(
+                (reply.status, reply.offset()),
+                (204, bytes.len() as u64),
+                "{path}"
+            );
+            assert_stored(&http, &mut client, &id_of(path), &bytes).await;
+        }
     })
     .await;
 }

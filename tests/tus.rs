@@ -222,9 +222,19 @@ impl Http {
     /// A PATCH after an interrupted one, retried while the server still holds the upload for
     /// the interrupted request (423: it records the offset first, then lets go).
     async fn patch_unlocked(&self, path: &str, offset: usize, body: &[u8]) -> Reply {
+        self.patch_unlocked_with(path, offset, body, &[]).await
+    }
+
+    async fn patch_unlocked_with(
+        &self,
+        path: &str,
+        offset: usize,
+        body: &[u8],
+        extra: &[(&str, String)],
+    ) -> Reply {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let reply = self.patch(path, offset, body).await;
+            let reply = self.patch_with(path, offset, body, extra).await;
             if reply.status != 423 || std::time::Instant::now() > deadline {
                 return reply;
             }
@@ -373,6 +383,33 @@ async fn wait_for_live(client: &AuthClient, id: &str, bytes: usize) {
         || {
             let mut client = client.clone();
             async move {
+                match status(&mut client, id).await {
+                    Ok(s) if s.bytes_received == bytes as i64 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// [`wait_for_live`] for a request this test holds open on `socket`: should the server answer
+/// that request instead (it refused it), the wait fails at once with that answer.
+async fn wait_for_held(client: &AuthClient, id: &str, bytes: usize, socket: &TcpStream) {
+    poll_until(
+        &format!("{bytes} bytes of {id} received by the held request"),
+        Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            let mut peek = [0u8; 512];
+            let answered = match socket.try_read(&mut peek) {
+                Ok(n) if n > 0 => Some(String::from_utf8_lossy(&peek[..n]).into_owned()),
+                _ => None,
+            };
+            async move {
+                if let Some(answer) = answered {
+                    panic!("the held request was answered: {answer}");
+                }
                 match status(&mut client, id).await {
                     Ok(s) if s.bytes_received == bytes as i64 => Ok(()),
                     other => Err(format!("{other:?}")),
@@ -912,7 +949,7 @@ async fn an_interrupted_patch_resumes_from_its_durable_offset(kind: StoreKind) {
         let id = id_of(&path);
         let cut = 300_000;
         let socket = http.open_patch(&path, 0, bytes.len(), &bytes[..cut]).await;
-        wait_for_live(&client, &id, cut).await;
+        wait_for_held(&client, &id, cut, &socket).await;
         drop(socket); // The connection goes away mid-body.
         wait_for_offset(&http, &path, cut).await;
 
@@ -930,7 +967,7 @@ async fn an_interrupted_patch_resumes_from_its_durable_offset(kind: StoreKind) {
         let socket = http
             .open_patch(&path, cut, bytes.len() - cut, &bytes[cut..second])
             .await;
-        wait_for_live(&client, &id, second).await;
+        wait_for_held(&client, &id, second, &socket).await;
         drop(socket);
         wait_for_offset(&http, &path, second).await;
         let reply = http.patch_unlocked(&path, second, &bytes[second..]).await;
@@ -1032,13 +1069,14 @@ async fn chunk_checksums_verify_before_the_offset_moves(kind: StoreKind) {
                 &bytes[b..b + 50_000],
             )
             .await;
-        wait_for_live(&client, &id_of(&path), b + 50_000).await;
+        wait_for_held(&client, &id_of(&path), b + 50_000, &socket).await;
         drop(socket);
-        // The live figure falls back to the recorded offset once the request has let go.
+        // The live figure goes back to the offset before the chunk once it is cut off; the
+        // request may hold the upload a moment longer (423 meanwhile).
         wait_for_live(&client, &id_of(&path), b).await;
         assert_eq!(http.head(&path).await.offset(), b as u64);
         let reply = http
-            .patch_with(
+            .patch_unlocked_with(
                 &path,
                 b,
                 &bytes[b..],
@@ -1159,7 +1197,7 @@ async fn a_concurrent_patch_is_locked_out(kind: StoreKind) {
         let path = http.create(bytes.len(), "").await;
         let id = id_of(&path);
         let mut held = http.open_patch(&path, 0, 60_000, &bytes[..10_000]).await;
-        wait_for_live(&client, &id, 10_000).await;
+        wait_for_held(&client, &id, 10_000, &held).await;
         let reply = http.patch(&path, 0, &bytes[..1000]).await;
         assert_eq!(reply.status, 423, "{reply:?}");
         assert_eq!(reply.must("tus-resumable"), "1.0.0");
@@ -1189,10 +1227,10 @@ async fn a_concurrent_patch_is_locked_out(kind: StoreKind) {
         within(120, "concurrent patch across replicas", async {
             let bytes = data(7, 50_000);
             let path = on_a.create(bytes.len(), "").await;
-            let _held = on_a
+            let held = on_a
                 .open_patch(&path, 0, bytes.len(), &bytes[..5_000])
                 .await;
-            wait_for_live(&client_a, &id_of(&path), 5_000).await;
+            wait_for_held(&client_a, &id_of(&path), 5_000, &held).await;
             let reply = on_b.patch(&path, 0, &bytes[..1000]).await;
             assert_eq!(reply.status, 423, "the other replica: {reply:?}");
             assert_eq!(on_b.head(&path).await.offset(), 0);
@@ -1321,7 +1359,7 @@ async fn stalls_and_quotas() {
     within(60, "stalls and quotas", async {
         let path = alice.create(8_000, "").await;
         let mut stalled = alice.open_patch(&path, 0, 8_000, &[3u8; 1_000]).await;
-        wait_for_live(&client, &id_of(&path), 1_000).await;
+        wait_for_held(&client, &id_of(&path), 1_000, &stalled).await;
         // Nothing more is sent: the server answers on its own once the idle time has passed.
         let reply = read_reply(&mut stalled).await;
         assert_eq!(reply.status, 408, "{reply:?}");
@@ -1475,7 +1513,7 @@ async fn a_crash_mid_checksummed_chunk_adopts_none_of_it() {
             ),
             ("upload-offset", "1000".to_string()),
         ];
-        let _plain_body = http
+        let plain_body = http
             .start(
                 "PATCH",
                 &plain,
@@ -1485,7 +1523,7 @@ async fn a_crash_mid_checksummed_chunk_adopts_none_of_it() {
             )
             .await;
         extra.push(upload_checksum("sha256", &bytes[1_000..]));
-        let _checked_body = http
+        let checked_body = http
             .start(
                 "PATCH",
                 &checked,
@@ -1494,8 +1532,8 @@ async fn a_crash_mid_checksummed_chunk_adopts_none_of_it() {
                 &bytes[1_000..60_000],
             )
             .await;
-        wait_for_live(&client, &id_of(&plain), 60_000).await;
-        wait_for_live(&client, &id_of(&checked), 60_000).await;
+        wait_for_held(&client, &id_of(&plain), 60_000, &plain_body).await;
+        wait_for_held(&client, &id_of(&checked), 60_000, &checked_body).await;
         child.kill9();
 
         let child = common::ChildServer::spawn(dir.path(), &[]);

@@ -330,7 +330,7 @@ impl PgStore {
     }
 
     /// See [`crate::store::Store::complete_files`]: one statement per shape, each matching a
-    /// partial index (migrations_pg/0006_tus_files.sql); row comparisons walk the index.
+    /// partial index (migrations_pg/0007_tus_files.sql); row comparisons walk the index.
     pub(crate) async fn complete_files(
         &self,
         owner: Option<&str>,

@@ -246,6 +246,14 @@ pub struct Config {
     #[arg(long, env = "STREAMHUB_DOWNLOAD_URL_TTL_SECS", default_value_t = 3600)]
     pub download_url_ttl_secs: u64,
 
+    /// Web origins (`https://app.example.com`, comma-separated) whose pages may call the API
+    /// from a browser: gRPC-Web, tus uploads and downloads. Unset, no CORS headers are sent and
+    /// browsers allow only same-origin pages (the console). `*` allows any origin, for
+    /// development (a warning is logged when auth is on). Tokens travel in `authorization`, never
+    /// in cookies, so no origin gets credentials.
+    #[arg(long, env = "STREAMHUB_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
     /// Messages a chat member joining with sequence 0 gets replayed: the room's latest.
     #[arg(long, env = "STREAMHUB_CHAT_REPLAY_MESSAGES", default_value_t = 50)]
     pub chat_replay_messages: u64,
@@ -337,6 +345,62 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Parses one `--cors-origins` entry: `*`, or an origin as a browser sends it in `Origin`
+/// (`scheme://host[:port]`, http or https, no path), lower-cased, with one trailing `/` dropped
+/// (a browser never sends it, so it would match nothing). A blank entry stays blank and allows
+/// nothing, so that `STREAMHUB_CORS_ORIGINS=` in a `.env` means none.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed == "*" {
+        return Ok(trimmed.to_string());
+    }
+    let origin = trimmed
+        .strip_suffix('/')
+        .unwrap_or(trimmed)
+        .to_ascii_lowercase();
+    let refuse = |why: &str| {
+        Err(format!(
+            "`{text}` is not a CORS origin ({why}); use scheme://host[:port] \
+             (https://app.example.com, http://localhost:5173) or `*`"
+        ))
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return refuse("no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return refuse("only http and https pages send an origin");
+    }
+    if authority.is_empty() {
+        return refuse("no host");
+    }
+    if authority
+        .chars()
+        .any(|c| matches!(c, '/' | '?' | '#' | '@' | '*') || c.is_whitespace() || c.is_control())
+    {
+        return refuse("an origin has no path, query, user or wildcard");
+    }
+    let host_end = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) => end + 1,
+            None => return refuse("an unclosed IPv6 bracket"),
+        }
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (host, port) = authority.split_at(host_end);
+    if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+        return refuse("no host");
+    }
+    if let Some(port) = port.strip_prefix(':') {
+        if port.parse::<u16>().is_err() {
+            return refuse("a port is a number up to 65535");
+        }
+    } else if !port.is_empty() {
+        return refuse("unexpected text after the host");
+    }
+    Ok(origin)
+}
+
 impl Config {
     /// The defaults, with the database and files under `dir`: what tests and embedders start from.
     pub fn in_dir(dir: &std::path::Path) -> Self {
@@ -389,6 +453,40 @@ mod tests {
         );
         for bad in ["localhost", "localhost:x", "example.com:1", "", ":80"] {
             assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_browser_origins_or_a_wildcard() {
+        for (text, origin) in [
+            ("*", "*"),
+            (" * ", "*"),
+            ("", ""),
+            ("  ", ""),
+            ("https://app.example.com", "https://app.example.com"),
+            ("https://App.Example.com/", "https://app.example.com"),
+            ("http://localhost:5173", "http://localhost:5173"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://[::1]:3000", "http://[::1]:3000"),
+        ] {
+            assert_eq!(parse_origin(text).as_deref(), Ok(origin), "{text}");
+        }
+        for bad in [
+            "app.example.com",
+            "ftp://example.com",
+            "https://",
+            "https://example.com/app",
+            "https://example.com?x",
+            "https://user@example.com",
+            "https://*.example.com",
+            "https://example.com:99999",
+            "https://example.com:",
+            "https://[::1",
+            "https://[::1]x",
+            "https://exa mple.com",
+            "null",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -12,6 +12,10 @@
 //! the service stack until its response body has been sent (or dropped). HTTP/2 pings, SETTINGS
 //! and WINDOW_UPDATE frames never reach the service stack, so keepalive never counts as activity.
 //! This module knows nothing of what a call does.
+//!
+//! Browsers reach the same listener: gRPC-Web requests, over HTTP/1.1 or HTTP/2, with or without
+//! TLS, are translated to gRPC by a layer of the stack, and CORS (from `--cors-origins`) is
+//! another; see [`web`] and [`serve_connection`] for where they sit.
 
 use crate::auth::AuthLayer;
 use crate::cancel::CancelLayer;
@@ -33,6 +37,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
+use web::GrpcWebGateLayer;
+
+mod web;
+
+pub use web::{CorsGateLayer, cors_layer};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4), before its SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -50,6 +59,9 @@ pub struct Settings {
     pub routes: Routes,
     pub rpc_metrics: RpcMetrics,
     pub verifier: Option<Arc<crate::auth::Verifier>>,
+    /// CORS for browser pages of other origins (see [`cors_layer`]); without origins it sends
+    /// no CORS headers at all.
+    pub cors: CorsGateLayer,
     pub max_message_bytes: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
@@ -281,9 +293,16 @@ where
     // signal, and not a moment less.
     let incoming =
         tokio_stream::once(Ok::<_, io::Error>(io)).chain(tokio_stream::pending::<io::Result<_>>());
+    // Outermost first. CORS sits outside auth, so that a preflight is answered without a token
+    // and a refusal still carries CORS headers a page needs to read it. gRPC-Web sits outside
+    // the metrics, auth and message limit: they all see the plain gRPC request tonic-web makes
+    // of it (its RPC's path, a status in trailers, decoded message prefixes), and a refusal
+    // comes out as a gRPC-Web answer whose grpc-status a browser can read.
     let served = Server::builder()
         .layer(CallsLayer(calls))
         .layer(CancelLayer)
+        .layer(settings.cors.clone())
+        .layer(GrpcWebGateLayer)
         .layer(RpcMetricsLayer(settings.rpc_metrics.clone()))
         .layer(AuthLayer(settings.verifier.clone()))
         .layer(MessageLimitLayer::new(settings.max_message_bytes))

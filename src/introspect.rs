@@ -41,7 +41,7 @@ pub struct RpcMetrics {
 
 /// The RPC names of the contract: a path outside this list is not counted, so a client cannot
 /// grow the label set.
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 23] = [
     "StreamUserEvents",
     "DownloadFile",
     "SubscribeToNotifications",
@@ -58,6 +58,13 @@ const RPCS: [&str; 16] = [
     "GetUploadStatus",
     "GetChatHistory",
     "QueryMetrics",
+    "JoinRoom",
+    "SendChatMessage",
+    "OpenDocument",
+    "SubmitCollaborationEvent",
+    "ListStreams",
+    "ListFiles",
+    "ListMetricSeries",
 ];
 
 impl RpcMetrics {

@@ -7,6 +7,9 @@
 //! do in the same order (queue a join notice, broadcast a LEAVE), so two streams of one user
 //! can never publish their join and leave out of order.
 //!
+//! A signal sent by a unary call (SendChatMessage, SubmitCollaborationEvent) comes from no
+//! stream, so it skips every stream of its user instead of one.
+//!
 //! Nothing here is stored, and nothing here blocks: signals go through a bounded broadcast
 //! channel per room, and a member that falls behind loses stale signals (never stored data) and
 //! can resynchronise its view of who is present.
@@ -29,6 +32,9 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 pub struct Signal<S> {
     /// The sending stream; it never hears its own signals.
     from: u64,
+    /// Set for a signal sent by a unary call (SendChatMessage, SubmitCollaborationEvent): that
+    /// call has no stream of its own to skip, so none of the sending user's streams hears it.
+    except_user: Option<Arc<str>>,
     body: S,
 }
 
@@ -84,6 +90,7 @@ impl<S> Joined<'_, S> {
     pub fn broadcast(&self, body: S) {
         let _ = self.signals.send(Signal {
             from: self.session,
+            except_user: None,
             body,
         });
     }
@@ -102,6 +109,7 @@ impl<S> Left<'_, S> {
     pub fn broadcast(&self, body: S) {
         let _ = self.signals.send(Signal {
             from: self.session,
+            except_user: None,
             body,
         });
     }
@@ -188,8 +196,19 @@ impl<S: Clone + Send + 'static> Presence<S> {
     /// Hands a signal from another replica to every stream of `room` here (none, when nobody
     /// here is in it). Session 0 is no stream's, so every member hears it.
     pub fn inject(&self, room: &str, body: S) {
+        self.inject_except(room, None, body);
+    }
+
+    /// Like [`Self::inject`], but no stream of `except_user` hears it: a signal from a unary
+    /// call of that user (which has no stream to skip), or one relayed for it by another
+    /// replica.
+    pub fn inject_except(&self, room: &str, except_user: Option<&str>, body: S) {
         if let Some(room) = self.lock().get(room) {
-            let _ = room.signals.send(Signal { from: 0, body });
+            let _ = room.signals.send(Signal {
+                from: 0,
+                except_user: except_user.map(Arc::from),
+                body,
+            });
         }
     }
 }
@@ -211,6 +230,7 @@ impl<S: Clone + Send + 'static> Member<S> {
         if let Some(room) = rooms.get(&self.room) {
             let _ = room.signals.send(Signal {
                 from: self.session,
+                except_user: None,
                 body,
             });
         }
@@ -286,6 +306,11 @@ impl<S: Clone + Send + 'static> Listener<S> {
         loop {
             return match Pin::new(&mut self.rx).poll_next(cx) {
                 Poll::Ready(Some(Ok(signal))) if signal.from == self.session => continue,
+                Poll::Ready(Some(Ok(signal)))
+                    if signal.except_user.as_deref() == Some(self.user.as_ref()) =>
+                {
+                    continue;
+                }
                 Poll::Ready(Some(Ok(signal))) => Poll::Ready(Some(Heard::Signal(signal.body))),
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
                     Poll::Ready(Some(Heard::Lagged))

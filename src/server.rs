@@ -214,6 +214,7 @@ impl App {
             routes: Routes::from(routes),
             rpc_metrics: self.rpc_metrics.clone(),
             verifier: self.auth.as_ref().map(|a| a.verifier.clone()),
+            cors: crate::conn::cors_layer(&config.cors_origins, self.auth.is_some())?,
             max_message_bytes: config.max_message_bytes,
             keepalive_interval: config.keepalive_interval(),
             keepalive_timeout: config.keepalive_timeout(),

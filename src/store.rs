@@ -99,6 +99,74 @@ pub struct Head {
     pub ts_micros: i64,
 }
 
+/// One stream of a listing ([`Store::list_streams`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamListing {
+    pub key: String,
+    /// The stream's last sequence (at least 1: listings leave empty streams out).
+    pub head: u64,
+    /// The commit time of its last record, in microseconds since the Unix epoch.
+    pub last_ts_micros: i64,
+}
+
+/// A range of keys in bytewise order (the order of SQLite's BINARY collation and PostgreSQL's
+/// "C"): the keys that start with a prefix, from a point on. A prefix is plain text, so `%`
+/// and `_` in it are only themselves: the range is two comparisons, never a LIKE pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Where the range starts.
+    pub from: String,
+    /// Whether `from` itself is left out: the page before ended with it.
+    pub from_excluded: bool,
+    /// The first key past the range, excluded; `None` runs to the last key.
+    pub below: Option<String>,
+}
+
+impl KeyRange {
+    /// The keys that start with `prefix`, after `after` when given.
+    ///
+    /// The keys that start with `p` are exactly those at or after `p` and before `p` with its
+    /// last character replaced by the next one (dropping trailing characters that have none):
+    /// UTF-8 orders by code point, and no character's encoding is a prefix of another's. Each
+    /// bound stays valid text, which PostgreSQL requires of a TEXT parameter.
+    pub fn prefixed(prefix: &str, after: Option<&str>) -> KeyRange {
+        let (from, from_excluded) = match after {
+            // `str` compares bytewise, as the databases do here.
+            Some(after) if after >= prefix => (after.to_string(), true),
+            _ => (prefix.to_string(), false),
+        };
+        let mut below: Vec<char> = prefix.chars().collect();
+        let below = loop {
+            let Some(last) = below.pop() else {
+                break None;
+            };
+            let next = match last {
+                '\u{D7FF}' => Some('\u{E000}'),
+                c => char::from_u32(c as u32 + 1),
+            };
+            if let Some(next) = next {
+                below.push(next);
+                break Some(below.into_iter().collect());
+            }
+        };
+        KeyRange {
+            from,
+            from_excluded,
+            below,
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &str) -> bool {
+        let after_start = if self.from_excluded {
+            key > self.from.as_str()
+        } else {
+            key >= self.from.as_str()
+        };
+        after_start && self.below.as_deref().is_none_or(|below| key < below)
+    }
+}
+
 /// Refuses a database URL this build cannot serve, before anything is created in its name.
 /// Without this check, sqlx would take `postgres://u:p@host/db` for a SQLite file name and
 /// create `./postgres:/u:p@host/db`.
@@ -487,6 +555,22 @@ impl Store {
         }
     }
 
+    /// Up to `limit` streams of `kind` that hold at least one record, in the bytewise order of
+    /// their keys, within `range` (see [`KeyRange`]). One range scan of the interned streams'
+    /// index, plus one index seek per listed stream on SQLite (its head and last timestamp);
+    /// never a scan of the records.
+    pub async fn list_streams(
+        &self,
+        kind: StreamKind,
+        range: &KeyRange,
+        limit: u32,
+    ) -> Result<Vec<StreamListing>> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.log_readers.list_streams(kind, range, limit).await,
+            Backend::Postgres(pg) => pg.list_streams(kind, range, limit).await,
+        }
+    }
+
     /// The PostgreSQL store, when that is the database: what only several replicas need (the
     /// LISTEN connection, presence leases, upload claims).
     pub fn postgres(&self) -> Option<&pg::PgStore> {
@@ -544,6 +628,65 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_range_holds_exactly_the_keys_that_start_with_it() {
+        let range = KeyRange::prefixed("ab", None);
+        assert_eq!(
+            (
+                range.from.as_str(),
+                range.from_excluded,
+                range.below.as_deref()
+            ),
+            ("ab", false, Some("ac"))
+        );
+        assert_eq!(KeyRange::prefixed("", None).below, None);
+        assert_eq!(
+            KeyRange::prefixed("a\u{10FFFF}", None).below.as_deref(),
+            Some("b")
+        );
+        assert_eq!(KeyRange::prefixed("\u{10FFFF}", None).below, None);
+        assert_eq!(
+            KeyRange::prefixed("x\u{D7FF}", None).below.as_deref(),
+            Some("x\u{E000}")
+        );
+        // A page token before the prefix starts at the prefix; one inside it, after itself.
+        assert_eq!(KeyRange::prefixed("b", Some("a")).from, "b");
+        let after = KeyRange::prefixed("b", Some("b1"));
+        assert_eq!((after.from.as_str(), after.from_excluded), ("b1", true));
+        let keys = [
+            "",
+            "a",
+            "a%",
+            "a_",
+            "a%b",
+            "ab",
+            "a\u{7f}",
+            "a\u{80}",
+            "a\u{FFFF}",
+            "a\u{10FFFF}",
+            "a\u{10FFFF}z",
+            "b",
+            "%",
+            "_",
+            "é",
+            "éa",
+            "ê",
+        ];
+        for prefix in ["", "a", "a%", "a_", "é", "a\u{10FFFF}", "\u{10FFFF}"] {
+            for after in [None, Some("a"), Some("a%"), Some("é")] {
+                let range = KeyRange::prefixed(prefix, after);
+                for key in keys {
+                    let expected = key.starts_with(prefix) && after.is_none_or(|a| key > a);
+                    assert_eq!(
+                        range.contains(key),
+                        expected,
+                        "{prefix:?} after {after:?}: {key:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_database_lock_sits_beside_the_file() {

@@ -103,7 +103,8 @@ impl Tls {
                 key_path.display()
             ))
         })?;
-        // gRPC needs h2; the download route is also fetched over HTTP/1.1.
+        // gRPC needs h2; gRPC-Web, tus and downloads also come over HTTP/1.1 (browsers and
+        // clients that offer only it), which the connection serves as well (`crate::conn`).
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Some(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),

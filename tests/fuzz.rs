@@ -4,7 +4,7 @@
 //! the stored answer, with other content ALREADY_EXISTS) and exact per-user sequences. The
 //! live-processing window is held to a from-scratch recomputation, directly and through
 //! ProcessLiveData with arbitrary keys and values (NaN, infinities, huge). Finally, arbitrary
-//! bytes go to each of the 16 RPCs as raw gRPC frames over HTTP/2: every call must end with a gRPC
+//! bytes go to each of the 23 RPCs as raw gRPC frames over HTTP/2: every call must end with a gRPC
 //! status (or be a legitimately live subscription), the connection must survive, and the server
 //! must go on serving.
 //!
@@ -623,7 +623,7 @@ fn process_live_data_matches_the_model_for_any_input() {
 // Raw gRPC frames to every RPC
 // ---------------------------------------------------------------------------------------------
 
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 23] = [
     "StreamUserEvents",
     "DownloadFile",
     "SubscribeToNotifications",
@@ -640,6 +640,13 @@ const RPCS: [&str; 16] = [
     "GetUploadStatus",
     "GetChatHistory",
     "QueryMetrics",
+    "JoinRoom",
+    "SendChatMessage",
+    "OpenDocument",
+    "SubmitCollaborationEvent",
+    "ListStreams",
+    "ListFiles",
+    "ListMetricSeries",
 ];
 
 /// A valid request message of `rpc`, for mutation: it reaches past decoding into validation.
@@ -731,6 +738,50 @@ fn sample(rpc: &str) -> Vec<u8> {
         "QueryMetrics" => QueryMetricsRequest {
             name: "m".into(),
             ..Default::default()
+        }
+        .encode_to_vec(),
+        "JoinRoom" => JoinRoomRequest {
+            room_id: "fz".into(),
+            user_id: "fz".into(),
+            after_sequence: 0,
+        }
+        .encode_to_vec(),
+        "SendChatMessage" => ChatMessage {
+            room_id: "fz".into(),
+            user_id: "fz".into(),
+            content: "hi".into(),
+            r#type: ChatMessageType::Text as i32,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "OpenDocument" => OpenDocumentRequest {
+            document_id: "fz".into(),
+            user_id: "fz".into(),
+            after_sequence: 0,
+        }
+        .encode_to_vec(),
+        "SubmitCollaborationEvent" => CollaborationEvent {
+            document_id: "fz".into(),
+            user_id: "fz".into(),
+            r#type: CollaborationEventType::Operation as i32,
+            payload: b"op".to_vec(),
+            base_sequence: Some(0),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ListStreams" => ListStreamsRequest {
+            kind: StreamKind::Events as i32,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ListFiles" => ListFilesRequest {
+            limit: 10,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ListMetricSeries" => ListMetricSeriesRequest {
+            name_prefix: "m".into(),
+            limit: 10,
         }
         .encode_to_vec(),
         other => panic!("unknown rpc {other}"),
@@ -849,7 +900,10 @@ async fn raw_call(
         return Answer::Status(code);
     }
     // A live subscription never ends by itself; every other call must end promptly.
-    let may_stay_open = matches!(rpc, "StreamUserEvents" | "SubscribeToNotifications");
+    let may_stay_open = matches!(
+        rpc,
+        "StreamUserEvents" | "SubscribeToNotifications" | "JoinRoom" | "OpenDocument"
+    );
     let wait = Duration::from_millis(if may_stay_open { 150 } else { 20_000 });
     let mut body = response.into_body();
     let read = async {
@@ -871,7 +925,7 @@ async fn raw_call(
 }
 
 /// Arbitrary bytes, framed, misframed and unframed, and mutated valid messages, to each of the
-/// 16 RPCs on one HTTP/2 connection: every call ends with a gRPC status (any code; a valid
+/// 23 RPCs on one HTTP/2 connection: every call ends with a gRPC status (any code; a valid
 /// subscription may instead stay live), the connection survives all of it, no call stays counted
 /// as open once the client is gone, and ordinary calls work afterwards.
 #[test]

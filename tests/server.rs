@@ -92,7 +92,7 @@ async fn reflection_lists_and_describes_the_contract() {
         .expect("the contract's file");
     let service = &file.service[0];
     assert_eq!(service.name(), "StreamingService");
-    assert_eq!(service.method.len(), 16, "every RPC of the contract");
+    assert_eq!(service.method.len(), 23, "every RPC of the contract");
 }
 
 #[test]

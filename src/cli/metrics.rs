@@ -1,5 +1,6 @@
 //! `streamhub metrics …`: push points from stdin in the Prometheus text style with
-//! CollectMetrics, and print bucketed figures with QueryMetrics.
+//! CollectMetrics, print bucketed figures with QueryMetrics, and list the known series with
+//! ListMetricSeries.
 //!
 //! Results go to stdout; bad input lines and diagnostics go to stderr. This module parses text
 //! and prints; it never decides what a valid metric is: the server does, and its verdicts are
@@ -7,7 +8,10 @@
 
 use super::format::{When, parse_duration, parse_when};
 use super::{CliResult, Connect, fail};
-use crate::proto::{MetricData, MetricSeries, MetricsCollectionResult, QueryMetricsRequest};
+use crate::proto::{
+    ListMetricSeriesRequest, ListMetricSeriesResponse, MetricData, MetricSeries,
+    MetricsCollectionResult, QueryMetricsRequest,
+};
 use clap::{Args, Subcommand};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -71,6 +75,25 @@ pub enum MetricsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the known series, one `name{label="value",…}` a line, by name then labels.
+    ///
+    /// Only series that hold points are listed. Example: `streamhub metrics series --prefix
+    /// http_`.
+    Series {
+        /// Only series whose name starts with this.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        prefix: String,
+        /// Series to print (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Print the answer as proto3 JSON (a ListMetricSeriesResponse).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl super::json::Proto for ListMetricSeriesResponse {
+    const NAME: &'static str = "streaming.v1.ListMetricSeriesResponse";
 }
 
 fn parse_step(text: &str) -> Result<u32, String> {
@@ -245,6 +268,33 @@ pub async fn run(connect: &Connect, args: MetricsArgs) -> CliResult<()> {
                 return super::json::print(&response);
             }
             print_series(&response.series, step);
+            Ok(())
+        }
+        MetricsCommand::Series {
+            prefix,
+            limit,
+            json,
+        } => {
+            let mut client = connect.client().await?;
+            let response = client
+                .list_metric_series(ListMetricSeriesRequest {
+                    name_prefix: prefix,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            if json {
+                return super::json::print(&response);
+            }
+            if response.series.is_empty() {
+                eprintln!("(no series)");
+            }
+            for series in &response.series {
+                super::print_line(&series_text(&series.name, &series.labels))?;
+            }
+            if response.series.len() == limit as usize {
+                eprintln!("(the first {limit}; --limit or --prefix shows others)");
+            }
             Ok(())
         }
     }

@@ -17,6 +17,7 @@ pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod streams;
 pub mod token;
 
 use crate::config::Config;
@@ -81,8 +82,10 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Send, tail and acknowledge notifications.
     Notify(notify::NotifyArgs),
-    /// Push metrics in the Prometheus text style, or query them.
+    /// Push metrics in the Prometheus text style, query them, or list their series.
     Metrics(metrics::MetricsArgs),
+    /// List the streams of one kind: users' events, inboxes, chat rooms, documents.
+    Streams(streams::StreamsArgs),
     /// Stream numbers from stdin through ProcessLiveData and print each result.
     Live(live::LiveArgs),
     /// Measure throughput and latency against a running server.
@@ -165,6 +168,7 @@ pub async fn run(command: Command, connect: Connect) -> CliResult<()> {
         Command::Chat(args) => chat::run(&connect, args).await,
         Command::Notify(args) => notify::run(&connect, args).await,
         Command::Metrics(args) => metrics::run(&connect, args).await,
+        Command::Streams(args) => streams::run(&connect, args).await,
         Command::Live(args) => live::run(&connect, args).await,
         Command::Bench(args) => bench::run(&connect, args).await,
         Command::Token(args) => token::run(args),

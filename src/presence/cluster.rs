@@ -7,8 +7,9 @@
 //! leaves). An upkeep task renews this replica's leases every third of the lease time and takes
 //! the lapsed leases of replicas that died, so that their users' leave is announced once.
 //!
-//! Signals go out in the order they were sent, through one task, as text: the space, the room
-//! and the hex of the encoded message. Signals from other replicas are handed to the local
+//! Signals go out in the order they were sent, through one task, as text: the space, the room,
+//! the hex of the encoded message and, for a signal of a unary call, the user whose streams
+//! must not hear it. Signals from other replicas are handed to the local
 //! registry as if a member here had sent them. Nothing here is stored in the log.
 
 use super::Presence;
@@ -62,22 +63,37 @@ struct Inner {
     outgoing: mpsc::Sender<String>,
 }
 
-/// The text of a signal: `<space> <room length> <room><hex of the message>`.
-fn signal_text(space: StreamKind, room: &str, body: &[u8]) -> String {
+/// The text of a signal: `<space> <room length> <room><hex of the message>`, then
+/// ` <user>` when no stream of that user may hear it. The user comes last, so it may hold
+/// spaces; the hex holds none, so the first space after the room starts the user.
+fn signal_text(space: StreamKind, room: &str, body: &[u8], except_user: Option<&str>) -> String {
     use std::fmt::Write;
     let mut text = format!("{} {} {room}", space.code(), room.len());
     for byte in body {
         let _ = write!(text, "{byte:02x}");
     }
+    if let Some(user) = except_user {
+        text.push(' ');
+        text.push_str(user);
+    }
     text
 }
 
-fn parse_signal(text: &str) -> Option<(i64, &str, Vec<u8>)> {
+/// A parsed signal: the space's code, the room, the encoded message and the excepted user.
+type ParsedSignal<'a> = (i64, &'a str, Vec<u8>, Option<&'a str>);
+
+fn parse_signal(text: &str) -> Option<ParsedSignal<'_>> {
     let (space, rest) = text.split_once(' ')?;
     let (len, rest) = rest.split_once(' ')?;
     let len: usize = len.parse().ok()?;
     let room = rest.get(..len)?;
-    let hex = rest.get(len..)?.as_bytes();
+    let tail = rest.get(len..)?;
+    let (hex, except_user) = match tail.split_once(' ') {
+        Some((_, "")) => return None,
+        Some((hex, user)) => (hex, Some(user)),
+        None => (tail, None),
+    };
+    let hex = hex.as_bytes();
     if hex.len() % 2 != 0 {
         return None;
     }
@@ -85,7 +101,7 @@ fn parse_signal(text: &str) -> Option<(i64, &str, Vec<u8>)> {
         .chunks(2)
         .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
         .collect::<Option<Vec<u8>>>()?;
-    Some((space.parse().ok()?, room, body))
+    Some((space.parse().ok()?, room, body, except_user))
 }
 
 impl<S: prost::Message + Default + Clone + Send + 'static> Cluster<S> {
@@ -148,14 +164,14 @@ impl<S: prost::Message + Default + Clone + Send + 'static> Cluster<S> {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 };
-                let Some((code, room, body)) = parse_signal(&text) else {
+                let Some((code, room, body, except_user)) = parse_signal(&text) else {
                     continue;
                 };
                 if code != space.code() {
                     continue;
                 }
                 if let Ok(message) = S::decode(body.as_slice()) {
-                    local.inject(room, message);
+                    local.inject_except(room, except_user, message);
                 }
             }
         });
@@ -261,7 +277,13 @@ impl<S: prost::Message + Default + Clone + Send + 'static> Cluster<S> {
     /// Sends `signal` to the members of `room` on the other replicas, after every signal sent
     /// before it. Never waits: when the queue is full, the signal is dropped.
     pub fn send(&self, room: &str, signal: &S) {
-        let text = signal_text(self.inner.space, room, &signal.encode_to_vec());
+        self.send_except(room, None, signal);
+    }
+
+    /// Like [`Self::send`], but no stream of `except_user` on the other replicas hears it (a
+    /// signal of that user's unary call; see [`Presence::inject_except`]).
+    pub fn send_except(&self, room: &str, except_user: Option<&str>, signal: &S) {
+        let text = signal_text(self.inner.space, room, &signal.encode_to_vec(), except_user);
         if self.inner.outgoing.try_send(text).is_err() {
             tracing::debug!(room, "outgoing signal queue full; signal dropped");
         }
@@ -274,13 +296,29 @@ mod tests {
 
     #[test]
     fn a_signal_round_trips_with_spaces_in_the_room() {
-        let text = signal_text(StreamKind::Chat, "a room ", &[0, 1, 0xfe, 0xff]);
+        let text = signal_text(StreamKind::Chat, "a room ", &[0, 1, 0xfe, 0xff], None);
         assert_eq!(
             parse_signal(&text),
-            Some((3, "a room ", vec![0, 1, 0xfe, 0xff]))
+            Some((3, "a room ", vec![0, 1, 0xfe, 0xff], None))
         );
         assert_eq!(parse_signal("3 9 short"), None);
         assert_eq!(parse_signal("3 1 ax"), None);
         assert_eq!(parse_signal("3 1 a0"), None);
+    }
+
+    #[test]
+    fn a_signal_round_trips_with_its_excepted_user() {
+        let text = signal_text(StreamKind::Chat, "a room ", &[0xab], Some("ann the 2nd"));
+        assert_eq!(
+            parse_signal(&text),
+            Some((3, "a room ", vec![0xab], Some("ann the 2nd")))
+        );
+        // An empty body is still a signal; a trailing space names nobody and is refused.
+        assert_eq!(
+            parse_signal(&signal_text(StreamKind::Collab, "d", &[], Some("bob"))),
+            Some((StreamKind::Collab.code(), "d", vec![], Some("bob")))
+        );
+        assert_eq!(parse_signal("3 1 rab "), None);
+        assert_eq!(parse_signal("3 1 ra b c"), None);
     }
 }

@@ -1,12 +1,16 @@
-//! Durable chat rooms: Chat (a bidirectional session per member) and GetChatHistory.
+//! Durable chat rooms: Chat (a bidirectional session per member), its browser twins JoinRoom
+//! (the same session with no client messages) and SendChatMessage (one post or typing notice,
+//! from no session), and GetChatHistory.
 //!
 //! A room is the log stream `chat/<room_id>`. Posts, join and leave notices are log records, so
 //! they share one order, survive restarts and replay after a reconnect through the one catch-up
 //! subscription. Typing notices are presence signals: relayed to the other members, never
 //! stored. This module validates, turns messages into records and back, and decides when a
-//! user joins or leaves; it never writes SQL and never runs its own replay loop.
+//! user joins or leaves; it never writes SQL and never runs its own replay loop. JoinRoom and
+//! SendChatMessage never get rules of their own: they go through Chat's checks, session and
+//! append, so a browser member is a member like any other.
 
-use super::session::{Control, Relay, SessionOutput};
+use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};
 use crate::cancel::ClientCancelled;
 use crate::config::Config;
@@ -17,7 +21,7 @@ use crate::log::{
 use crate::presence::cluster::Cluster;
 use crate::presence::{Heard, Listener, Member, Presence};
 use crate::proto::{
-    ChatMessage, ChatMessageType, GetChatHistoryRequest, GetChatHistoryResponse,
+    ChatMessage, ChatMessageType, GetChatHistoryRequest, GetChatHistoryResponse, JoinRoomRequest,
     timestamp_from_micros,
 };
 use crate::store::{LogRecord, StreamKey, StreamKind};
@@ -50,20 +54,20 @@ async fn next_posted(in_flight: &mut InFlight) -> Result<()> {
     };
     let outcome = pending.await;
     match in_flight.pop_front() {
-        Some((_, record)) => check_posted(outcome, &record),
+        Some((_, record)) => check_posted(outcome, &record).map(|_| ()),
         None => Err(Error::Internal("post queue emptied while awaited".into())),
     }
 }
 
-/// What a post's outcome means for its session: a re-send of a stored message is fine (its copy
-/// went out when it was first stored); the same id with other content is ALREADY_EXISTS.
-fn check_posted(outcome: Result<Vec<AppendOutcome>>, record: &NewRecord) -> Result<()> {
+/// What a post's outcome means: a re-send of a stored message is that message (a session's
+/// copy went out when it was first stored); the same id with other content is ALREADY_EXISTS.
+fn check_posted(outcome: Result<Vec<AppendOutcome>>, record: &NewRecord) -> Result<Arc<LogRecord>> {
     match outcome?.into_iter().next() {
-        Some(AppendOutcome::Stored(_)) => Ok(()),
+        Some(AppendOutcome::Stored(stored)) => Ok(stored),
         Some(AppendOutcome::Duplicate(existing))
             if existing.stream == record.stream && existing.payload == record.payload =>
         {
-            Ok(())
+            Ok(existing)
         }
         Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
             "message id {} already exists with different content",
@@ -224,6 +228,17 @@ impl Chat {
         member.signal(message);
     }
 
+    /// Relays an ephemeral signal of a unary call (SendChatMessage) to the other users'
+    /// streams, here and on other replicas. The call has no stream of its own, so every stream
+    /// of its user is skipped.
+    fn signal_from_call(&self, message: &ChatMessage) {
+        if let Some(cluster) = &self.cluster {
+            cluster.send_except(&message.room_id, Some(&message.user_id), message);
+        }
+        self.presence
+            .inject_except(&message.room_id, Some(&message.user_id), message.clone());
+    }
+
     /// Validates one client message of the session in `room` by `user`.
     fn check(
         &self,
@@ -293,9 +308,82 @@ impl Chat {
         cancelled: ClientCancelled,
         identity: Option<crate::auth::Identity>,
     ) -> Result<ResponseStream<ChatMessage>, Status> {
-        let mut first = inbound.message().await?.ok_or_else(|| {
+        let first = inbound.message().await?.ok_or_else(|| {
             Error::invalid("the stream ended before its first message, which joins a room")
         })?;
+        self.start(
+            first,
+            Inbound::Client(Box::new(inbound)),
+            cancelled,
+            identity,
+        )
+        .await
+    }
+
+    /// JoinRoom: a Chat session whose first message is the request (a join with no content,
+    /// having seen the room up to `after_sequence`) and which sends nothing more. The member
+    /// is present until the client drops the response; then its leave is stored exactly as
+    /// for a Chat client that went away.
+    pub async fn join_room(
+        &self,
+        request: JoinRoomRequest,
+        identity: Option<crate::auth::Identity>,
+    ) -> Result<ResponseStream<ChatMessage>, Status> {
+        let first = ChatMessage {
+            room_id: request.room_id,
+            user_id: request.user_id,
+            sequence: request.after_sequence,
+            ..Default::default()
+        };
+        // Nothing to cancel: the request has no stream of its own.
+        self.start(first, Inbound::Held, ClientCancelled::default(), identity)
+            .await
+    }
+
+    /// SendChatMessage: one TEXT, IMAGE or FILE stored (idempotent by id) and returned as
+    /// stored, or one TYPING relayed and returned as relayed. The same checks and access rules
+    /// as a Chat message; no join or leave notice (presence belongs to streams).
+    pub async fn send(
+        &self,
+        mut message: ChatMessage,
+        identity: Option<&crate::auth::Identity>,
+    ) -> Result<ChatMessage> {
+        crate::auth::act_as(identity, &mut message.user_id)?;
+        validate_key("room_id", &message.room_id)?;
+        validate_key("user_id", &message.user_id)?;
+        // Before anything is stored or relayed.
+        crate::auth::may_enter(
+            identity,
+            crate::auth::Space::Room,
+            &message.room_id,
+            &self.settings.public_rooms,
+        )?;
+        match self.check(&message, &message.room_id, &message.user_id, false)? {
+            Incoming::Nothing => Err(Error::invalid(
+                "type is required (TEXT, IMAGE, FILE or TYPING); joining is JoinRoom's",
+            )),
+            Incoming::Typing(notice) => {
+                self.signal_from_call(&notice);
+                Ok(notice)
+            }
+            Incoming::Post(record) => {
+                let outcome = self.log.writer.append(vec![record.clone()]).await;
+                let stored = check_posted(outcome, &record)?;
+                message_from_record(&stored)
+            }
+        }
+    }
+
+    /// Joins `first.room_id` as `first.user_id` (the first message of a Chat stream, or a
+    /// JoinRoom request), then runs the session on its own task with `inbound` as the
+    /// client's further messages, and returns the member's view of the room.
+    async fn start(
+        &self,
+        mut first: ChatMessage,
+        inbound: Inbound<ChatMessage>,
+        cancelled: ClientCancelled,
+        identity: Option<crate::auth::Identity>,
+    ) -> Result<ResponseStream<ChatMessage>, Status> {
         // The first message binds the session's user; later ones must keep it.
         crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("room_id", &first.room_id)?;
@@ -411,7 +499,7 @@ impl Chat {
     #[allow(clippy::too_many_arguments)]
     async fn run(
         self,
-        mut inbound: Streaming<ChatMessage>,
+        mut inbound: Inbound<ChatMessage>,
         first: Incoming,
         member: Member<ChatMessage>,
         control: mpsc::Sender<Control<ChatMessage>>,

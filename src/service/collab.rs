@@ -1,13 +1,17 @@
-//! The collaboration relay: Collaborate, a bidirectional session per participant of a document.
+//! The collaboration relay: Collaborate, a bidirectional session per participant of a
+//! document, and its browser twins OpenDocument (the same session with no client events after
+//! its JOIN) and SubmitCollaborationEvent (one operation or cursor, from no session).
 //!
 //! A document is the log stream `collab/<document_id>`, and its version is the head of that
 //! stream. Operations are log records: stored as head + 1 (or REJECTED for their sender alone
 //! when `base_sequence` is stale), delivered to everyone in version order, and replayed to late
 //! joiners through the one catch-up subscription. Presence (JOIN, LEAVE) and cursors are
 //! presence signals and are never stored. The payload of an operation is opaque: this module
-//! never looks inside it, never writes SQL and never runs its own replay loop.
+//! never looks inside it, never writes SQL and never runs its own replay loop. The browser
+//! twins never get rules of their own: they go through Collaborate's checks, session and
+//! append.
 
-use super::session::{Control, Relay, SessionOutput};
+use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};
 use crate::cancel::ClientCancelled;
 use crate::config::Config;
@@ -15,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::log::{AppendOutcome, Log, NewRecord, Start, SubscribeOptions, subscribe};
 use crate::presence::cluster::Cluster;
 use crate::presence::{Heard, Listener, Member, Presence};
-use crate::proto::{CollaborationEvent, CollaborationEventType, timestamp_from_micros};
+use crate::proto::{
+    CollaborationEvent, CollaborationEventType, OpenDocumentRequest, timestamp_from_micros,
+};
 use crate::store::{LogRecord, StreamKey, StreamKind};
 use prost::Message;
 use std::collections::{HashSet, VecDeque};
@@ -84,6 +90,14 @@ enum Incoming {
     Operation(NewRecord, CollaborationEvent),
     Cursor(CollaborationEvent),
     Leave,
+}
+
+/// What became of one operation.
+enum Applied {
+    /// Stored now, or stored before under the same id with the same content.
+    Stored(Arc<LogRecord>),
+    /// Its base was stale: this REJECTED event, carrying the head, is for its sender alone.
+    Rejected(CollaborationEvent),
 }
 
 /// Why a session's inbound side stopped.
@@ -192,12 +206,107 @@ impl Collab {
         cancelled: ClientCancelled,
         identity: Option<crate::auth::Identity>,
     ) -> Result<ResponseStream<CollaborationEvent>, Status> {
-        let mut first = inbound.message().await?.ok_or_else(|| {
+        let first = inbound.message().await?.ok_or_else(|| {
             Error::invalid("the stream ended before its first event, which must be JOIN")
         })?;
         if first.r#type != CollaborationEventType::Join as i32 {
             return Err(Error::invalid("the first event must be JOIN").into());
         }
+        self.start(
+            first,
+            Inbound::Client(Box::new(inbound)),
+            cancelled,
+            identity,
+        )
+        .await
+    }
+
+    /// OpenDocument: a Collaborate session whose JOIN is the request (the client has the
+    /// document up to `after_sequence`, as a JOIN's `sequence` says) and which sends nothing
+    /// more. The participant is present until the client drops the response; then its LEAVE
+    /// goes out exactly as for a Collaborate client that went away.
+    pub async fn open_document(
+        &self,
+        request: OpenDocumentRequest,
+        identity: Option<crate::auth::Identity>,
+    ) -> Result<ResponseStream<CollaborationEvent>, Status> {
+        let join = CollaborationEvent {
+            document_id: request.document_id,
+            user_id: request.user_id,
+            r#type: CollaborationEventType::Join as i32,
+            sequence: request.after_sequence,
+            ..Default::default()
+        };
+        // Nothing to cancel: the request has no stream of its own.
+        self.start(join, Inbound::Held, ClientCancelled::default(), identity)
+            .await
+    }
+
+    /// SubmitCollaborationEvent: an OPERATION answered with the stored operation (idempotent
+    /// by id) or a REJECTED event carrying the head, as Collaborate answers it; or a CURSOR
+    /// relayed to the other users' streams and returned as relayed. JOIN and LEAVE belong to a
+    /// stream (OpenDocument, Collaborate); the rest is Collaborate's check.
+    pub async fn submit(
+        &self,
+        mut event: CollaborationEvent,
+        identity: Option<&crate::auth::Identity>,
+    ) -> Result<CollaborationEvent> {
+        crate::auth::act_as(identity, &mut event.user_id)?;
+        validate_key("document_id", &event.document_id)?;
+        validate_key("user_id", &event.user_id)?;
+        // Before anything is stored or relayed.
+        crate::auth::may_enter(
+            identity,
+            crate::auth::Space::Document,
+            &event.document_id,
+            &self.public_documents,
+        )?;
+        match CollaborationEventType::try_from(event.r#type) {
+            Ok(CollaborationEventType::Join) => {
+                return Err(Error::invalid(
+                    "JOIN is a stream's: open the document with OpenDocument",
+                ));
+            }
+            Ok(CollaborationEventType::Leave) => {
+                return Err(Error::invalid(
+                    "LEAVE is a stream's: drop the OpenDocument stream to leave",
+                ));
+            }
+            _ => {}
+        }
+        let document = event.document_id.clone();
+        let user = event.user_id.clone();
+        let stream = document_stream(&document);
+        match self.check(event, &document, &user)? {
+            Incoming::Operation(record, event) => {
+                match self.apply(record, event, &stream, &user).await? {
+                    Applied::Stored(record) => operation_from_record(&record),
+                    Applied::Rejected(rejected) => Ok(rejected),
+                }
+            }
+            Incoming::Cursor(cursor) => {
+                // No stream of the sender's to skip: none of its user's streams hears it.
+                if let Some(cluster) = &self.cluster {
+                    cluster.send_except(&document, Some(&user), &cursor);
+                }
+                self.presence
+                    .inject_except(&document, Some(&user), cursor.clone());
+                Ok(cursor)
+            }
+            Incoming::Leave => Err(Error::Internal("LEAVE passed the check".into())),
+        }
+    }
+
+    /// Joins with `first` (the JOIN of a Collaborate stream, or an OpenDocument request), then
+    /// runs the session on its own task with `inbound` as the client's further events, and
+    /// returns the participant's view of the document.
+    async fn start(
+        &self,
+        mut first: CollaborationEvent,
+        inbound: Inbound<CollaborationEvent>,
+        cancelled: ClientCancelled,
+        identity: Option<crate::auth::Identity>,
+    ) -> Result<ResponseStream<CollaborationEvent>, Status> {
         // The JOIN binds the session's user; later events must keep it.
         crate::auth::act_as(identity.as_ref(), &mut first.user_id)?;
         validate_key("document_id", &first.document_id)?;
@@ -286,7 +395,7 @@ impl Collab {
     /// away, then the LEAVE.
     async fn run(
         self,
-        mut inbound: Streaming<CollaborationEvent>,
+        mut inbound: Inbound<CollaborationEvent>,
         member: Member<CollaborationEvent>,
         control: mpsc::Sender<Control<CollaborationEvent>>,
         cancelled: ClientCancelled,
@@ -322,7 +431,17 @@ impl Collab {
                     Ok(())
                 }
                 Ok(Incoming::Operation(record, event)) => {
-                    self.apply(record, event, &stream, &user, &control).await
+                    match self.apply(record, event, &stream, &user).await {
+                        // Delivered to everyone, the sender included, by the document's log.
+                        Ok(Applied::Stored(_)) => Ok(()),
+                        Ok(Applied::Rejected(rejected)) => {
+                            // Only fails when the client is gone, which the session notices
+                            // next.
+                            let _ = control.send(Control::Send(rejected)).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -369,24 +488,23 @@ impl Collab {
         let _ = control.send(last).await;
     }
 
-    /// Appends one operation, or answers REJECTED to its sender when its base is stale.
+    /// Appends one operation, or makes the REJECTED answer for its sender when its base is
+    /// stale.
     async fn apply(
         &self,
         record: NewRecord,
         event: CollaborationEvent,
         stream: &StreamKey,
         user: &str,
-        control: &mpsc::Sender<Control<CollaborationEvent>>,
-    ) -> Result<()> {
+    ) -> Result<Applied> {
         let outcome = self.log.writer.append(vec![record.clone()]).await?;
         match outcome.into_iter().next() {
-            // Delivered to everyone, the sender included, by the document's log.
-            Some(AppendOutcome::Stored(_)) => Ok(()),
+            Some(AppendOutcome::Stored(stored)) => Ok(Applied::Stored(stored)),
             // A re-sent operation: it was delivered when first stored.
             Some(AppendOutcome::Duplicate(existing))
                 if existing.stream == record.stream && existing.payload == record.payload =>
             {
-                Ok(())
+                Ok(Applied::Stored(existing))
             }
             Some(AppendOutcome::Duplicate(existing)) => Err(Error::AlreadyExists(format!(
                 "operation id {} already exists with different content",
@@ -403,9 +521,7 @@ impl Collab {
                     base_sequence: event.base_sequence,
                     timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
                 };
-                // Only fails when the client is gone, which the session notices next.
-                let _ = control.send(Control::Send(rejected)).await;
-                Ok(())
+                Ok(Applied::Rejected(rejected))
             }
             None => Err(Error::Internal("writer returned no outcome".into())),
         }

@@ -1,5 +1,6 @@
 //! Metrics: CollectMetrics (a client stream committed in small groups as it arrives) and
-//! QueryMetrics (bucketed count/min/max/sum per series).
+//! QueryMetrics (bucketed count/min/max/sum per series), and ListMetricSeries (the series'
+//! names and labels, for a console to pick one).
 //!
 //! This module owns the metric rules: Prometheus names and label names, label canonical form,
 //! limits, when a group commits, what a summary holds and how a query is bucketed. It never
@@ -27,11 +28,11 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::proto::{
-    MetricBucket, MetricData, MetricSeries, MetricSummary, MetricsCollectionResult,
-    QueryMetricsRequest, QueryMetricsResponse, RecordError, micros_from_timestamp,
-    timestamp_from_micros,
+    ListMetricSeriesRequest, ListMetricSeriesResponse, MetricBucket, MetricData, MetricSeries,
+    MetricSummary, MetricsCollectionResult, QueryMetricsRequest, QueryMetricsResponse, RecordError,
+    micros_from_timestamp, timestamp_from_micros,
 };
-use crate::store::Store;
+use crate::store::{KeyRange, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,11 @@ pub const MAX_BUCKETS_PER_SERIES: i64 = 11_000;
 /// Most non-empty buckets in one answer (all series together): about 2 MB encoded, well under
 /// the 4 MiB message limit of common gRPC clients.
 pub const MAX_QUERY_BUCKETS: usize = 50_000;
+
+/// Series in a ListMetricSeries answer when the request leaves `limit` at 0.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Most series in one ListMetricSeries answer: a larger `limit` is lowered to this.
+pub const MAX_LIST_LIMIT: u32 = 1000;
 
 /// The range of a protobuf Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
 const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
@@ -680,6 +686,49 @@ impl Metrics {
             "metrics collected"
         );
         Ok(result)
+    }
+
+    /// ListMetricSeries: the names and labels of the series whose name starts with
+    /// `name_prefix` (every series for an empty one), by name then label text, bytewise; no
+    /// buckets. A series that never got a point is left out, as QueryMetrics leaves it out.
+    pub async fn list_series(
+        &self,
+        request: ListMetricSeriesRequest,
+    ) -> Result<ListMetricSeriesResponse> {
+        let prefix = request.name_prefix.as_str();
+        if prefix.len() > MAX_NAME_BYTES {
+            return Err(Error::invalid(format!(
+                "name_prefix is longer than {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        // Every prefix of a valid name is itself a valid name, so a prefix that is not one
+        // could match nothing: say so rather than answer an empty list.
+        if !prefix.is_empty() && !is_metric_name(prefix) {
+            return Err(Error::invalid(format!(
+                "name_prefix {prefix:?} cannot begin a metric name: names match \
+                 [a-zA-Z_:][a-zA-Z0-9_:]*"
+            )));
+        }
+        let limit = match request.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let rows = self
+            .log
+            .store
+            .list_metric_series(&KeyRange::prefixed(prefix, None), limit)
+            .await?;
+        let series = rows
+            .into_iter()
+            .map(|(name, labels)| {
+                Ok(MetricSeries {
+                    name,
+                    labels: parse_labels(&labels)?.into_iter().collect(),
+                    buckets: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ListMetricSeriesResponse { series })
     }
 
     /// QueryMetrics: for each series called `name` whose labels include every given label

@@ -14,6 +14,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 mod session;
+pub mod streams;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Subscription};
@@ -75,6 +76,7 @@ pub struct Api {
     notify: notify::Notify,
     metrics: metrics::Metrics,
     live: live::Live,
+    streams: streams::Streams,
 }
 
 impl Api {
@@ -98,6 +100,7 @@ impl Api {
             notify: notify::Notify::new(log.clone(), config),
             metrics: metrics::Metrics::new(log.clone(), config),
             live: live::Live::new(config, log.shutdown.clone()),
+            streams: streams::Streams::new(log.store.clone()),
             events: events::Events::new(
                 log,
                 events::EventLimits {
@@ -325,8 +328,10 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::JoinRoomRequest>,
     ) -> Result<Response<Self::JoinRoomStream>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("JoinRoom is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.chat.join_room(request.into_inner(), identity).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(room_id = %request.get_ref().room_id))]
@@ -334,8 +339,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ChatMessage>,
     ) -> Result<Response<proto::ChatMessage>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("SendChatMessage is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.chat
+                .send(request.into_inner(), identity.as_ref())
+                .await?,
+        ))
     }
 
     type OpenDocumentStream = ResponseStream<proto::CollaborationEvent>;
@@ -345,8 +354,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::OpenDocumentRequest>,
     ) -> Result<Response<Self::OpenDocumentStream>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("OpenDocument is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.collab
+                .open_document(request.into_inner(), identity)
+                .await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(document_id = %request.get_ref().document_id))]
@@ -354,9 +367,11 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::CollaborationEvent>,
     ) -> Result<Response<proto::CollaborationEvent>, Status> {
-        let _ = request;
-        Err(Status::unimplemented(
-            "SubmitCollaborationEvent is not built yet",
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.collab
+                .submit(request.into_inner(), identity.as_ref())
+                .await?,
         ))
     }
 
@@ -367,8 +382,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ListStreamsRequest>,
     ) -> Result<Response<proto::ListStreamsResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("ListStreams is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.streams
+                .list(request.into_inner(), identity.as_ref())
+                .await?,
+        ))
     }
 
     // ---------------------------------------------------------------- ListFiles
@@ -393,7 +412,10 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ListMetricSeriesRequest>,
     ) -> Result<Response<proto::ListMetricSeriesResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("ListMetricSeries is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        crate::auth::may_use_metrics(identity.as_ref(), crate::auth::MetricsAccess::Read)?;
+        Ok(Response::new(
+            self.metrics.list_series(request.into_inner()).await?,
+        ))
     }
 }

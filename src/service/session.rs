@@ -8,13 +8,41 @@
 //! It holds no task of its own and buffers nothing beyond the subscription's bounded pages and
 //! the room's bounded signal channel: when the client stops reading, everything behind it
 //! stops too. It never reads the store or decides what to store.
+//!
+//! It also names where a session's client messages come from ([`Inbound`]): the request
+//! stream of a bidirectional call (Chat, Collaborate), or nothing at all for their
+//! server-streaming twins (JoinRoom, OpenDocument), whose session lasts until the client drops
+//! this response stream. Both kinds run the one session code of their room.
 
 use crate::log::{Delivery, Subscription};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tonic::Status;
+use tonic::{Status, Streaming};
+
+/// Where a session's client messages come from.
+pub(crate) enum Inbound<T> {
+    /// A bidirectional call's request stream (Chat, Collaborate). Boxed: one allocation per
+    /// session keeps [`Inbound::Held`] small.
+    Client(Box<Streaming<T>>),
+    /// A server-streaming call (JoinRoom, OpenDocument): the client sends nothing after its
+    /// request, so no message ever arrives and the stream never ends by itself. The session
+    /// ends when the client drops the response ([`SessionOutput`]), which closes the session's
+    /// control channel, exactly as when a bidirectional client goes away.
+    Held,
+}
+
+impl<T> Inbound<T> {
+    /// The next client message; `None` when the client finished its side. Cancel-safe, like
+    /// [`Streaming::message`]. Never resolves for [`Inbound::Held`].
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, Status> {
+        match self {
+            Inbound::Client(stream) => stream.message().await,
+            Inbound::Held => std::future::pending().await,
+        }
+    }
+}
 
 /// Items that carry a room sequence (0 for ephemeral ones).
 pub(crate) trait Sequenced {

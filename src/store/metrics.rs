@@ -10,7 +10,7 @@
 //! is valid: the service validates before anything reaches it. Its types are plain (tuples, std
 //! types), so that the service can use them without this private module being named.
 
-use super::Store;
+use super::{KeyRange, Store};
 use crate::error::Result;
 use rusqlite::{OptionalExtension, Transaction, params};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -157,6 +157,40 @@ impl Store {
         query
             .push(" ORDER BY labels LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = query.build().fetch_all(&self.sqlite()?.readers).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Up to `limit` series whose names lie in `names` (see [`KeyRange`]), as (name, canonical
+    /// label text), ordered by name, then label text, both bytewise. One range scan of the
+    /// unique (name, labels) index; a series without points (its points' commit failed after
+    /// the series was created) is left out, as queries leave it out, with one seek of the
+    /// points' primary key per series.
+    pub async fn list_metric_series(
+        &self,
+        names: &KeyRange,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        if let Some(pg) = self.postgres() {
+            return pg.list_metric_series(names, limit).await;
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT s.name, s.labels FROM metric_series s WHERE s.name ",
+        );
+        query
+            .push(if names.from_excluded { "> " } else { ">= " })
+            .push_bind(names.from.as_str());
+        if let Some(below) = &names.below {
+            query.push(" AND s.name < ").push_bind(below.as_str());
+        }
+        query
+            .push(
+                " AND EXISTS (SELECT 1 FROM metric_points p WHERE p.series_id = s.series_id) \
+                 ORDER BY s.name, s.labels LIMIT ",
+            )
+            .push_bind(i64::from(limit));
         let rows = query.build().fetch_all(&self.sqlite()?.readers).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))

@@ -19,7 +19,7 @@ mod presence;
 
 use super::spill::{SpillReader, SpilledRecord};
 use super::{AppendOutcome, GroupOutcome, ImportOutcome, MAX_LISTED_CONFLICTS, NewRecord};
-use super::{LogRecord, PAGE_BYTES, StreamKey, StreamKind};
+use super::{KeyRange, LogRecord, PAGE_BYTES, StreamKey, StreamKind, StreamListing};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -709,6 +709,61 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(lo)
+    }
+}
+
+/// The streams of a listing: one range scan of `stream_heads_listed` (kind, key COLLATE "C"),
+/// whose heap rows carry the head and its timestamp. A stream whose head is 0 (created by a
+/// rejected first append) holds no record and is left out. $1 kind, $2 the range's start, $3 the
+/// limit, $4 its end. A macro for the four shapes, as on SQLite: each keeps its own index bounds.
+macro_rules! list_streams {
+    ($from:literal, $below:literal) => {
+        concat!(
+            "SELECT key, head, head_ts FROM stream_heads \
+             WHERE kind = $1 AND head > 0 AND key COLLATE \"C\" ",
+            $from,
+            " $2",
+            $below,
+            " ORDER BY key COLLATE \"C\" LIMIT $3"
+        )
+    };
+}
+const LIST_FROM: &str = list_streams!(">=", "");
+const LIST_AFTER: &str = list_streams!(">", "");
+const LIST_FROM_BELOW: &str = list_streams!(">=", " AND key COLLATE \"C\" < $4");
+const LIST_AFTER_BELOW: &str = list_streams!(">", " AND key COLLATE \"C\" < $4");
+
+impl PgStore {
+    /// See [`super::Store::list_streams`].
+    pub async fn list_streams(
+        &self,
+        kind: StreamKind,
+        range: &KeyRange,
+        limit: u32,
+    ) -> Result<Vec<StreamListing>> {
+        let sql = match (range.from_excluded, range.below.is_some()) {
+            (false, false) => LIST_FROM,
+            (true, false) => LIST_AFTER,
+            (false, true) => LIST_FROM_BELOW,
+            (true, true) => LIST_AFTER_BELOW,
+        };
+        let mut query = sqlx::query(sql)
+            .bind(kind.code() as i16)
+            .bind(range.from.as_str())
+            .bind(i64::from(limit));
+        if let Some(below) = &range.below {
+            query = query.bind(below.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StreamListing {
+                    key: row.try_get(0)?,
+                    head: row.try_get::<i64, _>(1)? as u64,
+                    last_ts_micros: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::PAGE_BYTES;
 use super::engine::record_from_row;
-use super::{LogRecord, StreamKey};
+use super::{KeyRange, LogRecord, StreamKey, StreamKind, StreamListing};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
@@ -85,6 +85,30 @@ const HEAD: &str = concat!(
     "SELECT max(sequence) FROM log WHERE stream = ",
     stream_id!()
 );
+
+/// The streams of a listing: a range scan of `streams`' unique (kind, key) index, in its
+/// (BINARY, bytewise) order, and for each stream one seek of the (stream, sequence) index for its
+/// last record, whose row gives the timestamp. A stream without records finds no last record and
+/// drops out of the join. ?1 kind, ?2 the range's start, ?3 the limit, ?4 its end. A macro, so
+/// that the four shapes (start included or not, end or none) stay `&'static str`s with their own
+/// index bounds: a bound written as `?4 IS NULL OR …` would not bound the scan.
+macro_rules! list_streams {
+    ($from:literal, $below:literal) => {
+        concat!(
+            "SELECT s.key, l.sequence, l.ts_micros FROM streams s JOIN log l ON l.position = \
+             (SELECT position FROM log WHERE stream = s.id ORDER BY sequence DESC LIMIT 1) \
+             WHERE s.kind = ?1 AND s.key ",
+            $from,
+            " ?2",
+            $below,
+            " ORDER BY s.key LIMIT ?3"
+        )
+    };
+}
+const LIST_FROM: &str = list_streams!(">=", "");
+const LIST_AFTER: &str = list_streams!(">", "");
+const LIST_FROM_BELOW: &str = list_streams!(">=", " AND s.key < ?4");
+const LIST_AFTER_BELOW: &str = list_streams!(">", " AND s.key < ?4");
 
 /// Whether a page read with `limit` may have stopped before the end: it holds `limit` records,
 /// or reached [`PAGE_BYTES`] of payload. Only a page short of both reached the end.
@@ -300,6 +324,42 @@ impl LogReaders {
             })();
             conn.execute_batch("COMMIT")?;
             found
+        })
+        .await
+    }
+}
+
+impl LogReaders {
+    /// See [`super::Store::list_streams`].
+    pub async fn list_streams(
+        self: &Arc<Self>,
+        kind: StreamKind,
+        range: &KeyRange,
+        limit: u32,
+    ) -> Result<Vec<StreamListing>> {
+        let range = range.clone();
+        self.with(move |conn| {
+            let sql = match (range.from_excluded, range.below.is_some()) {
+                (false, false) => LIST_FROM,
+                (true, false) => LIST_AFTER,
+                (false, true) => LIST_FROM_BELOW,
+                (true, true) => LIST_AFTER_BELOW,
+            };
+            let mut statement = conn.prepare_cached(sql)?;
+            let listing = |row: &rusqlite::Row<'_>| {
+                Ok(StreamListing {
+                    key: row.get(0)?,
+                    head: row.get::<_, i64>(1)? as u64,
+                    last_ts_micros: row.get(2)?,
+                })
+            };
+            let rows = match &range.below {
+                None => statement.query_map(params![kind.code(), range.from, limit], listing)?,
+                Some(below) => {
+                    statement.query_map(params![kind.code(), range.from, limit, below], listing)?
+                }
+            };
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

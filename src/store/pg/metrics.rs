@@ -10,6 +10,7 @@
 
 use super::PgStore;
 use crate::error::Result;
+use crate::store::KeyRange;
 use crate::store::metrics::{MetricBucketRow, MetricPointRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use std::collections::HashMap;
@@ -188,6 +189,37 @@ impl PgStore {
         query
             .push(" ORDER BY labels LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// See [`crate::store::Store::list_metric_series`]: one range scan of
+    /// `metric_series_listed` (name COLLATE "C", labels), so that names order bytewise as on
+    /// SQLite whatever the database's locale (labels are `COLLATE "C"` already).
+    pub(crate) async fn list_metric_series(
+        &self,
+        names: &KeyRange,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let mut query = QueryBuilder::<Postgres>::new(
+            "SELECT s.name, s.labels FROM metric_series s WHERE s.name COLLATE \"C\" ",
+        );
+        query
+            .push(if names.from_excluded { "> " } else { ">= " })
+            .push_bind(names.from.as_str());
+        if let Some(below) = &names.below {
+            query
+                .push(" AND s.name COLLATE \"C\" < ")
+                .push_bind(below.as_str());
+        }
+        query
+            .push(
+                " AND EXISTS (SELECT 1 FROM metric_points p WHERE p.series_id = s.series_id) \
+                 ORDER BY s.name COLLATE \"C\", s.labels LIMIT ",
+            )
+            .push_bind(i64::from(limit));
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))

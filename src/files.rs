@@ -11,6 +11,11 @@
 //! module only moves bytes; it never decides what an upload means and never touches the database.
 //! File names on disk derive from the UUID alone, never from anything a client wrote.
 //!
+//! A part can also check one stretch of its bytes (a tus chunk with `Upload-Checksum`) against a
+//! digest of its own, and cut that stretch off again when it does not match, so that an
+//! unverified chunk never becomes part of the upload. A finished part hands back its hash state
+//! ([`PartHash`]), so that the next call continuing it need not read its kept bytes again.
+//!
 //! On PostgreSQL every replica opens the same storage directory. Nothing here changes for that:
 //! the file service claims an id (across replicas) before it touches that id's part or file, and
 //! sweeps take turns, so this module never needs to know who else is writing.
@@ -38,11 +43,92 @@ pub struct BlobStore {
 }
 
 /// What a finished part holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PartSummary {
     pub bytes: u64,
     /// Lowercase hex SHA-256 of all the part's bytes.
     pub sha256: String,
+    /// The SHA-256 state after those bytes, to continue the part without reading them again.
+    pub hash: PartHash,
+}
+
+/// The SHA-256 state of a part's first `bytes` bytes. Handing it to [`BlobStore::start_part`]
+/// saves reading (and hashing) those bytes again; it must come from the same part, and the caller
+/// must know the part's first `bytes` bytes have not changed since (the files service keys it by
+/// the row's last update).
+#[derive(Clone)]
+pub struct PartHash {
+    pub bytes: u64,
+    hasher: Sha256,
+}
+
+impl std::fmt::Debug for PartHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartHash")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A digest a chunk of a part can be checked against (tus `Upload-Checksum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+impl ChunkAlgorithm {
+    /// Bytes of this algorithm's digest.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChunkAlgorithm::Sha1 => 20,
+            ChunkAlgorithm::Sha256 => 32,
+        }
+    }
+
+    fn hasher(self) -> ChunkHasher {
+        match self {
+            ChunkAlgorithm::Sha1 => ChunkHasher::Sha1(sha1::Sha1::new()),
+            ChunkAlgorithm::Sha256 => ChunkHasher::Sha256(Sha256::new()),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum ChunkHasher {
+    Sha1(sha1::Sha1),
+    Sha256(Sha256),
+}
+
+impl ChunkHasher {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            ChunkHasher::Sha1(h) => h.update(data),
+            ChunkHasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        match self.clone() {
+            ChunkHasher::Sha1(h) => h.finalize().to_vec(),
+            ChunkHasher::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// A chunk being checked: where it started (to cut it off again) and its digest so far.
+struct ChunkCheck {
+    start: u64,
+    start_hasher: Sha256,
+    digest: ChunkHasher,
+}
+
+impl std::fmt::Debug for ChunkCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCheck")
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlobStore {
@@ -65,17 +151,25 @@ impl BlobStore {
     }
 
     /// Opens `id`'s part for writing. With `keep` > 0 the first `keep` bytes of an existing part
-    /// are kept (and hashed again); anything after them is cut off. Returns the writer and how
-    /// many bytes it really kept, which is less than `keep` when the part on disk is shorter.
-    pub async fn start_part(&self, id: Uuid, keep: u64) -> io::Result<(PartWriter, u64)> {
+    /// are kept (and hashed again, unless `resume` holds their hash state); anything after them is
+    /// cut off. Returns the writer and how many bytes it really kept, which is less than `keep`
+    /// when the part on disk is shorter.
+    pub async fn start_part(
+        &self,
+        id: Uuid,
+        keep: u64,
+        resume: Option<PartHash>,
+    ) -> io::Result<(PartWriter, u64)> {
         let path = self.part_path(&id);
-        let (file, hasher, kept) = tokio::task::spawn_blocking(move || open_part(&path, keep))
-            .await
-            .map_err(io::Error::other)??;
+        let (file, hasher, kept) =
+            tokio::task::spawn_blocking(move || open_part(&path, keep, resume))
+                .await
+                .map_err(io::Error::other)??;
         let state = PartState {
             file,
             hasher,
             bytes: kept,
+            chunk: None,
         };
         Ok((
             PartWriter {
@@ -116,6 +210,27 @@ impl BlobStore {
             Ok(file) => {
                 file.sync_all()?;
                 Ok(Some(file.metadata()?.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Cuts `id`'s part to at most `len` bytes and makes that durable; returns its size after,
+    /// or `None` without a part. For the startup repair of a part that may hold an unverified
+    /// chunk past its recorded bytes.
+    pub async fn cut_part(&self, id: Uuid, len: u64) -> io::Result<Option<u64>> {
+        let path = self.part_path(&id);
+        tokio::task::spawn_blocking(move || match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => {
+                let size = file.metadata()?.len();
+                if size > len {
+                    file.set_len(len)?;
+                }
+                file.sync_all()?;
+                Ok(Some(size.min(len)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -368,7 +483,7 @@ async fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
+fn open_part(path: &Path, keep: u64, resume: Option<PartHash>) -> io::Result<(File, Sha256, u64)> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -376,6 +491,11 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
         .truncate(keep == 0)
         .open(path)?;
     let kept = keep.min(file.metadata()?.len());
+    if let Some(resume) = resume.filter(|r| r.bytes == kept && kept > 0) {
+        file.set_len(kept)?;
+        file.seek(SeekFrom::Start(kept))?;
+        return Ok((file, resume.hasher, kept));
+    }
     let mut hasher = Sha256::new();
     if kept > 0 {
         let mut left = kept;
@@ -396,6 +516,9 @@ fn open_part(path: &Path, keep: u64) -> io::Result<(File, Sha256, u64)> {
 fn write_data(state: &mut PartState, data: &[u8]) -> io::Result<()> {
     state.file.write_all(data)?;
     state.hasher.update(data);
+    if let Some(chunk) = &mut state.chunk {
+        chunk.digest.update(data);
+    }
     state.bytes += data.len() as u64;
     Ok(())
 }
@@ -406,6 +529,8 @@ struct PartState {
     file: File,
     hasher: Sha256,
     bytes: u64,
+    /// The chunk being checked, from [`PartWriter::check_chunk`].
+    chunk: Option<ChunkCheck>,
 }
 
 /// Bytes an upload gathers while a write job is in flight, before it waits for that job.
@@ -482,13 +607,78 @@ impl PartWriter {
         let state = self.settle().await?;
         tokio::task::spawn_blocking(move || {
             state.file.sync_all()?;
+            let hash = PartHash {
+                bytes: state.bytes,
+                hasher: state.hasher.clone(),
+            };
             Ok(PartSummary {
                 bytes: state.bytes,
                 sha256: format!("{:x}", state.hasher.finalize()),
+                hash,
             })
         })
         .await
         .map_err(io::Error::other)?
+    }
+
+    /// Bytes in the part once everything queued is written.
+    pub async fn bytes(&mut self) -> io::Result<u64> {
+        let state = self.settle().await?;
+        let bytes = state.bytes;
+        self.state = Some(state);
+        Ok(bytes)
+    }
+
+    /// Starts checking the bytes written from now on with `algorithm`: [`Self::chunk_digest`]
+    /// tells their digest, and [`Self::discard_chunk`] cuts them off again.
+    pub async fn check_chunk(&mut self, algorithm: ChunkAlgorithm) -> io::Result<()> {
+        let mut state = self.settle().await?;
+        state.chunk = Some(ChunkCheck {
+            start: state.bytes,
+            start_hasher: state.hasher.clone(),
+            digest: algorithm.hasher(),
+        });
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// The digest of the bytes written since [`Self::check_chunk`], once all are written; `None`
+    /// when no chunk is being checked.
+    pub async fn chunk_digest(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let state = self.settle().await?;
+        let digest = state.chunk.as_ref().map(|c| c.digest.digest());
+        self.state = Some(state);
+        Ok(digest)
+    }
+
+    /// Cuts off every byte written since [`Self::check_chunk`] (the part and its hash go back to
+    /// where they were then) and ends the check; without a check it does nothing. The cut is
+    /// made durable by [`Self::finish`].
+    pub async fn discard_chunk(&mut self) -> io::Result<()> {
+        let mut state = self.settle().await?;
+        let Some(chunk) = state.chunk.take() else {
+            self.state = Some(state);
+            return Ok(());
+        };
+        let state = tokio::task::spawn_blocking(move || {
+            state.file.set_len(chunk.start)?;
+            state.file.seek(SeekFrom::Start(chunk.start))?;
+            state.hasher = chunk.start_hasher;
+            state.bytes = chunk.start;
+            Ok::<_, io::Error>(state)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// Ends the check of [`Self::check_chunk`], keeping its bytes.
+    pub async fn accept_chunk(&mut self) -> io::Result<()> {
+        let mut state = self.settle().await?;
+        state.chunk = None;
+        self.state = Some(state);
+        Ok(())
     }
 }
 

@@ -185,6 +185,7 @@ impl App {
             .into_axum_router()
             .merge(crate::http::router(
                 files.clone(),
+                self.auth.as_ref().map(|a| a.verifier.clone()),
                 Introspection {
                     rpcs: self.rpc_metrics.clone(),
                     log: self.log.clone(),

@@ -1,4 +1,5 @@
-//! `GET`/`HEAD /files/{id}`: downloads by URL. Responses carry Content-Length, Content-Type,
+//! `GET`/`HEAD /files/{id}` without a `Tus-Resumable` header (with one, `tus` answers): downloads
+//! by URL. Responses carry Content-Length, Content-Type,
 //! Content-Disposition, an ETag holding the SHA-256, and support one byte range (206/416). Bytes
 //! stream from disk one chunk at a time, as the client takes them, with no thread held while it
 //! does not; a client that takes nothing for `--transfer-idle-secs` has its response aborted (the

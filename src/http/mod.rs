@@ -7,6 +7,7 @@ mod console;
 mod download;
 mod tus;
 
+use crate::auth::Verifier;
 use crate::introspect::Introspection;
 use crate::service::files::Files;
 use axum::Router;
@@ -14,13 +15,19 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use std::sync::Arc;
 
-pub fn router(files: Files, introspection: Introspection) -> Router {
+/// `verifier` checks the bearer tokens of tus requests (`None` with auth off); downloads are
+/// authorised by their signed URL instead.
+pub fn router(
+    files: Files,
+    verifier: Option<Arc<Verifier>>,
+    introspection: Introspection,
+) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/files/{id}", get(download::download))
-        .with_state(files)
-        .merge(tus::router())
+        // Every `/files` route: tus uploads, and downloads of `/files/{id}` without tus headers.
+        .merge(tus::router(files, verifier))
         .merge(console::router())
         .merge(
             Router::new()

@@ -397,8 +397,12 @@ impl StreamingService for Api {
         &self,
         request: Request<proto::ListFilesRequest>,
     ) -> Result<Response<proto::ListFilesResponse>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("ListFiles is not built yet"))
+        let identity = crate::auth::identity_of(&request);
+        Ok(Response::new(
+            self.files
+                .list(request.into_inner(), identity.as_ref())
+                .await?,
+        ))
     }
 
     // --------------------------------------------------------- ListMetricSeries

@@ -8,7 +8,8 @@
 //! write lock. Each change to a file row that changes what it reserves moves the totals in that
 //! same transaction, so a total is never computed with a `SUM` and can never drift from its rows,
 //! and two uploads can never both fit into the same free space. Reads go through the read-only
-//! pool. This module never touches the log's tables (`streams`, `log`).
+//! pool, among them the newest-first listing of complete files (ListFiles), one statement per
+//! shape so that each walks its partial index. This module never touches the log's tables (`streams`, `log`).
 //!
 //! On PostgreSQL every public method hands over to its half in `pg::files` (one transaction on
 //! the pool per call, row locks for the totals), and upload claims hold across replicas. On
@@ -45,6 +46,13 @@ pub struct FileRow {
     pub charged: bool,
     /// Bytes this row counts against the storage totals now.
     pub reserved: u64,
+    /// The `Upload-Metadata` a tus client created it with, as sent ('' for UploadFile's uploads):
+    /// tus HEAD answers must carry it back.
+    pub tus_metadata: String,
+    /// A call is writing a chunk that must verify before it counts (tus `Upload-Checksum`), so
+    /// the part may hold unverified bytes past `bytes_received`: the startup repair cuts them off
+    /// instead of adopting them. Cleared whenever progress is recorded.
+    pub unverified: bool,
 }
 
 /// Storage limits a reservation is checked against.
@@ -146,6 +154,8 @@ fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
         owner: row.try_get("owner")?,
         charged: row.try_get("charged")?,
         reserved: row.try_get::<i64, _>("reserved")? as u64,
+        tus_metadata: row.try_get("tus_metadata")?,
+        unverified: row.try_get("unverified")?,
     })
 }
 
@@ -154,7 +164,8 @@ fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
 macro_rules! file_columns {
     () => {
         "file_id, filename, content_type, total_size, checksum, resumable, \
-         bytes_received, complete, created_at_micros, updated_at_micros, owner, charged, reserved"
+         bytes_received, complete, created_at_micros, updated_at_micros, owner, charged, reserved, \
+         tus_metadata, unverified"
     };
 }
 
@@ -295,7 +306,7 @@ impl Store {
             tx.prepare_cached(concat!(
                 "INSERT INTO files (",
                 file_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ))?
             .execute(params![
                 file.file_id,
@@ -311,6 +322,8 @@ impl Store {
                 file.owner,
                 file.charged,
                 to_i64(file.reserved)?,
+                file.tus_metadata,
+                file.unverified,
             ])?;
             Ok(Ok(()))
         })
@@ -318,16 +331,21 @@ impl Store {
     }
 
     /// Sets what an incomplete upload reserves to `reserve` bytes (its whole declared size when a
-    /// call resumes it), moving the totals in the same transaction. Growth is checked against
-    /// `limits`; `Ok(Err(_))` when it does not fit (nothing written). NOT_FOUND without the row.
+    /// call resumes it), moving the totals in the same transaction, and marks whether the call
+    /// writes a chunk that must verify first (`unverified`, see [`FileRow::unverified`]). Growth
+    /// is checked against `limits`; `Ok(Err(_))` when it does not fit (nothing written).
+    /// NOT_FOUND without the row.
     pub async fn reserve_upload(
         &self,
         file_id: &str,
         reserve: u64,
+        unverified: bool,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
         if let Some(pg) = self.postgres() {
-            return pg.reserve_upload(file_id, reserve, limits).await;
+            return pg
+                .reserve_upload(file_id, reserve, unverified, limits)
+                .await;
         }
         let file_id = file_id.to_owned();
         self.write(move |tx| {
@@ -338,16 +356,19 @@ impl Store {
             if let Some(refused) = move_totals(tx, &owner, charged, delta, Some(limits))? {
                 return Ok(Err(refused));
             }
-            tx.prepare_cached("UPDATE files SET reserved = ?2 WHERE file_id = ?1")?
-                .execute(params![file_id, to_i64(reserve)?])?;
+            tx.prepare_cached(
+                "UPDATE files SET reserved = ?2, unverified = ?3 WHERE file_id = ?1",
+            )?
+            .execute(params![file_id, to_i64(reserve)?, unverified])?;
             Ok(Ok(()))
         })
         .await
     }
 
-    /// Records how many bytes of an interrupted upload are durable. No call is writing it any
-    /// more, so it now reserves only those bytes; the rest of its declared size is released from
-    /// the totals in the same transaction.
+    /// Records how many bytes of an interrupted upload are durable (and verified: the
+    /// `unverified` mark is cleared). No call is writing it any more, so it now reserves only
+    /// those bytes; the rest of its declared size is released from the totals in the same
+    /// transaction.
     pub async fn set_upload_progress(&self, file_id: &str, bytes: u64, now: i64) -> Result<()> {
         if let Some(pg) = self.postgres() {
             return pg.set_upload_progress(file_id, bytes, now).await;
@@ -357,8 +378,8 @@ impl Store {
             if let Some((owner, charged, reserved)) = incomplete_reservation(tx, &file_id)? {
                 move_totals(tx, &owner, charged, to_i64(bytes)? - reserved, None)?;
                 tx.prepare_cached(
-                    "UPDATE files SET bytes_received = ?2, reserved = ?2, updated_at_micros = ?3 \
-                     WHERE file_id = ?1",
+                    "UPDATE files SET bytes_received = ?2, reserved = ?2, updated_at_micros = ?3, \
+                     unverified = 0 WHERE file_id = ?1",
                 )?
                 .execute(params![file_id, to_i64(bytes)?, now])?;
             }
@@ -391,7 +412,7 @@ impl Store {
             move_totals(tx, &owner, charged, total - reserved, None)?;
             tx.prepare_cached(
                 "UPDATE files SET complete = 1, checksum = ?2, bytes_received = total_size, \
-                 reserved = total_size, updated_at_micros = ?3 WHERE file_id = ?1",
+                 reserved = total_size, updated_at_micros = ?3, unverified = 0 WHERE file_id = ?1",
             )?
             .execute(params![file_id, checksum, now])?;
             Ok(())
@@ -444,6 +465,78 @@ impl Store {
         .bind(before)
         .fetch_all(&self.sqlite()?.readers)
         .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Up to `limit` complete files, newest completion first (ties by id, descending), starting
+    /// after `after` (the completion time in microseconds and the id of the last file of the
+    /// previous page); only `owner`'s when given. A complete row never changes again, so a file's
+    /// place in this order is fixed and paging neither skips nor repeats one (a file completed
+    /// meanwhile comes before the first page).
+    pub async fn complete_files(
+        &self,
+        owner: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<FileRow>> {
+        if let Some(pg) = self.postgres() {
+            return pg.complete_files(owner, after, limit).await;
+        }
+        let readers = &self.sqlite()?.readers;
+        let limit = i64::from(limit);
+        // One statement per shape, each matching a partial index (migrations/0008_tus_files.sql).
+        let rows =
+            match (owner, after) {
+                (None, None) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?1"
+                    ))
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+                (None, Some(after)) => sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE complete = 1 AND (updated_at_micros, file_id) < (?1, ?2) \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?3"
+                ))
+                .bind(after.0)
+                .bind(after.1)
+                .bind(limit)
+                .fetch_all(readers)
+                .await?,
+                (Some(owner), None) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 AND owner = ?1 \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?2"
+                    ))
+                    .bind(owner)
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+                (Some(owner), Some(after)) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        file_columns!(),
+                        " FROM files WHERE complete = 1 AND owner = ?1 \
+                     AND (updated_at_micros, file_id) < (?2, ?3) \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT ?4"
+                    ))
+                    .bind(owner)
+                    .bind(after.0)
+                    .bind(after.1)
+                    .bind(limit)
+                    .fetch_all(readers)
+                    .await?
+                }
+            };
         rows.iter().map(file_from_row).collect()
     }
 

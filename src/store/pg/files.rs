@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, Weak};
 macro_rules! file_columns {
     () => {
         "file_id, filename, content_type, total_size, checksum, resumable, \
-         bytes_received, complete, created_at_micros, updated_at_micros, owner, charged, reserved"
+         bytes_received, complete, created_at_micros, updated_at_micros, owner, charged, reserved, \
+         tus_metadata, unverified"
     };
 }
 
@@ -54,6 +55,8 @@ fn file_from_row(row: &PgRow) -> Result<FileRow> {
         owner: row.try_get("owner")?,
         charged: row.try_get("charged")?,
         reserved: row.try_get::<i64, _>("reserved")? as u64,
+        tus_metadata: row.try_get("tus_metadata")?,
+        unverified: row.try_get("unverified")?,
     })
 }
 
@@ -180,7 +183,7 @@ impl PgStore {
         sqlx::query(concat!(
             "INSERT INTO files (",
             file_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&file.file_id)
         .bind(&file.filename)
@@ -195,6 +198,8 @@ impl PgStore {
         .bind(&file.owner)
         .bind(file.charged)
         .bind(to_i64(file.reserved)?)
+        .bind(&file.tus_metadata)
+        .bind(file.unverified)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -206,6 +211,7 @@ impl PgStore {
         &self,
         file_id: &str,
         reserve: u64,
+        unverified: bool,
         limits: StorageLimits,
     ) -> Result<Result<(), QuotaRefusal>> {
         let mut tx = self.pool.begin().await?;
@@ -218,9 +224,10 @@ impl PgStore {
             tx.rollback().await?;
             return Ok(Err(refused));
         }
-        sqlx::query("UPDATE files SET reserved = $2 WHERE file_id = $1")
+        sqlx::query("UPDATE files SET reserved = $2, unverified = $3 WHERE file_id = $1")
             .bind(file_id)
             .bind(to_i64(reserve)?)
+            .bind(unverified)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -238,8 +245,8 @@ impl PgStore {
         if let Some((owner, charged, reserved)) = incomplete_reservation(&mut tx, file_id).await? {
             move_totals(&mut tx, &owner, charged, to_i64(bytes)? - reserved, None).await?;
             sqlx::query(
-                "UPDATE files SET bytes_received = $2, reserved = $2, updated_at_micros = $3 \
-                 WHERE file_id = $1",
+                "UPDATE files SET bytes_received = $2, reserved = $2, updated_at_micros = $3, \
+                 unverified = FALSE WHERE file_id = $1",
             )
             .bind(file_id)
             .bind(to_i64(bytes)?)
@@ -273,7 +280,8 @@ impl PgStore {
         move_totals(&mut tx, &owner, charged, total - reserved, None).await?;
         sqlx::query(
             "UPDATE files SET complete = TRUE, checksum = $2, bytes_received = total_size, \
-             reserved = total_size, updated_at_micros = $3 WHERE file_id = $1",
+             reserved = total_size, updated_at_micros = $3, unverified = FALSE \
+             WHERE file_id = $1",
         )
         .bind(file_id)
         .bind(checksum)
@@ -318,6 +326,71 @@ impl PgStore {
         .bind(before)
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// See [`crate::store::Store::complete_files`]: one statement per shape, each matching a
+    /// partial index (migrations_pg/0007_tus_files.sql); row comparisons walk the index.
+    pub(crate) async fn complete_files(
+        &self,
+        owner: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<FileRow>> {
+        let limit = i64::from(limit);
+        let rows = match (owner, after) {
+            (None, None) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE complete \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (None, Some(after)) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE complete AND (updated_at_micros, file_id) < ($1, $2) \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT $3"
+                ))
+                .bind(after.0)
+                .bind(after.1)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (Some(owner), None) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE complete AND owner = $1 \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT $2"
+                ))
+                .bind(owner)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (Some(owner), Some(after)) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    file_columns!(),
+                    " FROM files WHERE complete AND owner = $1 \
+                     AND (updated_at_micros, file_id) < ($2, $3) \
+                     ORDER BY updated_at_micros DESC, file_id DESC LIMIT $4"
+                ))
+                .bind(owner)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter().map(file_from_row).collect()
     }
 
@@ -543,6 +616,8 @@ mod tests {
             owner: "alice".into(),
             charged: true,
             reserved: size,
+            tus_metadata: String::new(),
+            unverified: false,
         }
     }
 
@@ -633,7 +708,10 @@ mod tests {
         // Interrupted at 30 bytes: the rest is released; resuming reserves it again.
         let id = one_stored.expect("seven were stored");
         a.set_upload_progress(&id, 30, 2).await.unwrap();
-        b.reserve_upload(&id, 100, limits).await.unwrap().unwrap();
+        b.reserve_upload(&id, 100, false, limits)
+            .await
+            .unwrap()
+            .unwrap();
         b.complete_upload(&id, "abc", 3).await.unwrap();
         let row = a.file(&id).await.unwrap().unwrap();
         assert!(row.complete && row.reserved == 100 && row.bytes_received == 100);

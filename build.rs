@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     // sqlx::migrate! embeds migrations/ at compile time: a new file must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations_pg");
 
     let descriptors = protox::compile([proto], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

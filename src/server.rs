@@ -160,6 +160,7 @@ impl App {
                 transfer_idle: Duration::from_secs(config.transfer_idle_secs.max(1)),
                 upload_expiry: Duration::from_secs(config.upload_expiry_secs),
                 public_url,
+                public_url_configured: config.public_url.is_some(),
                 url_signer: self.auth.as_ref().map(|a| a.url_signer.clone()),
             },
         );

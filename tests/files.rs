@@ -858,6 +858,12 @@ async fn http_get_head_and_byte_ranges_on_the_grpc_port() {
         );
         assert!(get.expect_header("etag").contains(&sum), "{get:?}");
         assert_eq!(get.expect_header("accept-ranges"), "bytes");
+        // Same origin as the console: never sniffed, never run.
+        assert_eq!(get.expect_header("x-content-type-options"), "nosniff");
+        assert_eq!(
+            get.expect_header("content-security-policy"),
+            "sandbox; default-src 'none'"
+        );
 
         let head = http(server.addr, "HEAD", &file_path(&id), &[]).await;
         assert_eq!(head.status, 200, "{head:?}");
@@ -868,6 +874,8 @@ async fn http_get_head_and_byte_ranges_on_the_grpc_port() {
             "content-disposition",
             "etag",
             "accept-ranges",
+            "x-content-type-options",
+            "content-security-policy",
         ] {
             assert_eq!(head.header(name), get.header(name), "HEAD {name}");
         }

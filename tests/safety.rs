@@ -502,4 +502,6 @@ async fn the_root_page_says_what_this_is() {
     );
     assert!(body.contains("streaming.v1.StreamingService"), "{body}");
     assert!(body.contains("docs/contract.md"), "{body}");
+    assert!(body.contains("GET /console"), "{body}");
+    assert!(body.contains("tus 1.0 uploads at /files/"), "{body}");
 }

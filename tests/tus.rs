@@ -200,11 +200,13 @@ impl Http {
         self.path_of(&reply)
     }
 
-    /// The path of `Location`, which is absolute (`http://<addr>/files/<uuid>`).
+    /// The path of `Location`, which is relative (`/files/<uuid>`) without `--public-url`, and
+    /// absolute on it (`http://<addr>/files/<uuid>` when a test sets it to this server).
     fn path_of(&self, reply: &Reply) -> String {
         let location = reply.must("location");
         let path = location
             .strip_prefix(&format!("http://{}", self.addr))
+            .or_else(|| location.starts_with('/').then_some(location))
             .unwrap_or_else(|| panic!("Location {location} is not on this server"));
         let id = path.strip_prefix("/files/").expect("under /files/");
         uuid::Uuid::parse_str(id).expect("a UUID id");
@@ -806,6 +808,11 @@ async fn creation_and_patches_store_a_file(kind: StoreKind) {
         );
         let path = http.path_of(&reply);
         let id = id_of(&path);
+        assert_eq!(
+            reply.must("location"),
+            format!("/files/{id}"),
+            "relative without --public-url, so a page keeps its own origin"
+        );
 
         let head = http.head(&path).await;
         assert_eq!(head.status, 200, "{head:?}");
@@ -1558,6 +1565,37 @@ async fn a_crash_mid_checksummed_chunk_adopts_none_of_it() {
             );
             assert_stored(&http, &mut client, &id_of(path), &bytes).await;
         }
+    })
+    .await;
+}
+
+/// With `--public-url`, `Location` is absolute on the public base (a proxy with a path prefix
+/// keeps its prefix); the upload is reached under it.
+#[tokio::test]
+async fn a_configured_public_url_makes_locations_absolute() {
+    let server = TestServer::start_with(|c| {
+        c.public_url = Some("https://uploads.example/base".to_string());
+    })
+    .await;
+    let http = Http::open(server.addr);
+    within(60, "absolute location", async {
+        let reply = http
+            .tus(
+                "POST",
+                "/files/",
+                &[("upload-length", "3".to_string())],
+                b"",
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let location = reply.must("location");
+        let id = location
+            .strip_prefix("https://uploads.example/base/files/")
+            .unwrap_or_else(|| panic!("Location {location} is not on the public base"));
+        uuid::Uuid::parse_str(id).expect("a UUID id");
+        let head = http.head(&format!("/files/{id}")).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.offset(), 0);
     })
     .await;
 }

@@ -134,6 +134,14 @@ pub(super) async fn download(
 
     let mut response = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
+        // A download shares its origin with the console: whatever the uploader declared as its
+        // type, a browser must neither sniff it into something runnable nor run it (a stored
+        // HTML or SVG file opened directly would otherwise script the console's origin).
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'",
+        )
         .header(header::ETAG, &etag)
         .header(
             header::CONTENT_TYPE,

@@ -46,7 +46,10 @@ async fn index() -> Response {
          \n\
          gRPC:     service streaming.v1.StreamingService on this address (HTTP/2),\n\
          \x20         with server reflection (grpcurl -plaintext HOST:PORT list) and gRPC health\n\
-         Files:    GET /files/{{id}} (download URLs returned by UploadFile)\n\
+         gRPC-Web: the same service for browsers (HTTP/1.1 or HTTP/2; CORS from --cors-origins)\n\
+         Console:  GET /console (the web console)\n\
+         Files:    GET /files/{{id}} (download URLs returned by UploadFile and ListFiles)\n\
+         \x20         tus 1.0 uploads at /files/ (OPTIONS /files/ lists the extensions)\n\
          Metrics:  GET /metrics (Prometheus text)\n\
          Docs:     README.md and docs/contract.md in the streamhub repository;\n\
          \x20         `streamhub --help` for the command line\n",

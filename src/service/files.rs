@@ -121,6 +121,11 @@ pub struct FileSettings {
     pub upload_expiry: Duration,
     /// Base of download URLs, without a trailing slash.
     pub public_url: String,
+    /// `--public-url` was given: tus `Location`s are absolute on it. Otherwise they are relative
+    /// (`/files/<id>`), so a page reaches its upload on whatever origin it used (`localhost`
+    /// rather than the listen address, a proxy in front), where an absolute URL on the listen
+    /// address would be another origin that CORS and the console's CSP refuse.
+    pub public_url_configured: bool,
     /// Signs download URLs, and requires the signature on plain-HTTP downloads, when auth is on.
     pub url_signer: Option<crate::auth::UrlSigner>,
 }
@@ -1008,10 +1013,15 @@ impl Files {
         self.settings.max_upload_bytes
     }
 
-    /// Where a tus client reaches upload `id`: `<public URL>/files/<id>` (an absolute URL, the
-    /// same base as download URLs).
+    /// Where a tus client reaches upload `id`: `<--public-url>/files/<id>` when the public base
+    /// is configured, else the relative `/files/<id>`, which tus clients resolve against the
+    /// endpoint they created it on.
     pub fn upload_url(&self, id: &Uuid) -> String {
-        format!("{}/files/{}", self.settings.public_url, id.hyphenated())
+        if self.settings.public_url_configured {
+            format!("{}/files/{}", self.settings.public_url, id.hyphenated())
+        } else {
+            format!("/files/{}", id.hyphenated())
+        }
     }
 
     /// Whether an incomplete upload is past its expiry: the sweep removes exactly these, and tus

@@ -8,7 +8,9 @@
 //! stored. This module validates, turns messages into records and back, and decides when a
 //! user joins or leaves; it never writes SQL and never runs its own replay loop. JoinRoom and
 //! SendChatMessage never get rules of their own: they go through Chat's checks, session and
-//! append, so a browser member is a member like any other.
+//! append, so a browser member is a member like any other. Across replicas a join never runs
+//! in the call's future, which its client may drop at any await: the session's task takes the
+//! lease and stores the join notice, so every lease taken is dropped again.
 
 use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};

@@ -9,7 +9,9 @@
 //! presence signals and are never stored. The payload of an operation is opaque: this module
 //! never looks inside it, never writes SQL and never runs its own replay loop. The browser
 //! twins never get rules of their own: they go through Collaborate's checks, session and
-//! append.
+//! append. Across replicas a join never runs in the call's future, which its client may drop
+//! at any await: the session's task takes the lease and sends the JOIN, so every lease taken is
+//! dropped again and every JOIN gets its LEAVE.
 
 use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};
@@ -571,17 +573,17 @@ impl Collab {
                 if left.last_of_user {
                     left.broadcast(presence_event(
                         &stream.key,
-                        &user,
+                        user,
                         CollaborationEventType::Leave,
                     ));
                 }
             }),
             Some(cluster) => {
-                let _turn = cluster.turn(&stream.key, &user).await;
+                let _turn = cluster.turn(&stream.key, user).await;
                 let last_here = member.leave(|left| left.last_of_user);
                 // A failed drop leaves the lease to lapse: a survivor sends the LEAVE then.
-                if last_here && matches!(cluster.depart(&stream.key, &user).await, Ok(false)) {
-                    let leave = presence_event(&stream.key, &user, CollaborationEventType::Leave);
+                if last_here && matches!(cluster.depart(&stream.key, user).await, Ok(false)) {
+                    let leave = presence_event(&stream.key, user, CollaborationEventType::Leave);
                     cluster.send(&stream.key, &leave);
                     self.presence.inject(&stream.key, leave);
                 }

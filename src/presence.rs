@@ -214,7 +214,9 @@ impl<S: Clone + Send + 'static> Presence<S> {
 }
 
 /// One live stream's place in a room. Leaving is explicit, so the caller can act on it; if a
-/// member is dropped without leaving (a panic), it is still removed, silently.
+/// member is dropped without leaving (a panic), it is still removed, silently. Across replicas
+/// a silent drop would leave the user's lease behind (see [`cluster::Cluster::arrive`]), so a
+/// member there is only ever held by a task that is never dropped midway.
 pub struct Member<S: Clone + Send + 'static> {
     presence: Presence<S>,
     room: Arc<str>,

@@ -12,7 +12,7 @@
 //! must not hear it. Signals from other replicas are handed to the local
 //! registry as if a member here had sent them. Nothing here is stored in the log.
 
-use super::Presence;
+use super::{Member, Presence};
 use crate::error::Result;
 use crate::log::Replicas;
 use crate::store::StreamKind;
@@ -233,6 +233,12 @@ impl<S: prost::Message + Default + Clone + Send + 'static> Cluster<S> {
 
     /// The user's first stream here arrived: takes the lease. Returns whether another replica
     /// holds the user present already (then the user does not join anew).
+    ///
+    /// Call it under the user's [`Self::turn`], on a task that is never dropped midway (a
+    /// session's task, not a call's future), and follow it with [`Self::depart`] or
+    /// [`Self::withdraw`] on that task: once the store took the lease it is renewed until one
+    /// of those runs, so an arrive abandoned by a cancelled call would hold the user present on
+    /// every other replica for good.
     pub async fn arrive(&self, room: &Arc<str>, user: &Arc<str>) -> Result<bool> {
         let elsewhere = self
             .inner
@@ -260,6 +266,30 @@ impl<S: prost::Message + Default + Clone + Send + 'static> Cluster<S> {
             .store
             .drop_presence_lease(self.code(), room, user)
             .await
+    }
+
+    /// Takes back a stream whose arrival was never announced (its join notice or JOIN did not
+    /// go out because a step after [`Self::arrive`] failed): it leaves the registry silently
+    /// and, when it was the user's last stream here, the lease is dropped. Also after a failed
+    /// arrive, whose lease may have been committed all the same (a lost answer to COMMIT).
+    /// Under the user's turn, like `arrive`. A failed drop leaves the lease to lapse: it is no
+    /// longer renewed.
+    pub async fn withdraw(&self, member: Member<S>, room: &Arc<str>, user: &Arc<str>) {
+        if !member.leave(|left| left.last_of_user) {
+            return;
+        }
+        match self.depart(room, user).await {
+            Ok(false) => {}
+            // Another replica arrived while this one held the user, so it announced nothing;
+            // this one never did either. Rare (a failure in the moment of a join on two
+            // replicas at once), and nothing is stored wrong: only a notice is missing.
+            Ok(true) => {
+                tracing::debug!(%room, %user, "withdrawn while another replica holds the user");
+            }
+            Err(err) => {
+                tracing::warn!(%room, %user, error = %crate::error::cause_chain(&err), "presence lease not dropped; it lapses");
+            }
+        }
     }
 
     /// Users that other replicas hold present in `room`.

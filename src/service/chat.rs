@@ -8,7 +8,9 @@
 //! stored. This module validates, turns messages into records and back, and decides when a
 //! user joins or leaves; it never writes SQL and never runs its own replay loop. JoinRoom and
 //! SendChatMessage never get rules of their own: they go through Chat's checks, session and
-//! append, so a browser member is a member like any other.
+//! append, so a browser member is a member like any other. Across replicas a join never runs
+//! in the call's future, which its client may drop at any await: the session's task takes the
+//! lease and stores the join notice, so every lease taken is dropped again.
 
 use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};
@@ -140,6 +142,22 @@ enum Incoming {
     Typing(ChatMessage),
     /// Nothing beyond joining (a first message without content).
     Nothing,
+}
+
+/// A member counted in the room, its ear on the room's signals, and its join notice when it
+/// was the user's first stream (and, across replicas, no other replica held the user).
+type Entered = (
+    Member<ChatMessage>,
+    Listener<ChatMessage>,
+    Option<PendingAppend>,
+);
+
+/// Where a session's join is decided.
+enum Joining {
+    /// One replica: in the call, already done.
+    Joined(Entered),
+    /// Across replicas: on the session's task (`Chat::join_across`).
+    Across(Cluster<ChatMessage>),
 }
 
 /// Why a session's inbound side stopped.
@@ -423,45 +441,60 @@ impl Chat {
             },
             |record: &LogRecord| message_from_record(record).map(Some),
         )?;
-        let (member, listener, join_notice) = match &self.cluster {
+        let joining = match &self.cluster {
+            // One replica: the join is decided under the registry's lock with its notice
+            // queued, and nothing is awaited between them, so a cancelled call leaves nothing
+            // half-done.
             None => {
                 let permit = self.log.writer.reserve().await?;
-                self.presence.join(&room, &user, |joined| {
+                Joining::Joined(self.presence.join(&room, &user, |joined| {
                     joined
                         .first_of_user
                         .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]))
-                })?
+                })?)
             }
-            Some(cluster) => {
-                // The user's turn orders this join with their other streams' joins and
-                // leaves in this process; the store orders it with other replicas'.
-                let _turn = cluster.turn(&room, &user).await;
-                let (member, listener, first_here) =
-                    self.presence
-                        .join(&room, &user, |joined| joined.first_of_user)?;
-                let elsewhere = first_here && cluster.arrive(&room, &user).await?;
-                let permit = self.log.writer.reserve().await?;
-                let notice = (first_here && !elsewhere)
-                    .then(|| permit.append(vec![self.notice(&stream, &user, "joined")]));
-                (member, listener, notice)
-            }
+            // Across replicas the join awaits the store (the lease) and then the writer (the
+            // notice): the session's task does it, see `join_across`.
+            Some(cluster) => Joining::Across(cluster.clone()),
         };
         // From here on the session's own task owns the member: a client that resets its stream
-        // while its join notice is being stored drops this call, but the task still sees the
-        // join through and then stores the leave.
+        // (a browser reload during JoinRoom) drops this call, but the task still sees the join
+        // through and then stores the leave, and drops the lease.
         let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let (joined, join_outcome) = tokio::sync::oneshot::channel::<Result<()>>();
+        let (joined, join_outcome) =
+            tokio::sync::oneshot::channel::<Result<Listener<ChatMessage>>>();
         let chat = self.clone();
         self.sessions.spawn(async move {
+            let (member, listener, join_notice) = match joining {
+                Joining::Joined(entered) => entered,
+                Joining::Across(cluster) => {
+                    match chat.join_across(&cluster, &room, &user, &stream).await {
+                        Ok(entered) => entered,
+                        Err(e) => {
+                            let _ = joined.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            };
             if let Some(pending) = join_notice
                 && let Err(e) = pending.outcome().await
             {
-                drop(member);
+                match &chat.cluster {
+                    // Not announced, so no leave notice either; but the lease must go, or the
+                    // upkeep would renew it for good and every other replica would hold the
+                    // user present elsewhere.
+                    Some(cluster) => {
+                        let _turn = cluster.turn(&room, &user).await;
+                        cluster.withdraw(member, &room, &user).await;
+                    }
+                    None => drop(member),
+                }
                 let _ = joined.send(Err(e));
                 return;
             }
             tracing::debug!(room = %stream.key, %user, after, "member joined");
-            if joined.send(Ok(())).is_err() {
+            if joined.send(Ok(listener)).is_err() {
                 // The call is gone: nobody reads the session, but the room is owed the leave.
                 if let Err(e) = chat.leave(member, &stream, &user, false).await {
                     tracing::warn!(room = %stream.key, %user, error = %crate::error::cause_chain(&e), "leave notice not stored");
@@ -479,19 +512,76 @@ impl Chat {
             )
             .await;
         });
-        match join_outcome.await {
-            Ok(Ok(())) => {}
+        let listener = match join_outcome.await {
+            Ok(Ok(listener)) => listener,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
                 return Err(Error::Internal("the session ended before its join".into()).into());
             }
-        }
+        };
         Ok(Box::pin(SessionOutput::new(
             control_rx,
             durable,
             after,
             TypingRelay(listener),
         )))
+    }
+
+    /// Joins across replicas: under the user's turn, counts the stream here, takes the lease
+    /// when it is the user's first stream here, and queues the join notice unless another
+    /// replica holds the user present already.
+    ///
+    /// Runs on the session's task, never in the call: a call is dropped whenever its client
+    /// cancels, and dropped between the lease and the notice it would leave a lease that the
+    /// upkeep renews for good (the user "present elsewhere" to every other replica, who then
+    /// store no join or leave notice for them) with no stream left to drop it. A task is never
+    /// dropped midway, so every arrive is followed by the session's depart, and a failure here
+    /// withdraws the member and the lease before it returns.
+    ///
+    /// Every arrive and depart of one (room, user) on this replica, here and in `leave`, runs
+    /// on a session task holding the user's turn, and the turn is fair (first come, first
+    /// served): a reload's new stream waits for the old one's join to be decided, and the old
+    /// one's depart is ordered with the new one's arrive (the new one, while the old member is
+    /// still counted, is no first stream and takes no lease; once it is gone, the depart is
+    /// done). No depart ever runs detached from the turn.
+    async fn join_across(
+        &self,
+        cluster: &Cluster<ChatMessage>,
+        room: &Arc<str>,
+        user: &Arc<str>,
+        stream: &StreamKey,
+    ) -> Result<Entered> {
+        // The user's turn orders this join with their other streams' joins and leaves in this
+        // process; the store orders it with other replicas'.
+        let _turn = cluster.turn(room, user).await;
+        let (member, listener, first_here) = self
+            .presence
+            .join(room, user, |joined| joined.first_of_user)?;
+        if !first_here {
+            return Ok((member, listener, None));
+        }
+        let elsewhere = match cluster.arrive(room, user).await {
+            Ok(elsewhere) => elsewhere,
+            Err(e) => {
+                cluster.withdraw(member, room, user).await;
+                return Err(e);
+            }
+        };
+        if elsewhere {
+            return Ok((member, listener, None));
+        }
+        // Queued under the turn, so it reaches the writer before any leave notice of this user
+        // from this replica.
+        match self.log.writer.reserve().await {
+            Ok(permit) => {
+                let notice = permit.append(vec![self.notice(stream, user, "joined")]);
+                Ok((member, listener, Some(notice)))
+            }
+            Err(e) => {
+                cluster.withdraw(member, room, user).await;
+                Err(e)
+            }
+        }
     }
 
     /// The session's inbound side: posts and typing until the client finishes or goes away,

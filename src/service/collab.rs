@@ -9,7 +9,9 @@
 //! presence signals and are never stored. The payload of an operation is opaque: this module
 //! never looks inside it, never writes SQL and never runs its own replay loop. The browser
 //! twins never get rules of their own: they go through Collaborate's checks, session and
-//! append.
+//! append. Across replicas a join never runs in the call's future, which its client may drop
+//! at any await: the session's task takes the lease and sends the JOIN, so every lease taken is
+//! dropped again and every JOIN gets its LEAVE.
 
 use super::session::{Control, Inbound, Relay, SessionOutput};
 use super::{ResponseStream, validate_client_id, validate_key};
@@ -99,6 +101,10 @@ enum Applied {
     /// Its base was stale: this REJECTED event, carrying the head, is for its sender alone.
     Rejected(CollaborationEvent),
 }
+
+/// What a session's task hands its call once joined: its ear on the document's signals and
+/// the other users present.
+type Entry = (Listener<CollaborationEvent>, Vec<Arc<str>>);
 
 /// Why a session's inbound side stopped.
 enum Ending {
@@ -343,52 +349,143 @@ impl Collab {
             |record: &LogRecord| operation_from_record(record).map(Some),
         )?;
         // 2 and 3. Who is here (sent once the replay is done), and telling them about us.
-        let (member, listener, others) = match &self.cluster {
-            None => self.presence.join(&document, &user, |joined| {
-                if joined.first_of_user {
-                    joined.broadcast(presence_event(
-                        &document,
-                        &user,
-                        CollaborationEventType::Join,
-                    ));
-                }
-                joined.others.clone()
-            })?,
-            Some(cluster) => {
-                // The user's turn orders this JOIN with their other streams' in this process;
-                // the store orders it with other replicas'.
-                let _turn = cluster.turn(&document, &user).await;
-                let (member, listener, (first_here, mut others)) =
-                    self.presence.join(&document, &user, |joined| {
-                        (joined.first_of_user, joined.others.clone())
-                    })?;
-                let elsewhere = first_here && cluster.arrive(&document, &user).await?;
-                if first_here && !elsewhere {
-                    let join = presence_event(&document, &user, CollaborationEventType::Join);
-                    cluster.send(&document, &join);
-                    member.signal(join);
-                }
-                for present in cluster.present_elsewhere(&document).await? {
-                    if present != user && !others.contains(&present) {
-                        others.push(present);
-                    }
-                }
-                (member, listener, others)
-            }
-        };
-        tracing::debug!(%document, %user, version, present = others.len(), "participant joined");
-        let relay = PresenceRelay::new(listener, document.clone(), others);
-
         let (control, control_rx) = mpsc::channel(CONTROL_CAPACITY);
         let collab = self.clone();
-        self.sessions.spawn(async move {
-            collab
-                .run(inbound, member, control, cancelled, stream, user)
-                .await;
-        });
+        let (listener, others) = match &self.cluster {
+            // One replica: the join and its JOIN happen under the registry's lock and nothing is
+            // awaited before the session's task owns the member, so a cancelled call leaves
+            // nothing half-done.
+            None => {
+                let (member, listener, others) =
+                    self.presence.join(&document, &user, |joined| {
+                        if joined.first_of_user {
+                            joined.broadcast(presence_event(
+                                &document,
+                                &user,
+                                CollaborationEventType::Join,
+                            ));
+                        }
+                        joined.others.clone()
+                    })?;
+                self.sessions.spawn(async move {
+                    collab
+                        .run(inbound, member, control, cancelled, stream, user)
+                        .await;
+                });
+                (listener, others)
+            }
+            // Across replicas the join awaits the store (the lease, then who is present
+            // elsewhere): the session's task does it, see `join_across`, and this call only
+            // waits for its answer. A client that cancels (a browser reload during
+            // OpenDocument) drops this call, not the join: the task sees it through and then
+            // sends the LEAVE and drops the lease.
+            Some(cluster) => {
+                let cluster = cluster.clone();
+                let (entered, entry) = tokio::sync::oneshot::channel::<Result<Entry>>();
+                let joining = document.clone();
+                self.sessions.spawn(async move {
+                    let (member, listener, others) =
+                        match collab.join_across(&cluster, &joining, &user).await {
+                            Ok(joined) => joined,
+                            Err(e) => {
+                                let _ = entered.send(Err(e));
+                                return;
+                            }
+                        };
+                    if entered.send(Ok((listener, others))).is_err() {
+                        // The call is gone: nobody reads the session, but the document is owed
+                        // the LEAVE.
+                        collab.leave(member, &stream, &user).await;
+                        return;
+                    }
+                    collab
+                        .run(inbound, member, control, cancelled, stream, user)
+                        .await;
+                });
+                match entry.await {
+                    Ok(entered) => entered?,
+                    Err(_) => {
+                        return Err(
+                            Error::Internal("the session ended before its join".into()).into()
+                        );
+                    }
+                }
+            }
+        };
+        tracing::debug!(%document, version, present = others.len(), "participant joined");
+        let relay = PresenceRelay::new(listener, document.clone(), others);
         Ok(Box::pin(SessionOutput::new(
             control_rx, durable, version, relay,
         )))
+    }
+
+    /// Joins across replicas: under the user's turn, counts the stream here, takes the lease
+    /// when it is the user's first stream here and sends the JOIN unless another replica holds
+    /// the user present already; then adds the users present on other replicas.
+    ///
+    /// Runs on the session's task, never in the call: a call is dropped whenever its client
+    /// cancels, and dropped after the lease (and the JOIN) it would leave a lease that the
+    /// upkeep renews for good and a participant no LEAVE ever removes, on every replica. A
+    /// task is never dropped midway, so every arrive is followed by a depart: on a failure
+    /// before the JOIN the member is withdrawn silently, after it the member leaves with its
+    /// LEAVE, before this returns.
+    ///
+    /// Every arrive and depart of one (document, user) on this replica, here and in `leave`,
+    /// runs on a session task holding the user's turn, and the turn is fair (first come, first
+    /// served): a reload's new stream waits until the old one's join is decided, and the old
+    /// one's depart is ordered with the new one's arrive. No depart ever runs detached from the
+    /// turn.
+    async fn join_across(
+        &self,
+        cluster: &Cluster<CollaborationEvent>,
+        document: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<(
+        Member<CollaborationEvent>,
+        Listener<CollaborationEvent>,
+        Vec<Arc<str>>,
+    )> {
+        let (member, listener, mut others) = {
+            // The user's turn orders this JOIN with their other streams' in this process; the
+            // store orders it with other replicas'.
+            let _turn = cluster.turn(document, user).await;
+            let (member, listener, (first_here, others)) =
+                self.presence.join(document, user, |joined| {
+                    (joined.first_of_user, joined.others.clone())
+                })?;
+            if first_here {
+                match cluster.arrive(document, user).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let join = presence_event(document, user, CollaborationEventType::Join);
+                        cluster.send(document, &join);
+                        member.signal(join);
+                    }
+                    Err(e) => {
+                        cluster.withdraw(member, document, user).await;
+                        return Err(e);
+                    }
+                }
+            }
+            (member, listener, others)
+        };
+        // Who else is present is no decision about this user: it needs no turn. The listener
+        // already hears every change, and the relay's set of known users absorbs the overlap.
+        match cluster.present_elsewhere(document).await {
+            Ok(present) => {
+                for present in present {
+                    if present != *user && !others.contains(&present) {
+                        others.push(present);
+                    }
+                }
+                Ok((member, listener, others))
+            }
+            Err(e) => {
+                // The JOIN may have gone out: leave as any session does.
+                self.leave(member, &document_stream(document), user).await;
+                Err(e)
+            }
+        }
     }
 
     /// The session's inbound side: operations and cursors until the client finishes or goes
@@ -455,27 +552,7 @@ impl Collab {
             // queue full (REJECTED events a client does not read) the LEAVE is not delayed.
             let _ = control.try_send(Control::Finishing);
         }
-        match &self.cluster {
-            None => member.leave(|left| {
-                if left.last_of_user {
-                    left.broadcast(presence_event(
-                        &stream.key,
-                        &user,
-                        CollaborationEventType::Leave,
-                    ));
-                }
-            }),
-            Some(cluster) => {
-                let _turn = cluster.turn(&stream.key, &user).await;
-                let last_here = member.leave(|left| left.last_of_user);
-                // A failed drop leaves the lease to lapse: a survivor sends the LEAVE then.
-                if last_here && matches!(cluster.depart(&stream.key, &user).await, Ok(false)) {
-                    let leave = presence_event(&stream.key, &user, CollaborationEventType::Leave);
-                    cluster.send(&stream.key, &leave);
-                    self.presence.inject(&stream.key, leave);
-                }
-            }
-        }
+        self.leave(member, &stream, &user).await;
         let last = match ending {
             Ending::Finished => match self.log.store.head(&stream).await {
                 Ok(head) => Control::DrainThrough(head),
@@ -486,6 +563,32 @@ impl Collab {
             Ending::Gone => return,
         };
         let _ = control.send(last).await;
+    }
+
+    /// Removes the member; when it was the user's last stream here (and, across replicas, no
+    /// other replica holds the user), everyone gets its LEAVE.
+    async fn leave(&self, member: Member<CollaborationEvent>, stream: &StreamKey, user: &Arc<str>) {
+        match &self.cluster {
+            None => member.leave(|left| {
+                if left.last_of_user {
+                    left.broadcast(presence_event(
+                        &stream.key,
+                        user,
+                        CollaborationEventType::Leave,
+                    ));
+                }
+            }),
+            Some(cluster) => {
+                let _turn = cluster.turn(&stream.key, user).await;
+                let last_here = member.leave(|left| left.last_of_user);
+                // A failed drop leaves the lease to lapse: a survivor sends the LEAVE then.
+                if last_here && matches!(cluster.depart(&stream.key, user).await, Ok(false)) {
+                    let leave = presence_event(&stream.key, user, CollaborationEventType::Leave);
+                    cluster.send(&stream.key, &leave);
+                    self.presence.inject(&stream.key, leave);
+                }
+            }
+        }
     }
 
     /// Appends one operation, or makes the REJECTED answer for its sender when its base is

@@ -1599,3 +1599,37 @@ async fn a_configured_public_url_makes_locations_absolute() {
     })
     .await;
 }
+
+/// A chunked PATCH body (no declared length) that runs past `Upload-Length` gets 413 and keeps
+/// none of its bytes, even those that fitted before the overflowing part arrived; the upload
+/// then continues from where it stood.
+#[tokio::test]
+async fn a_chunked_body_past_the_length_keeps_nothing() {
+    let server = TestServer::start().await;
+    let http = Http::open(server.addr);
+    within(60, "chunked overflow", async {
+        let path = http.create(10, "").await;
+        let headers = http.tus_headers(&[
+            ("upload-offset", "0".to_string()),
+            (
+                "content-type",
+                "application/offset+octet-stream".to_string(),
+            ),
+            ("transfer-encoding", "chunked".to_string()),
+        ]);
+        // Two chunks: 5 bytes that fit, then 10 that do not.
+        let body = b"5\r\nabcde\r\na\r\nfghijklmno\r\n0\r\n\r\n";
+        let mut socket = http.start("PATCH", &path, &headers, None, body).await;
+        let reply = read_reply(&mut socket).await;
+        assert_eq!(reply.status, 413, "{reply:?} {}", reply.text());
+        assert_eq!(http.head(&path).await.offset(), 0, "nothing of it kept");
+
+        let bytes = b"0123456789";
+        let reply = http.patch(&path, 0, bytes).await;
+        assert_eq!(reply.status, 204, "{reply:?} {}", reply.text());
+        assert_eq!(reply.offset(), 10);
+        let mut client = grpc(server.addr, None).await;
+        assert_stored(&http, &mut client, &id_of(&path), bytes).await;
+    })
+    .await;
+}

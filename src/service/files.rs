@@ -1299,14 +1299,24 @@ impl Files {
             self.interrupt_transfer(transfer, true).await;
             return Err(too_long(room));
         }
-        if let Some((algorithm, _)) = &chunk.checksum
+        // A body of undeclared length (chunked) can only be found too long once part of it is
+        // written: its start is marked so that a refused body keeps nothing (sha1 is the
+        // cheapest mark the part has; its digest is never looked at).
+        let guard_overflow = chunk.checksum.is_none() && chunk.content_length.is_none();
+        let mark = match &chunk.checksum {
+            Some((algorithm, _)) => Some(*algorithm),
+            None if guard_overflow => Some(ChunkAlgorithm::Sha1),
+            None => None,
+        };
+        if let Some(algorithm) = mark
             && let Some(part) = transfer.part.as_mut()
-            && let Err(e) = part.check_chunk(*algorithm).await
+            && let Err(e) = part.check_chunk(algorithm).await
         {
             transfer.part = None;
             self.interrupt_transfer(transfer, false).await;
             return Err(e.into());
         }
+        let mut overflowed = false;
         let idle = self.settings.transfer_idle;
         let ended: Result<()> = loop {
             let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
@@ -1324,7 +1334,8 @@ impl Files {
                 }
             };
             if bytes.len() as u64 > transfer.total - transfer.received {
-                break Err(too_long(transfer.total - transfer.received));
+                overflowed = true;
+                break Err(too_long(room));
             }
             if bytes.is_empty() {
                 continue;
@@ -1334,6 +1345,10 @@ impl Files {
             }
         };
         let ended = match (&chunk.checksum, ended) {
+            (None, Err(error)) if guard_overflow && overflowed => {
+                self.cut_chunk(&mut transfer).await.and(Err(error))
+            }
+            (None, ended) if guard_overflow => self.keep_chunk(&mut transfer).await.and(ended),
             (None, ended) => ended,
             (Some((_, expected)), Ok(())) => self.verify_chunk(&mut transfer, expected).await,
             (Some(_), Err(error)) => self.cut_chunk(&mut transfer).await.and(Err(error)),
@@ -1382,6 +1397,19 @@ impl Files {
         Err(Error::DataLoss(
             "Upload-Checksum does not match the request body; the chunk was discarded".into(),
         ))
+    }
+
+    /// Ends the mark of `check_chunk` and keeps what was written since (an unchecked body that
+    /// broke off keeps the bytes that arrived, as any resumable upload does).
+    async fn keep_chunk(&self, transfer: &mut Transfer) -> Result<()> {
+        let Some(part) = transfer.part.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = part.accept_chunk().await {
+            transfer.part = None;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Cuts off the chunk written since `check_chunk`, so the transfer stands where it started.

@@ -10,19 +10,18 @@
 
 mod common;
 
+use common::collab::*;
 use common::*;
 use std::time::Duration;
 use streamhub::auth::{Role, TokenGrants, mint_hs256_with};
 use streamhub::proto::{CollaborationEvent, CollaborationEventType, OpenDocumentRequest};
-use streamhub::service::collab::operation_from_record;
-use streamhub::store::{StreamKey, StreamKind};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 use tonic::{Code, Status};
 
-use CollaborationEventType::{Cursor, Join, Leave, Operation, Rejected};
+use CollaborationEventType::{Cursor, Join, Leave, Rejected};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -30,66 +29,6 @@ use CollaborationEventType::{Cursor, Join, Leave, Operation, Rejected};
 
 /// How long one expected event may take to arrive before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(15);
-
-fn op(doc: &str, user: &str, id: &str, payload: &[u8], base: Option<u64>) -> CollaborationEvent {
-    CollaborationEvent {
-        id: id.into(),
-        document_id: doc.into(),
-        user_id: user.into(),
-        r#type: Operation as i32,
-        payload: payload.to_vec(),
-        base_sequence: base,
-        ..Default::default()
-    }
-}
-
-fn cursor(doc: &str, user: &str, payload: &[u8]) -> CollaborationEvent {
-    CollaborationEvent {
-        document_id: doc.into(),
-        user_id: user.into(),
-        r#type: Cursor as i32,
-        payload: payload.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn kind_name(kind: i32) -> &'static str {
-    match CollaborationEventType::try_from(kind) {
-        Ok(Join) => "join",
-        Ok(Leave) => "leave",
-        Ok(Operation) => "op",
-        Ok(Cursor) => "cursor",
-        Ok(Rejected) => "rejected",
-        Ok(CollaborationEventType::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    }
-}
-
-/// An event as (type, sequence, user, id, payload): what the assertions compare.
-type Row = (&'static str, u64, String, String, Vec<u8>);
-
-fn row(e: &CollaborationEvent) -> Row {
-    (
-        kind_name(e.r#type),
-        e.sequence,
-        e.user_id.clone(),
-        e.id.clone(),
-        e.payload.clone(),
-    )
-}
-
-fn rows(es: &[CollaborationEvent]) -> Vec<Row> {
-    es.iter().map(row).collect()
-}
-
-/// A presence event (JOIN, LEAVE) or a cursor as the assertions compare it.
-fn signal(kind: &'static str, user: &str, payload: &[u8]) -> Row {
-    (kind, 0, user.into(), String::new(), payload.to_vec())
-}
-
-fn stored_op(sequence: u64, user: &str, id: &str, payload: &[u8]) -> Row {
-    ("op", sequence, user.into(), id.into(), payload.to_vec())
-}
 
 fn open_request(doc: &str, user: &str, after: u64) -> OpenDocumentRequest {
     OpenDocumentRequest {
@@ -220,20 +159,6 @@ async fn submitted(client: &mut Client, event: CollaborationEvent) -> Collaborat
     submit(client, event)
         .await
         .unwrap_or_else(|s| panic!("SubmitCollaborationEvent {what}: {s:?}"))
-}
-
-/// The document's stored operations, read straight from the store.
-async fn stored_log(server: &TestServer, doc: &str) -> Vec<CollaborationEvent> {
-    let records = server
-        .log
-        .store
-        .read_page(&StreamKey::new(StreamKind::Collab, doc), 0, None, 100_000)
-        .await
-        .expect("read the log");
-    records
-        .iter()
-        .map(|r| operation_from_record(r).expect("decode"))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::chat::*;
 use common::*;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -26,31 +27,6 @@ use tonic::{Code, Status};
 /// How long one expected message may take to arrive before the test fails.
 const READ_LIMIT: Duration = Duration::from_secs(15);
 
-fn message(room: &str, user: &str, kind: ChatMessageType, content: &str) -> ChatMessage {
-    ChatMessage {
-        room_id: room.into(),
-        user_id: user.into(),
-        content: content.into(),
-        r#type: kind as i32,
-        ..Default::default()
-    }
-}
-
-fn text(room: &str, user: &str, content: &str) -> ChatMessage {
-    message(room, user, ChatMessageType::Text, content)
-}
-
-fn text_with_id(room: &str, user: &str, id: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        id: id.into(),
-        ..text(room, user, content)
-    }
-}
-
-fn typing(room: &str, user: &str, content: &str) -> ChatMessage {
-    message(room, user, ChatMessageType::Typing, content)
-}
-
 /// A first message that only joins: it posts nothing.
 fn hello(room: &str, user: &str, seen: u64) -> ChatMessage {
     ChatMessage {
@@ -59,63 +35,6 @@ fn hello(room: &str, user: &str, seen: u64) -> ChatMessage {
         sequence: seen,
         ..Default::default()
     }
-}
-
-fn joined(user: &str) -> String {
-    format!("User {user} joined the chat")
-}
-
-fn left(user: &str) -> String {
-    format!("User {user} left the chat")
-}
-
-fn kind_name(kind: i32) -> &'static str {
-    match ChatMessageType::try_from(kind) {
-        Ok(ChatMessageType::Text) => "text",
-        Ok(ChatMessageType::Image) => "image",
-        Ok(ChatMessageType::File) => "file",
-        Ok(ChatMessageType::System) => "system",
-        Ok(ChatMessageType::Typing) => "typing",
-        Ok(ChatMessageType::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    }
-}
-
-/// A message as (sequence, type, author, content): what the assertions compare.
-fn row(m: &ChatMessage) -> (u64, &'static str, String, String) {
-    (
-        m.sequence,
-        kind_name(m.r#type),
-        m.user_id.clone(),
-        m.content.clone(),
-    )
-}
-
-fn rows(ms: &[ChatMessage]) -> Vec<(u64, &'static str, String, String)> {
-    ms.iter().map(row).collect()
-}
-
-/// Expected row of a stored message.
-fn stored(
-    seq: u64,
-    kind: &'static str,
-    user: &str,
-    content: &str,
-) -> (u64, &'static str, String, String) {
-    (seq, kind, user.to_string(), content.to_string())
-}
-
-fn sys(seq: u64, user: &str, what: &str) -> (u64, &'static str, String, String) {
-    let content = if what == "joined" {
-        joined(user)
-    } else {
-        left(user)
-    };
-    (seq, "system", user.to_string(), content)
-}
-
-fn seqs(ms: &[ChatMessage]) -> Vec<u64> {
-    ms.iter().map(|m| m.sequence).collect()
 }
 
 /// Opens a Chat stream whose first message is `first`.
@@ -268,45 +187,6 @@ async fn page(
         .expect("GetChatHistory")
         .into_inner();
     (reply.messages, reply.has_more)
-}
-
-/// The whole room, oldest first, read backwards in pages of 500.
-async fn history(client: &mut Client, room: &str) -> Vec<ChatMessage> {
-    let mut all = Vec::new();
-    let mut before = 0;
-    loop {
-        let (mut messages, has_more) = page(client, room, before, 500).await;
-        let oldest = messages.first().map(|m| m.sequence);
-        messages.append(&mut all);
-        all = messages;
-        match (has_more, oldest) {
-            (true, Some(oldest)) => before = oldest,
-            _ => return all,
-        }
-    }
-}
-
-/// Waits until the room's history has at least `len` messages and returns it. A session
-/// stores its leave notice after its stream ended (a failing one gives its status first, and a
-/// dead client's session only notices later), so a read right after an end can come too early.
-async fn history_reaches(client: &mut Client, room: &str, len: usize) -> Vec<ChatMessage> {
-    let client = client.clone();
-    poll_until(
-        &format!("{len} messages in the history of {room}"),
-        Duration::from_secs(15),
-        || {
-            let mut client = client.clone();
-            async move {
-                let all = history(&mut client, room).await;
-                if all.len() >= len {
-                    Ok(all)
-                } else {
-                    Err(format!("{:?}", rows(&all)))
-                }
-            }
-        },
-    )
-    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,7 +385,7 @@ async fn a_member_that_reconnects_gets_exactly_what_it_missed_then_live() {
         // Bob goes away without a word; his session notices and stores his leave.
         bob.disconnect();
         assert_eq!(rows(&ann.next_n(1).await), [sys(4, "bob", "left")]);
-        assert_eq!(history_reaches(&mut client, ROOM, 4).await.len(), 4);
+        assert_eq!(history_reaches(&client, ROOM, 4).await.len(), 4);
 
         let mut missed = vec![sys(4, "bob", "left")];
         for i in 0..50u64 {
@@ -720,7 +600,7 @@ async fn join_and_leave_notices_count_users_not_streams() {
             .expect("holder started");
         holder.abort();
         assert_eq!(rows(&bob.next_n(1).await), [sys(3, "ann", "left")]);
-        assert_eq!(history_reaches(&mut client, ROOM, 3).await.len(), 3);
+        assert_eq!(history_reaches(&client, ROOM, 3).await.len(), 3);
 
         // Bob's connection is cut: a dead client leaves too.
         let mut watcher = Member::join(&server, ROOM, "cat", 3).await;
@@ -1328,7 +1208,7 @@ async fn bad_chat_input_gets_the_exact_status_and_stores_nothing() {
             assert_eq!(status.code(), expected, "{what}: {status:?}");
             // Stored: zed's join, the good message, zed's leave; nothing from the bad one on.
             let head = expected_history.len() as u64;
-            expected_history = history_reaches(&mut client, ROOM, head as usize + 3).await;
+            expected_history = history_reaches(&client, ROOM, head as usize + 3).await;
             assert_eq!(
                 rows(&expected_history[head as usize..]),
                 [

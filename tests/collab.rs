@@ -6,14 +6,13 @@
 
 mod common;
 
+use common::collab::*;
 use common::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use streamhub::proto::{CollaborationEvent, CollaborationEventType};
-use streamhub::service::collab::operation_from_record;
-use streamhub::store::{StreamKey, StreamKind};
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,66 +36,6 @@ fn join_event(doc: &str, user: &str, version: u64) -> CollaborationEvent {
         sequence: version,
         ..Default::default()
     }
-}
-
-fn op(doc: &str, user: &str, id: &str, payload: &[u8], base: Option<u64>) -> CollaborationEvent {
-    CollaborationEvent {
-        id: id.into(),
-        document_id: doc.into(),
-        user_id: user.into(),
-        r#type: Operation as i32,
-        payload: payload.to_vec(),
-        base_sequence: base,
-        ..Default::default()
-    }
-}
-
-fn cursor(doc: &str, user: &str, payload: &[u8]) -> CollaborationEvent {
-    CollaborationEvent {
-        document_id: doc.into(),
-        user_id: user.into(),
-        r#type: Cursor as i32,
-        payload: payload.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn kind_name(kind: i32) -> &'static str {
-    match CollaborationEventType::try_from(kind) {
-        Ok(Join) => "join",
-        Ok(Leave) => "leave",
-        Ok(Operation) => "op",
-        Ok(Cursor) => "cursor",
-        Ok(Rejected) => "rejected",
-        Ok(CollaborationEventType::Unspecified) => "unspecified",
-        Err(_) => "unknown",
-    }
-}
-
-/// An event as (type, sequence, user, id, payload): what the assertions compare.
-type Row = (&'static str, u64, String, String, Vec<u8>);
-
-fn row(e: &CollaborationEvent) -> Row {
-    (
-        kind_name(e.r#type),
-        e.sequence,
-        e.user_id.clone(),
-        e.id.clone(),
-        e.payload.clone(),
-    )
-}
-
-fn rows(es: &[CollaborationEvent]) -> Vec<Row> {
-    es.iter().map(row).collect()
-}
-
-/// A presence event (JOIN, LEAVE) or a cursor as the assertions compare it.
-fn signal(kind: &'static str, user: &str, payload: &[u8]) -> Row {
-    (kind, 0, user.into(), String::new(), payload.to_vec())
-}
-
-fn stored_op(sequence: u64, user: &str, id: &str, payload: &[u8]) -> Row {
-    ("op", sequence, user.into(), id.into(), payload.to_vec())
 }
 
 fn versions(es: &[CollaborationEvent]) -> Vec<u64> {
@@ -236,20 +175,6 @@ async fn read_to_end(mut rx: Streaming<CollaborationEvent>, user: &str) -> Vec<C
             Err(_) => panic!("{user}: stream did not end within {READ_LIMIT:?}"),
         }
     }
-}
-
-/// The document's stored operations, read straight from the store.
-async fn stored_log(server: &TestServer, doc: &str) -> Vec<CollaborationEvent> {
-    let records = server
-        .log
-        .store
-        .read_page(&StreamKey::new(StreamKind::Collab, doc), 0, None, 100_000)
-        .await
-        .expect("read the log");
-    records
-        .iter()
-        .map(|r| operation_from_record(r).expect("decode"))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

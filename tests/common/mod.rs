@@ -7,6 +7,8 @@
 //! directory, and [`ChildServer::spawn_on`] the built binary on any database URL.
 #![allow(dead_code)]
 
+pub mod chat;
+pub mod collab;
 pub mod pg;
 pub mod user_events;
 

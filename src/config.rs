@@ -34,8 +34,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Directory for uploaded file bytes. One server holds it at a time
-    /// (`<dir>/.streamhub.lock`).
+    /// Directory for uploaded file bytes. On SQLite one server holds it at a time
+    /// (`<dir>/.streamhub.lock`); PostgreSQL replicas share it.
     #[arg(long, env = "STREAMHUB_STORAGE_DIR", default_value = "data/files")]
     pub storage_dir: PathBuf,
 

@@ -1,5 +1,6 @@
 //! The largest gRPC message a client may send (`max_message_bytes`), refused with
-//! RESOURCE_EXHAUSTED as PRODUCT §5 asks for anything over a configured limit.
+//! RESOURCE_EXHAUSTED, the contract's code for anything over a configured limit
+//! (docs/contract.md §9).
 //!
 //! tonic enforces its decode limit too, but answers OUT_OF_RANGE, a code the contract keeps for
 //! a download offset outside the file. This layer reads the 5-byte prefix of every gRPC message

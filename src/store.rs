@@ -220,6 +220,48 @@ pub fn database_lock_path(config: &Config) -> Result<Option<std::path::PathBuf>>
     Ok(Some(lock.into()))
 }
 
+/// How much disk a SQLite database takes for the records it holds, for `streamhub bench`.
+pub struct Footprint {
+    /// The database file and its WAL, in bytes.
+    pub bytes: u64,
+    /// Records in the log, every kind.
+    pub records: u64,
+}
+
+/// Measures the SQLite database at `database_url` from outside its server: the sizes of the file
+/// and its WAL, and the log's record count through a read-only connection (WAL mode lets it read
+/// beside a running server). PostgreSQL has no single file to measure, so it is refused.
+pub async fn footprint(database_url: &str) -> Result<Footprint> {
+    if is_postgres_url(database_url) {
+        return Err(Error::Config(
+            "disk per record is measured on a SQLite database only".into(),
+        ));
+    }
+    check_database_url(database_url)?;
+    let options = SqliteConnectOptions::from_str(database_url)
+        .map_err(|e| {
+            Error::Config(format!(
+                "invalid database URL {}: {e}",
+                crate::secret::redact_url(database_url)
+            ))
+        })?
+        .read_only(true);
+    let file = options.get_filename().to_path_buf();
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let bytes = size(&file) + size(std::path::Path::new(&wal));
+    let mut connection = SqliteConnection::connect_with(&options).await?;
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM log")
+        .fetch_one(&mut connection)
+        .await?;
+    let _ = connection.close().await;
+    Ok(Footprint {
+        bytes,
+        records: records.max(0) as u64,
+    })
+}
+
 /// Where imports spill while they arrive: the database file's directory (the storage directory
 /// for an in-memory database).
 pub fn spill_dir(config: &Config) -> Result<std::path::PathBuf> {

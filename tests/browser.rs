@@ -254,7 +254,7 @@ fn the_console_in_chromium() {
         if std::env::var("STREAMHUB_REQUIRE_BROWSER").as_deref() == Ok("1") {
             panic!("STREAMHUB_REQUIRE_BROWSER=1 but {why}");
         }
-        println!("skipped: {why}");
+        common::say_skipped(&why);
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

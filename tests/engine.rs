@@ -8,6 +8,7 @@
 //! read nothing while thousands of large events overflow the hub still gets every event exactly
 //! once, in order, as acknowledged, and stays live. And an id the server assigned is an id of its
 //! stream like any other: sent back, it is a duplicate, never a second record with that id.
+//! `streamhub bench events --database` counts the records it measures disk per record over.
 //!
 //! All but the migration (SQLite's own older schema) run on SQLite and on PostgreSQL
 //! (`store_tests!`: `<name>::sqlite`, `<name>::postgres`).
@@ -1068,4 +1069,46 @@ async fn a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record(kind:
     })
     .await;
     server.stop().await;
+}
+
+/// `streamhub bench events --database` reports the disk per stored record of the server's SQLite
+/// database: the database file and its WAL over every record in the log, here exactly the
+/// appends the bench made (the real binary, against the real server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_disk_per_stored_record_of_the_sqlite_database() {
+    let server = TestServer::start().await;
+    let database = server.dir.path().join("streamhub.db");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamhub"))
+        .args(["bench", "--server", &server.url(), "events"])
+        .args(["--phases", "append", "--appends", "300", "--callers", "4"])
+        .arg("--database")
+        .arg(&database)
+        .output()
+        .await
+        .expect("run streamhub bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|line| line.contains("disk per stored record"))
+        .unwrap_or_else(|| panic!("no disk row in:\n{stdout}"));
+    assert!(row.contains("over 300 records"), "{row}");
+    // The byte figure moves as checkpoints copy the WAL into the file, so only its shape and
+    // the record count are exact: "… N B  X MB over 300 records".
+    let per_record: u64 = row
+        .split_whitespace()
+        .zip(row.split_whitespace().skip(1))
+        .find(|(_, unit)| *unit == "B")
+        .and_then(|(number, _)| number.parse().ok())
+        .unwrap_or_else(|| panic!("no per-record figure in {row:?}"));
+    assert!(per_record > 0, "{row}");
+    let footprint = streamhub::store::footprint(&format!("sqlite://{}", database.display()))
+        .await
+        .expect("footprint");
+    assert_eq!(footprint.records, 300);
+    assert!(footprint.bytes > 0);
 }

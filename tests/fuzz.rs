@@ -51,7 +51,7 @@ fn cases(n: u32) -> ProptestConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reference models, written from the rules in PRODUCT.md and the docs, not from the code
+// Reference models, written from the rules in docs/contract.md and the README, not from the code
 // ---------------------------------------------------------------------------------------------
 
 /// Unicode general category Cc: C0 controls, DEL and C1 controls.
@@ -427,7 +427,7 @@ fn upload_metadata_and_read_requests_answer_what_the_model_predicts() {
 // Live statistics
 // ---------------------------------------------------------------------------------------------
 
-/// The window's statistics as PRODUCT.md defines them, recomputed from scratch: population
+/// The window's statistics as docs/contract.md defines them, recomputed from scratch: population
 /// stddev, and no spread at all (mean = the value, stddev 0) when every value is equal.
 fn reference(values: &[f64]) -> (u64, f64, f64, f64, f64) {
     if values.is_empty() {

@@ -776,7 +776,7 @@ fn chat_of_len(len: usize) -> ChatMessage {
 }
 
 /// `max_message_bytes` = 2048: a message of exactly 2048 bytes is decoded; 2049 bytes are
-/// refused with RESOURCE_EXHAUSTED (PRODUCT §5: over a configured limit), for a unary request,
+/// refused with RESOURCE_EXHAUSTED (docs/contract.md §9: over a configured limit), for a unary request,
 /// in a client stream and in a bidirectional stream; the connection keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_one_byte_over_the_decode_limit_gets_resource_exhausted() {

@@ -121,6 +121,13 @@ impl Home {
     }
 }
 
+/// Prints `skipped: <why>` where a plain `cargo test` shows it. The test harness captures
+/// `println!`/`eprintln!` of a passing test, so this writes to the process's stderr directly.
+pub fn say_skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {why}");
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,

@@ -3,7 +3,8 @@
 //!
 //! `STREAMHUB_TEST_POSTGRES_URL` names the admin connection (default
 //! [`DEFAULT_POSTGRES_URL`]); every test database is created and dropped through it. When it
-//! cannot be reached, a PostgreSQL test prints one `skipped: …` line to stderr and passes, unless
+//! cannot be reached, the PostgreSQL tests print one `skipped: …` line (once per test binary, past
+//! the harness's output capture, so a plain `cargo test` shows it) and pass, unless
 //! `STREAMHUB_REQUIRE_POSTGRES=1` (CI), which makes that a failure.
 
 use sqlx::Connection;
@@ -58,8 +59,8 @@ pub async fn reachable() -> Result<(), String> {
         .clone()
 }
 
-/// The skip rule: `true` when PostgreSQL is reachable. Otherwise prints exactly one line to
-/// stderr and answers `false` (the test returns and passes), or panics when
+/// The skip rule: `true` when PostgreSQL is reachable. Otherwise prints one `skipped:` line to
+/// the terminal (once per test binary) and answers `false` (the test returns and passes), or panics when
 /// `STREAMHUB_REQUIRE_POSTGRES=1`. Never prints a password.
 pub async fn postgres_ready() -> bool {
     match reachable().await {
@@ -71,10 +72,14 @@ pub async fn postgres_ready() -> bool {
                     "PostgreSQL unreachable at {url} ({reason}) and STREAMHUB_REQUIRE_POSTGRES=1"
                 );
             }
-            eprintln!(
-                "skipped: PostgreSQL unreachable at {url} ({reason}); set \
-                 STREAMHUB_TEST_POSTGRES_URL"
-            );
+            // Once per test binary, so a run without PostgreSQL says so once per file.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                super::say_skipped(&format!(
+                    "this file's PostgreSQL tests: PostgreSQL unreachable at {url} ({reason}); \
+                     set STREAMHUB_TEST_POSTGRES_URL"
+                ))
+            });
             false
         }
     }

@@ -96,6 +96,11 @@ pub struct EventsBench {
     /// then cross-replica append→receive latency. The same TLS and token settings apply.
     #[arg(long, value_name = "URL|HOST:PORT")]
     pub publish_to: Option<String>,
+    /// The server's SQLite database (its DATABASE_URL, or a path), on this machine: after the
+    /// phases, the table adds the disk it takes per stored record (database file and WAL over
+    /// every record in its log). Best on a server started fresh for the bench.
+    #[arg(long, value_name = "SQLITE_URL|PATH")]
+    pub database: Option<String>,
 }
 
 /// Which file phases to run, and on how much data.
@@ -272,6 +277,11 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
         };
         rows.push(finish_row(row, &rss));
     }
+    if let Some(database) = &bench.database {
+        let row = disk_row(database).await?;
+        eprintln!("  {} → {} ({})", row.figure, row.result, row.detail);
+        rows.push(row);
+    }
     print_table(
         &format!(
             "streamhub bench events: server {}{}",
@@ -281,6 +291,29 @@ async fn events(connect: &Connect, pid: Option<u32>, bench: EventsBench) -> CliR
         &rows,
     );
     Ok(())
+}
+
+/// Disk per stored record of the server's SQLite database: file and WAL over every record.
+async fn disk_row(database: &str) -> CliResult<Row> {
+    let url = if database.contains("://") || database.starts_with("sqlite:") {
+        database.to_string()
+    } else {
+        format!("sqlite://{database}")
+    };
+    let footprint = crate::store::footprint(&url)
+        .await
+        .map_err(|e| fail(format!("--database {database}: {e}")))?;
+    let per_record = footprint.bytes.checked_div(footprint.records).unwrap_or(0);
+    Ok(Row {
+        figure: "disk per stored record (database + WAL)".into(),
+        result: format!("{per_record} B"),
+        detail: format!(
+            "{:.1} MB over {} records",
+            footprint.bytes as f64 / 1e6,
+            thousands(footprint.records)
+        ),
+        peak_rss: None,
+    })
 }
 
 /// Stamps a finished phase's row with the server's peak RSS and reports it on stderr.

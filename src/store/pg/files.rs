@@ -552,7 +552,10 @@ mod tests {
                 )
             }
             Err(e) => {
-                eprintln!(
+                // Straight to stderr: the harness captures `eprintln!` of a passing test.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
                     "skipped: PostgreSQL unreachable at {} ({e}); set STREAMHUB_TEST_POSTGRES_URL",
                     crate::secret::redact_url(&url)
                 );

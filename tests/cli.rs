@@ -250,6 +250,24 @@ async fn since_takes_a_duration_or_a_time_and_after_skips_sequences() {
     .await;
     assert_ok(&hour);
     assert_eq!(ids(&hour), ["a", "b", "c"]);
+    // A duration counts back from the CLI's now, which is after every publish above: `0s`
+    // starts there and replays nothing. (Event times are the server's clock at append, so an
+    // event older than an hour cannot be made through the server; `metrics query` below shows
+    // `--since 1h` excluding older points.)
+    let now = run(&[
+        "events",
+        "tail",
+        "u1",
+        "--since",
+        "0s",
+        "--history-only",
+        "--json",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert_ok(&now);
+    assert!(ids(&now).is_empty(), "{}", stdout(&now));
 
     let future = run(&[
         "events",
@@ -311,6 +329,75 @@ async fn since_takes_a_duration_or_a_time_and_after_skips_sequences() {
         "{}",
         stderr(&bad)
     );
+}
+
+/// The points `metrics query --json` answered: (how many, their sum), over every bucket.
+fn counted(output: &Output) -> (u64, f64) {
+    assert_ok(output);
+    let answer = &json_lines(output)[0];
+    let mut total = (0, 0.0);
+    for series in answer["series"].as_array().into_iter().flatten() {
+        for bucket in series["buckets"].as_array().into_iter().flatten() {
+            let count = bucket["count"].as_str().expect("uint64 as a string");
+            total.0 += count.parse::<u64>().expect("a count");
+            total.1 += bucket["sum"].as_f64().expect("a sum");
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_1h_leaves_out_what_is_older_than_an_hour() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    // `metrics push` keeps a point's own timestamp, so points can be older than an hour. Each
+    // lies at least five minutes from a boundary, far more than the CLI takes to start.
+    let now = std::time::SystemTime::now();
+    let ago = |minutes: u64| {
+        (now - Duration::from_secs(minutes * 60))
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis()
+    };
+    let points: String = [(120, 1), (65, 2), (55, 4), (30, 8)]
+        .iter()
+        .map(|(minutes, value)| format!("cli_since {value} {}\n", ago(*minutes)))
+        .collect();
+    let push = run_with(
+        &["metrics", "push", "--server", &url],
+        points.as_bytes(),
+        &[],
+    )
+    .await;
+    assert_ok(&push);
+
+    let query = |since: &'static str, until: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let mut args = vec![
+                "metrics",
+                "query",
+                "cli_since",
+                "--since",
+                since,
+                "--step",
+                "1d",
+                "--json",
+                "--server",
+                &url,
+            ];
+            if let Some(until) = until {
+                args.extend(["--until", until]);
+            }
+            run(&args).await
+        }
+    };
+    // The last hour: the points 55 and 30 minutes old, not those 65 and 120 minutes old.
+    assert_eq!(counted(&query("1h", None).await), (2, 12.0));
+    assert_eq!(counted(&query("90m", None).await), (3, 14.0));
+    assert_eq!(counted(&query("1d", None).await), (4, 15.0));
+    // `--until` counts back the same way: from three hours ago to one hour ago.
+    assert_eq!(counted(&query("3h", Some("1h")).await), (2, 3.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,10 +688,16 @@ async fn errors_speak_of_flags_and_hint_at_tokens() {
     assert!(err.contains("--through 5 is past"), "{err}");
     assert!(!err.contains("up_to_sequence"), "{err}");
 
-    // The first connection failing ends a tail at once.
-    let tail = run(&["events", "tail", "u1", "--server", "127.0.0.1:1"]).await;
-    assert_eq!(tail.status.code(), Some(1));
-    assert!(stderr(&tail).contains("cannot reach streamhub at http://127.0.0.1:1"));
+    // The first connection failing ends a tail at once, for events and notifications alike.
+    for group in ["events", "notify"] {
+        let tail = run(&[group, "tail", "u1", "--server", "127.0.0.1:1"]).await;
+        assert_eq!(tail.status.code(), Some(1), "{group}: {}", stderr(&tail));
+        assert!(
+            stderr(&tail).contains("cannot reach streamhub at http://127.0.0.1:1"),
+            "{group}: {}",
+            stderr(&tail)
+        );
+    }
 
     const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
     let secured = TestServer::start_with(|c| {
@@ -642,6 +735,90 @@ async fn errors_speak_of_flags_and_hint_at_tokens() {
     .await;
     assert_ok(&accepted);
     assert_eq!(json_lines(&accepted)[0]["userId"], "ann");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_goes_before_or_after_the_command() {
+    const SECRET: &str = "another-test-secret-that-is-long-enough-0123";
+    let server = TestServer::start_with(|c| {
+        c.auth = true;
+        c.auth_hs256_secret = Some(SECRET.to_string().into());
+    })
+    .await;
+    let url = server.url();
+    let minted = run_with(
+        &["token", "--sub", "ann"],
+        b"",
+        &[("STREAMHUB_AUTH_HS256_SECRET", SECRET)],
+    )
+    .await;
+    assert_ok(&minted);
+    let token = stdout(&minted).trim().to_string();
+
+    // Without it the server refuses, so each success below used the token where it stood.
+    let bare = run(&[
+        "events", "publish", "ann", "--type", "login", "--server", &url,
+    ])
+    .await;
+    assert_eq!(bare.status.code(), Some(1), "{}", stderr(&bare));
+    assert!(
+        stderr(&bare).contains("Unauthenticated"),
+        "{}",
+        stderr(&bare)
+    );
+
+    let positions: [Vec<&str>; 3] = [
+        vec![
+            "--token", &token, "events", "publish", "ann", "--type", "login", "--id", "t1",
+            "--json", "--server", &url,
+        ],
+        vec![
+            "events", "--token", &token, "publish", "ann", "--type", "login", "--id", "t2",
+            "--json", "--server", &url,
+        ],
+        vec![
+            "events", "publish", "ann", "--type", "login", "--id", "t3", "--json", "--server",
+            &url, "--token", &token,
+        ],
+    ];
+    for (n, args) in positions.iter().enumerate() {
+        let out = run(args).await;
+        assert_ok(&out);
+        let event = &json_lines(&out)[0];
+        assert_eq!(event["id"], format!("t{}", n + 1));
+        assert_eq!(event["userId"], "ann");
+    }
+
+    // A streaming command takes it in either place too.
+    for args in [
+        vec![
+            "--token",
+            &token,
+            "events",
+            "tail",
+            "ann",
+            "--history-only",
+            "--json",
+            "--server",
+            &url,
+        ],
+        vec![
+            "events",
+            "tail",
+            "ann",
+            "--history-only",
+            "--json",
+            "--server",
+            &url,
+            "--token",
+            &token,
+        ],
+    ] {
+        let out = run(&args).await;
+        assert_ok(&out);
+        let ids: Vec<_> = json_lines(&out).iter().map(|e| e["id"].clone()).collect();
+        assert_eq!(ids, ["t1", "t2", "t3"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -759,6 +936,122 @@ async fn a_tls_mismatch_gets_a_hint() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("hint: the server does not speak TLS"), "{err}");
+}
+
+/// A private CA (`ca.pem`), a server certificate it signed for 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client certificate it signed (`client.pem`, `client.key`), in `dir`.
+fn mutual_tls_files(dir: &std::path::Path) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("CA");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+    for (name, host) in [("server", "127.0.0.1"), ("client", "client.test")] {
+        let params = rcgen::CertificateParams::new(vec![host.to_string()]).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write certificate");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_flags_go_before_or_after_the_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    mutual_tls_files(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    let server = TestServer::start_with({
+        let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+        move |c| {
+            c.tls_cert = Some(cert.into());
+            c.tls_key = Some(key.into());
+            c.tls_client_ca = Some(ca.into());
+        }
+    })
+    .await;
+    // A plain HOST:PORT: it means https:// only when --ca-cert has been seen, wherever it stood.
+    let host_port = server.addr.to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let tls: [&str; 6] = [
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+    ];
+    let publish = |id: &'static str| {
+        vec![
+            "publish", "u1", "--type", "login", "--id", id, "--json", "--server", &host_port,
+        ]
+    };
+
+    // Without the client certificate the server refuses the handshake; without --ca-cert the
+    // server's certificate is not trusted (a client certificate alone still means https://);
+    // without either the client speaks plaintext. So each success below used the flags where
+    // they stood.
+    let no_identity = run(&[&["events"], &tls[..2], &publish("x")[..]].concat()).await;
+    assert_eq!(
+        no_identity.status.code(),
+        Some(1),
+        "{}",
+        stderr(&no_identity)
+    );
+    let untrusted = run(&[&["events"], &tls[2..], &publish("x")[..]].concat()).await;
+    assert_eq!(untrusted.status.code(), Some(1), "{}", stderr(&untrusted));
+    assert!(
+        stderr(&untrusted).contains("invalid peer certificate"),
+        "{}",
+        stderr(&untrusted)
+    );
+    let plaintext = run(&[&["events"], &publish("x")[..]].concat()).await;
+    assert_eq!(plaintext.status.code(), Some(1), "{}", stderr(&plaintext));
+    assert!(
+        stderr(&plaintext).contains("hint: if the server speaks TLS"),
+        "{}",
+        stderr(&plaintext)
+    );
+
+    let positions: [Vec<&str>; 4] = [
+        [&tls[..], &["events"], &publish("s1")[..]].concat(),
+        [&["events"], &tls[..], &publish("s2")[..]].concat(),
+        [&["events"], &publish("s3")[..], &tls[..]].concat(),
+        // Split: the CA before the command, the client identity after it.
+        [&tls[..2], &["events"], &publish("s4")[..], &tls[2..]].concat(),
+    ];
+    for (n, args) in positions.iter().enumerate() {
+        let out = run(args).await;
+        assert_ok(&out);
+        let event = &json_lines(&out)[0];
+        assert_eq!(event["id"], format!("s{}", n + 1));
+        assert_eq!(event["sequence"], (n + 1).to_string());
+    }
+    let stored: Vec<_> = stored_events_over_tls(&server, dir.path()).await;
+    assert_eq!(stored, ["s1", "s2", "s3", "s4"]);
+}
+
+/// The ids of u1's stored events, read with the generated client over mutual TLS.
+async fn stored_events_over_tls(server: &TestServer, dir: &std::path::Path) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let mut connect = streamhub::cli::Connect::plain(format!("https://{}", server.addr));
+    connect.ca_cert = Some(dir.join("ca.pem"));
+    connect.client_cert = Some(dir.join("client.pem"));
+    connect.client_key = Some(dir.join("client.key"));
+    let mut client = connect.client().await.expect("connect over mutual TLS");
+    let stream = client
+        .stream_user_events(StreamUserEventsRequest {
+            user_id: "u1".into(),
+            history_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let events: Vec<UserEvent> = stream
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("history");
+    events.into_iter().map(|e| e.id).collect()
 }
 
 /// A child's output lines, arriving on a channel.

@@ -3,6 +3,9 @@
 //! concurrent streams, large commits beside event publishes, shutdown and restart, and a table
 //! of bad queries with exact codes. Every test talks to the server only through the generated
 //! gRPC client.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable).
 
 mod common;
 
@@ -174,15 +177,15 @@ fn code<T>(result: Result<tonic::Response<T>, Status>) -> Code {
 // Visibility while the stream is open
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(points_are_queryable_while_their_stream_is_open);
 /// A point is visible to QueryMetrics while its stream stays open (within one commit window;
 /// how soon is a figure of `streamhub bench metrics`, not asserted here); a point without a timestamp gets the server's time and shows up in a query with the
 /// default range (the last hour).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn points_are_queryable_while_their_stream_is_open() {
+async fn points_are_queryable_while_their_stream_is_open(kind: StoreKind) {
     // A deadline, not a latency bound: a point held until the stream ends never shows up (the
     // stream stays open throughout), so only a loaded machine decides how long this takes.
     const VISIBLE_LIMIT: Duration = Duration::from_secs(15);
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "visible while open", async {
         let mut client = server.client().await;
         let (tx, call) = open_collect(&client);
@@ -265,13 +268,13 @@ async fn points_are_queryable_while_their_stream_is_open() {
 // Exact buckets and label matching
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(buckets_are_exact_for_a_known_input);
 /// Known points give exact buckets: boundaries belong to the later bucket, `end` is excluded,
 /// empty buckets are left out, two points at one timestamp both count, buckets align to
 /// `start`. Label matching: every given label must be equal, an empty value means "no such
 /// label", and other names never match.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buckets_are_exact_for_a_known_input() {
-    let server = TestServer::start().await;
+async fn buckets_are_exact_for_a_known_input(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "exact buckets", async {
         let mut client = server.client().await;
         let name = "http_requests_total";
@@ -444,11 +447,11 @@ async fn buckets_are_exact_for_a_known_input() {
 // Rejected points
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(invalid_points_are_rejected_counted_and_listed);
 /// Every kind of invalid point is rejected, counted and listed with its index, while the valid
 /// points around them are stored. The list stops at 100 errors; the count does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_points_are_rejected_counted_and_listed() {
-    let server = TestServer::start().await;
+async fn invalid_points_are_rejected_counted_and_listed(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "rejects", async {
         let mut client = server.client().await;
         let t = Some(BASE);
@@ -647,15 +650,15 @@ async fn invalid_points_are_rejected_counted_and_listed() {
 // Completed and cancelled streams
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(cancelled_streams_keep_committed_points_and_completed_counts_are_exact);
 /// A completed stream's counts and summaries are exact (checked against the points sent and
 /// against QueryMetrics). A cancelled stream keeps the groups it committed before the cancel;
 /// the group still open at the cancel is not stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_streams_keep_committed_points_and_completed_counts_are_exact() {
+async fn cancelled_streams_keep_committed_points_and_completed_counts_are_exact(kind: StoreKind) {
     // A commit window far longer than the test: a group commits only when it is full
     // (GROUP_POINTS) or its stream completes, never because time passed. So the points sent
     // right before a cancel are certainly still uncommitted, however slow the machine.
-    let server = TestServer::start_with(|c| c.metrics_commit_ms = 600_000).await;
+    let server = TestServer::start_on(kind, |c| c.metrics_commit_ms = 600_000).await;
     within(60, "cancel", async {
         let mut client = server.client().await;
 
@@ -794,13 +797,13 @@ async fn cancelled_streams_keep_committed_points_and_completed_counts_are_exact(
     server.stop().await;
 }
 
+store_tests!(concurrent_streams_store_every_point_once);
 /// Eight streams at once, all writing one shared series and one series each: every point is
 /// stored exactly once and every answer is exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_streams_store_every_point_once() {
+async fn concurrent_streams_store_every_point_once(kind: StoreKind) {
     const STREAMS: i64 = 8;
     const PER_STREAM: i64 = 6_000;
-    let server = TestServer::start_with(|c| c.metrics_commit_ms = 50).await;
+    let server = TestServer::start_on(kind, |c| c.metrics_commit_ms = 50).await;
     within(60, "concurrent", async {
         let client = server.client().await;
         let mut calls = tokio::task::JoinSet::new();
@@ -859,19 +862,21 @@ async fn concurrent_streams_store_every_point_once() {
     server.stop().await;
 }
 
-/// Metric commits queue on the writer thread between the log's group commits instead of taking
-/// SQLite's write lock against them: while four tasks keep publishing user events, one after
-/// another CollectMetrics calls of 5,000 points (one full group, one commit each) all store
-/// every point, and every publish succeeds with its user's next sequence, none skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_metric_commits_and_event_publishes_share_the_writer() {
+store_tests!(large_metric_commits_and_event_publishes_share_the_writer);
+/// Metric commits and the log's group commits share the store's writes (on SQLite they queue on
+/// the writer thread between the log's group commits instead of taking SQLite's write lock
+/// against them; on PostgreSQL they are transactions of their own beside the log's): while four
+/// tasks keep publishing user events, one after another CollectMetrics calls of 5,000 points
+/// (one full group, one commit each) all store every point, and every publish succeeds with its
+/// user's next sequence, none skipped.
+async fn large_metric_commits_and_event_publishes_share_the_writer(kind: StoreKind) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const PUBLISHERS: usize = 4;
     const BATCHES: i64 = 5;
     const SERIES: i64 = 10;
     let points_per_batch = GROUP as i64;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(180, "publishes beside large metric commits", async {
         let client = server.client().await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -968,13 +973,14 @@ async fn large_metric_commits_and_event_publishes_share_the_writer() {
     server.stop().await;
 }
 
+store_tests!(shutdown_commits_open_streams_and_restart_keeps_series);
 /// At shutdown an open stream commits what it received and ends with UNAVAILABLE; after a
 /// restart the points are there and new points join the same series.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_commits_open_streams_and_restart_keeps_series() {
-    let server = TestServer::start_with(|c| c.metrics_commit_ms = 60_000).await;
+async fn shutdown_commits_open_streams_and_restart_keeps_series(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |c| c.metrics_commit_ms = 60_000).await;
     let range = (BASE, BASE + 10 * SECOND);
-    let dir = within(30, "shutdown", async {
+    let home = server.home();
+    within(30, "shutdown", async {
         let client = server.client().await;
         let (tx, call) = open_collect(&client);
         for i in 0..100 {
@@ -1003,10 +1009,10 @@ async fn shutdown_commits_open_streams_and_restart_keeps_series() {
             status.message()
         );
         drop(tx);
-        stopped.await.expect("stop")
+        stopped.await.expect("stop");
     })
     .await;
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "restart", async {
         let mut client = server.client().await;
         assert_eq!(
@@ -1043,10 +1049,10 @@ async fn shutdown_commits_open_streams_and_restart_keeps_series() {
 // Bad queries
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(bad_queries_get_exact_codes);
 /// Every malformed or oversized query gets its exact code.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_queries_get_exact_codes() {
-    let server = TestServer::start().await;
+async fn bad_queries_get_exact_codes(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "bad queries", async {
         let mut client = server.client().await;
         let hour = 3600 * SECOND;
@@ -1281,12 +1287,12 @@ async fn bad_queries_get_exact_codes() {
 // Caps on label abuse and bounded queries
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(label_caps_hold_at_their_limit_and_one_past_it);
 /// Each label cap at its limit and one past it, in one stream: the points past a cap are
 /// rejects with their exact index and message, the stream goes on, and exactly the others are
 /// stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn label_caps_hold_at_their_limit_and_one_past_it() {
-    let server = TestServer::start().await;
+async fn label_caps_hold_at_their_limit_and_one_past_it(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "label caps", async {
         let mut client = server.client().await;
         let t = Some(BASE);
@@ -1387,12 +1393,12 @@ async fn label_caps_hold_at_their_limit_and_one_past_it() {
     server.stop().await;
 }
 
+store_tests!(a_metric_holds_at_most_its_series_cap);
 /// `--max-series-per-metric` counts one name's series server-wide: with a cap of 3, the fourth
 /// series of a name is a reject (each of its points, with its index), in this stream and in
 /// later ones, while the existing series and other names go on being stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_metric_holds_at_most_its_series_cap() {
-    let server = TestServer::start_with(|c| c.max_series_per_metric = 3).await;
+async fn a_metric_holds_at_most_its_series_cap(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |c| c.max_series_per_metric = 3).await;
     within(60, "series cap", async {
         let mut client = server.client().await;
         let t = Some(BASE);
@@ -1468,12 +1474,12 @@ async fn a_metric_holds_at_most_its_series_cap() {
     server.stop().await;
 }
 
+store_tests!(a_query_matches_at_most_max_query_series);
 /// `--max-query-series`: with a limit of 3, a query matching 3 series answers, one matching 4
 /// gets RESOURCE_EXHAUSTED; matchers (an exact value, or an empty value for "no such label")
 /// are applied before the limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_matches_at_most_max_query_series() {
-    let server = TestServer::start_with(|c| c.max_query_series = 3).await;
+async fn a_query_matches_at_most_max_query_series(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |c| c.max_query_series = 3).await;
     within(60, "query series", async {
         let mut client = server.client().await;
         let t = Some(BASE);

@@ -4,6 +4,9 @@
 //! a restart, and bad input with exact codes. Every test talks to the server only through the
 //! generated gRPC client (plus the harness's view of the store's head and the hub) and asserts
 //! exact outcomes.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable).
 
 mod common;
 
@@ -167,11 +170,14 @@ fn any(type_url: &str, value: impl Into<Vec<u8>>) -> Any {
 // 1. The acknowledged cursor decides what a reconnect replays
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowledged_ones_are_not()
-{
+store_tests!(
+    unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowledged_ones_are_not
+);
+async fn unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowledged_ones_are_not(
+    kind: StoreKind,
+) {
     const USER: &str = "inbox-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "replay after reconnect", async {
         let mut client = server.client().await;
         let mut published = Vec::new();
@@ -245,10 +251,10 @@ async fn unacknowledged_notifications_are_replayed_after_a_reconnect_and_acknowl
 // 2. The cursor only moves forward
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acknowledgement_never_moves_the_cursor_back() {
+store_tests!(an_acknowledgement_never_moves_the_cursor_back);
+async fn an_acknowledgement_never_moves_the_cursor_back(kind: StoreKind) {
     const USER: &str = "cursor-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "cursor", async {
         let mut client = server.client().await;
         for i in 0..40 {
@@ -293,10 +299,10 @@ async fn an_acknowledgement_never_moves_the_cursor_back() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledging_past_the_head_gets_out_of_range_and_changes_nothing() {
+store_tests!(acknowledging_past_the_head_gets_out_of_range_and_changes_nothing);
+async fn acknowledging_past_the_head_gets_out_of_range_and_changes_nothing(kind: StoreKind) {
     const USER: &str = "past-head-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "past the head", async {
         let mut client = server.client().await;
         // An empty inbox: 0 reads the cursor, anything more is past the head.
@@ -345,10 +351,10 @@ async fn acknowledging_past_the_head_gets_out_of_range_and_changes_nothing() {
 
 const TOPICS: [&str; 5] = ["alerts", "billing", "chat", "alerts.eu", "billing"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_filter_applies_identically_in_replay_and_live() {
+store_tests!(a_topic_filter_applies_identically_in_replay_and_live);
+async fn a_topic_filter_applies_identically_in_replay_and_live(kind: StoreKind) {
     const USER: &str = "topic-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "topic filter", async {
         let mut client = server.client().await;
         let wanted = ["alerts", "chat"];
@@ -436,12 +442,12 @@ async fn a_topic_filter_applies_identically_in_replay_and_live() {
 // 4. Publishers racing a subscriber
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_publishing_while_subscribing_leaves_no_gap_and_no_duplicate() {
+store_tests!(concurrent_publishing_while_subscribing_leaves_no_gap_and_no_duplicate);
+async fn concurrent_publishing_while_subscribing_leaves_no_gap_and_no_duplicate(kind: StoreKind) {
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 250;
     const TOTAL: u64 = PUBLISHERS * EACH;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(120, "race", async {
         let mut client = server.client().await;
         // Subscribers join early, mid-way and late in different rounds.
@@ -512,10 +518,10 @@ async fn concurrent_publishing_while_subscribing_leaves_no_gap_and_no_duplicate(
 // 5. Idempotency
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishing_is_idempotent_by_id_and_a_reused_id_gets_already_exists() {
+store_tests!(publishing_is_idempotent_by_id_and_a_reused_id_gets_already_exists);
+async fn publishing_is_idempotent_by_id_and_a_reused_id_gets_already_exists(kind: StoreKind) {
     const USER: &str = "idem-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "idempotency", async {
         let mut client = server.client().await;
         let mut request = note(USER, "orders", "shipped", "order-42");
@@ -627,10 +633,10 @@ async fn publishing_is_idempotent_by_id_and_a_reused_id_gets_already_exists() {
 // 6. Restart
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cursor_and_the_inbox_survive_a_restart() {
+store_tests!(the_cursor_and_the_inbox_survive_a_restart);
+async fn the_cursor_and_the_inbox_survive_a_restart(kind: StoreKind) {
     const USER: &str = "restart-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     let before = within(30, "before restart", async {
         let mut client = server.client().await;
         let mut before = Vec::new();
@@ -647,9 +653,10 @@ async fn the_cursor_and_the_inbox_survive_a_restart() {
         before
     })
     .await;
-    let dir = within(30, "stop", server.stop()).await;
+    let home = server.home();
+    within(30, "stop", server.stop()).await;
 
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "after restart", async {
         let mut client = server.client().await;
         assert_eq!(ack(&mut client, USER, 0).await, 3);
@@ -676,10 +683,10 @@ async fn the_cursor_and_the_inbox_survive_a_restart() {
 // 7. Bad input
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_the_exact_status_and_stores_nothing() {
+store_tests!(bad_input_gets_the_exact_status_and_stores_nothing);
+async fn bad_input_gets_the_exact_status_and_stores_nothing(kind: StoreKind) {
     const USER: &str = "bad-notify-user";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "bad input", async {
         let mut client = server.client().await;
         let long_key = "u".repeat(129);
@@ -920,9 +927,11 @@ async fn bad_input_gets_the_exact_status_and_stores_nothing() {
 // 8. Cancellation and shutdown
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_subscriptions_release_the_hub_and_a_stop_ends_live_ones_with_unavailable() {
-    let server = TestServer::start().await;
+store_tests!(dropped_subscriptions_release_the_hub_and_a_stop_ends_live_ones_with_unavailable);
+async fn dropped_subscriptions_release_the_hub_and_a_stop_ends_live_ones_with_unavailable(
+    kind: StoreKind,
+) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     let mut client = server.client().await;
     let mut streams = Vec::new();
     within(30, "subscribe", async {

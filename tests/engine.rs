@@ -1078,14 +1078,18 @@ async fn a_server_assigned_id_sent_back_is_the_same_id_not_a_second_record(kind:
 async fn bench_reports_disk_per_stored_record_of_the_sqlite_database() {
     let server = TestServer::start().await;
     let database = server.dir.path().join("streamhub.db");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamhub"))
-        .args(["bench", "--server", &server.url(), "events"])
-        .args(["--phases", "append", "--appends", "300", "--callers", "4"])
-        .arg("--database")
-        .arg(&database)
-        .output()
-        .await
-        .expect("run streamhub bench");
+    let (url, db) = (server.url(), database.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamhub"))
+            .args(["bench", "--server", &url, "events"])
+            .args(["--phases", "append", "--appends", "300", "--callers", "4"])
+            .arg("--database")
+            .arg(&db)
+            .output()
+    })
+    .await
+    .expect("bench task")
+    .expect("run streamhub bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -4,6 +4,9 @@
 //! a table of bad inputs with exact codes, and a member that stops reading. Every member talks
 //! through the generated client on its own connection, and every test asserts exact sequences,
 //! contents and status codes.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable).
 
 mod common;
 
@@ -193,9 +196,9 @@ async fn page(
 // 1. The basics
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_member_gets_its_join_notice_and_its_own_message_then_leaves() {
-    let server = TestServer::start().await;
+store_tests!(a_member_gets_its_join_notice_and_its_own_message_then_leaves);
+async fn a_member_gets_its_join_notice_and_its_own_message_then_leaves(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "basics", async {
         let mut ann = Member::join(&server, "r", "ann", 0).await;
         let notice = ann.next().await;
@@ -260,15 +263,15 @@ async fn a_member_gets_its_join_notice_and_its_own_message_then_leaves() {
 // 2. Order under concurrent senders
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(three_members_sending_at_once_all_see_one_order);
 /// Three members, each on its own connection, send 200 messages each at the same time. Every
 /// member receives the same 603 messages (3 join notices, then the 600 posts) in the same order
 /// with contiguous sequences, each author's messages in the order it sent them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_members_sending_at_once_all_see_one_order() {
+async fn three_members_sending_at_once_all_see_one_order(kind: StoreKind) {
     const ROOM: &str = "order-room";
     const EACH: usize = 200;
     const USERS: [&str; 3] = ["ann", "bob", "cat"];
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "order", async {
         let mut members = Vec::new();
         for user in USERS {
@@ -360,13 +363,13 @@ async fn three_members_sending_at_once_all_see_one_order() {
 // 3. Reconnect
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_member_that_reconnects_gets_exactly_what_it_missed_then_live);
 /// A member drops off; 50 messages are posted; it rejoins with the last sequence it saw and
 /// gets exactly what it missed (its own leave, the 50, its new join), then live messages, with
 /// no duplicate. A newcomer with sequence 0 gets the latest 50 and then its join.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_reconnects_gets_exactly_what_it_missed_then_live() {
+async fn a_member_that_reconnects_gets_exactly_what_it_missed_then_live(kind: StoreKind) {
     const ROOM: &str = "reconnect-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "reconnect", async {
         let mut client = server.client().await;
         let mut ann = Member::join(&server, ROOM, "ann", 0).await;
@@ -434,11 +437,11 @@ async fn a_member_that_reconnects_gets_exactly_what_it_missed_then_live() {
     server.stop().await;
 }
 
+store_tests!(the_replay_for_sequence_zero_is_configurable);
 /// The replay of a member joining with sequence 0 follows `chat_replay_messages`.
-#[tokio::test]
-async fn the_replay_for_sequence_zero_is_configurable() {
+async fn the_replay_for_sequence_zero_is_configurable(kind: StoreKind) {
     const ROOM: &str = "replay-room";
-    let server = TestServer::start_with(|c| c.chat_replay_messages = 3).await;
+    let server = TestServer::start_on(kind, |c| c.chat_replay_messages = 3).await;
     within(30, "replay", async {
         let mut ann = Member::join(&server, ROOM, "ann", 0).await;
         for i in 0..5 {
@@ -470,13 +473,13 @@ async fn the_replay_for_sequence_zero_is_configurable() {
 // 4. Idempotency
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_resent_message_id_is_stored_and_delivered_once);
 /// A re-sent id with the same content is stored and delivered once, also from a new stream
 /// after a lost answer; the same id with other content gets ALREADY_EXISTS and ends that stream.
 /// Ids are scoped to their room: the same id in another room is that room's own message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resent_message_id_is_stored_and_delivered_once() {
+async fn a_resent_message_id_is_stored_and_delivered_once(kind: StoreKind) {
     const ROOM: &str = "idem-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "idempotency", async {
         let mut client = server.client().await;
         let mut ann = Member::join(&server, ROOM, "ann", 0).await;
@@ -554,13 +557,13 @@ async fn a_resent_message_id_is_stored_and_delivered_once() {
 // 5. Join and leave
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(join_and_leave_notices_count_users_not_streams);
 /// A user's join notice goes out once, on its first stream, and its leave notice when its last
 /// stream ends, whether that stream half-closes, is cancelled by an aborted task, or loses its
 /// connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_and_leave_notices_count_users_not_streams() {
+async fn join_and_leave_notices_count_users_not_streams(kind: StoreKind) {
     const ROOM: &str = "presence-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "join and leave", async {
         let mut client = server.client().await;
         let mut ann1 = Member::join(&server, ROOM, "ann", 0).await;
@@ -643,14 +646,14 @@ async fn join_and_leave_notices_count_users_not_streams() {
     server.stop().await;
 }
 
+store_tests!(a_user_flapping_on_two_streams_gets_its_notices_in_order);
 /// One user opening and closing streams from two tasks at once: its notices alternate, joined
 /// then left, never two of a kind in a row, and end with a leave: each decision (first stream,
 /// last stream) and its notice take one order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_flapping_on_two_streams_gets_its_notices_in_order() {
+async fn a_user_flapping_on_two_streams_gets_its_notices_in_order(kind: StoreKind) {
     const ROOM: &str = "flap-room";
     const CYCLES: usize = 25;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "flapping", async {
         let mut tasks = Vec::new();
         for _ in 0..2 {
@@ -725,12 +728,12 @@ fn typed(room: &str, user: &str, content: &str) -> (u64, &'static str, String, S
     (0, "typing", room.into(), user.into(), content.into())
 }
 
+store_tests!(typing_reaches_the_others_only_and_is_never_stored);
 /// TYPING reaches the other members, not its sender, is never stored or replayed, and a typing
 /// member whose stream ends leaves an empty ("stopped") TYPING behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typing_reaches_the_others_only_and_is_never_stored() {
+async fn typing_reaches_the_others_only_and_is_never_stored(kind: StoreKind) {
     const ROOM: &str = "typing-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "typing", async {
         let mut client = server.client().await;
         let mut ann = Member::join(&server, ROOM, "ann", 0).await;
@@ -822,12 +825,12 @@ async fn typing_reaches_the_others_only_and_is_never_stored() {
 // 7. Restart
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(messages_survive_a_restart_and_sequences_continue);
 /// Messages survive a restart exactly (ids, sequences, timestamps); a member still connected at
 /// shutdown gets UNAVAILABLE and its leave notice is stored first; sequences continue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_survive_a_restart_and_sequences_continue() {
+async fn messages_survive_a_restart_and_sequences_continue(kind: StoreKind) {
     const ROOM: &str = "restart-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     let (before, bob) = within(30, "before restart", async {
         let mut ann = Member::join(&server, ROOM, "ann", 0).await;
         for i in 0..10 {
@@ -844,13 +847,14 @@ async fn messages_survive_a_restart_and_sequences_continue() {
     assert_eq!(before.len(), 13);
 
     // Bob is still connected when the server stops.
-    let (dir, (_, status)) = within(30, "stop", async {
+    let home = server.home();
+    let (_, (_, status)) = within(30, "stop", async {
         tokio::join!(server.stop(), bob.failure())
     })
     .await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "after restart", async {
         let mut client = server.client().await;
         let after = history(&mut client, ROOM).await;
@@ -879,14 +883,14 @@ async fn messages_survive_a_restart_and_sequences_continue() {
 // 8. History pages
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(history_pages_backwards_with_exact_limits_and_has_more);
 /// GetChatHistory pages backwards from `before_sequence` (0 = the newest), `limit` 0 means 50
 /// and is capped at 500, and `has_more` is exact at every boundary.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_backwards_with_exact_limits_and_has_more() {
+async fn history_pages_backwards_with_exact_limits_and_has_more(kind: StoreKind) {
     const ROOM: &str = "history-room";
     const USERS: [&str; 4] = ["ann", "bob", "cat", "dan"];
     const EACH: u64 = 155;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "history", async {
         let mut client = server.client().await;
         // An empty room.
@@ -1026,13 +1030,13 @@ async fn history_pages_backwards_with_exact_limits_and_has_more() {
 // 9. Bad input
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(bad_chat_input_gets_the_exact_status_and_stores_nothing);
 /// Every refused first message gets its exact code and stores nothing (no join notice); every
 /// refused later message ends its stream with its exact code, and stores nothing but the
 /// member's own join and leave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_chat_input_gets_the_exact_status_and_stores_nothing() {
+async fn bad_chat_input_gets_the_exact_status_and_stores_nothing(kind: StoreKind) {
     const ROOM: &str = "bad-room";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "bad input", async {
         let mut client = server.client().await;
         // The room has one message, from a member that stays, so "past the head" means > 2.
@@ -1238,14 +1242,14 @@ async fn bad_chat_input_gets_the_exact_status_and_stores_nothing() {
 // 10. A slow member
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_member_that_stops_reading_holds_back_no_one_and_loses_nothing);
 /// A member that stops reading while 10,000 messages flow does not hold back the others: each
 /// of them gets every message (a stalled one fails its read deadline), the slow member's
 /// subscription falls back to the store instead of buffering (memory stays bounded), and when
 /// it reads again it gets every stored message in order with no gap. The slow member has its
 /// own connection: on a shared one, HTTP/2 flow control would stall everyone on it. How fast
 /// the others get their messages is a figure of `streamhub bench chat`, not asserted here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_stops_reading_holds_back_no_one_and_loses_nothing() {
+async fn a_member_that_stops_reading_holds_back_no_one_and_loses_nothing(kind: StoreKind) {
     const ROOM: &str = "slow-room";
     const SENDERS: [&str; 2] = ["ann", "bob"];
     const TOTAL: usize = 10_000;
@@ -1254,7 +1258,7 @@ async fn a_member_that_stops_reading_holds_back_no_one_and_loses_nothing() {
     const WINDOW: usize = 16;
     // fsync at checkpoints only: this test is about flow, not durability, and it keeps 10,000
     // one-message commits within the time budget of a debug build.
-    let server = TestServer::start_with(|c| c.sync = SyncMode::Normal).await;
+    let server = TestServer::start_on(kind, |c| c.sync = SyncMode::Normal).await;
     within(120, "slow member", async {
         let mut slow = Member::join(&server, ROOM, "slow", 0).await;
         assert_eq!(rows(&slow.next_n(1).await), [sys(1, "slow", "joined")]);

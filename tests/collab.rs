@@ -3,6 +3,9 @@
 //! nowhere), late joiners, a restart that replays the log identically, presence (JOIN, CURSOR,
 //! LEAVE, also on abrupt ends), idempotent operation ids, and a table of bad inputs with exact
 //! codes. Every participant has its own connection and goes through the generated client.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable).
 
 mod common;
 
@@ -192,18 +195,18 @@ enum Fate {
 /// One submitted operation: its id, base and fate.
 type Submitted = (String, Option<u64>, Fate);
 
+store_tests!(five_editors_at_once_see_one_order_and_stale_bases_are_rejected);
 /// Five editors submit 100 operations each at the same time, every other one with
 /// `base_sequence` set to the last version the editor saw. Every editor sees the same operations
 /// in the same order with versions contiguous from 1; an op with a base is stored exactly at
 /// base + 1 or REJECTED to its sender alone with the head; rejected ops are stored nowhere; a
 /// late joiner with version N gets exactly the ops after N; after a restart the log replays
 /// identically and versions continue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_editors_at_once_see_one_order_and_stale_bases_are_rejected() {
+async fn five_editors_at_once_see_one_order_and_stale_bases_are_rejected(kind: StoreKind) {
     const DOC: &str = "race-doc";
     const EDITORS: usize = 5;
     const EACH: usize = 100;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     let (reference, head) = within(60, "editors", async {
         let mut editors: Vec<Participant> = Vec::new();
         for k in 0..EDITORS {
@@ -381,13 +384,14 @@ async fn five_editors_at_once_see_one_order_and_stale_bases_are_rejected() {
 
     // A participant still connected when the server stops gets UNAVAILABLE.
     let stayer = Participant::join(&server, DOC, "stayer", head).await;
-    let (dir, (before, status)) = within(30, "stop", async {
+    let home = server.home();
+    let (_, (before, status)) = within(30, "stop", async {
         tokio::join!(server.stop(), stayer.failure())
     })
     .await;
     assert_eq!(before, []);
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "after restart", async {
         let late = Participant::join(&server, DOC, "after-restart", 0).await;
         assert_eq!(
@@ -424,14 +428,14 @@ async fn five_editors_at_once_see_one_order_and_stale_bases_are_rejected() {
 // 2. Presence
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(presence_joins_cursors_and_leaves_reach_the_others);
 /// A newcomer gets the replay, then a JOIN for each participant already present; the others get
 /// its JOIN; CURSOR goes to the others only; a user's second stream adds no JOIN and its end no
 /// LEAVE; a LEAVE goes out when a user's last stream ends: by LEAVE, by half-close, by an aborted
 /// task or by a cut connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_joins_cursors_and_leaves_reach_the_others() {
+async fn presence_joins_cursors_and_leaves_reach_the_others(kind: StoreKind) {
     const DOC: &str = "presence-doc";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "presence", async {
         let mut ann = Participant::join(&server, DOC, "ann", 0).await;
         ann.op("a-1", b"one", None).await;
@@ -555,16 +559,16 @@ async fn presence_joins_cursors_and_leaves_reach_the_others() {
     server.stop().await;
 }
 
+store_tests!(a_participant_that_falls_behind_resynchronises_presence);
 /// A participant that stops reading while a flood of cursors (far more than the HTTP/2 windows
 /// and the room's signal buffer hold) goes by, and while others join and leave, loses stale
 /// cursors but not its view of who is present: reading again, the JOIN and LEAVE events it gets
 /// add up to exactly the users present, and it is live again afterwards. Nothing blocks the
 /// others meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_that_falls_behind_resynchronises_presence() {
+async fn a_participant_that_falls_behind_resynchronises_presence(kind: StoreKind) {
     const DOC: &str = "lag-doc";
     const CURSORS: usize = 300;
-    let server = TestServer::start_with(|c| c.presence_capacity = 4).await;
+    let server = TestServer::start_on(kind, |c| c.presence_capacity = 4).await;
     within(60, "presence lag", async {
         let mut ann = Participant::join(&server, DOC, "ann", 0).await;
         let mut sam = Participant::join(&server, DOC, "sam", 0).await;
@@ -695,13 +699,13 @@ async fn a_participant_that_falls_behind_resynchronises_presence() {
     server.stop().await;
 }
 
+store_tests!(a_user_flapping_on_two_streams_is_announced_in_order);
 /// One user opening and closing streams from two tasks at once: an observer hears its JOIN and
 /// LEAVE alternate, never two of a kind in a row, ending with a LEAVE.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_flapping_on_two_streams_is_announced_in_order() {
+async fn a_user_flapping_on_two_streams_is_announced_in_order(kind: StoreKind) {
     const DOC: &str = "flap-doc";
     const CYCLES: usize = 25;
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "flapping", async {
         let mut watcher = Participant::join(&server, DOC, "watcher", 0).await;
         let mut tasks = Vec::new();
@@ -759,13 +763,13 @@ async fn a_user_flapping_on_two_streams_is_announced_in_order() {
 // 3. Idempotency
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(a_resent_operation_id_is_stored_and_delivered_once);
 /// A re-sent operation id is stored and delivered once, even when its base has gone stale
 /// meanwhile; the same id with other content gets ALREADY_EXISTS. Ids are scoped to their
 /// document: the same id in another document is that document's own operation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resent_operation_id_is_stored_and_delivered_once() {
+async fn a_resent_operation_id_is_stored_and_delivered_once(kind: StoreKind) {
     const DOC: &str = "idem-doc";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "idempotency", async {
         let mut ann = Participant::join(&server, DOC, "ann", 0).await;
         // A base of 0 on an empty document matches.
@@ -829,13 +833,13 @@ async fn a_resent_operation_id_is_stored_and_delivered_once() {
 // 4. Bad input
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(bad_collab_input_gets_the_exact_status_and_stores_nothing);
 /// Every refused first event gets its exact code and has no effect (no JOIN reaches anyone);
 /// every refused later event ends its stream with its exact code and stores nothing from there
 /// on. The payload cap is inclusive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_collab_input_gets_the_exact_status_and_stores_nothing() {
+async fn bad_collab_input_gets_the_exact_status_and_stores_nothing(kind: StoreKind) {
     const DOC: &str = "bad-doc";
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "bad input", async {
         let mut client = server.client().await;
         let mut ann = Participant::join(&server, DOC, "ann", 0).await;

@@ -5,6 +5,11 @@
 //! download. Every test talks to the server through the generated gRPC client or a raw HTTP/1.1
 //! socket, and looks at the storage directory and the `files` table (read-only) to prove that
 //! nothing partial is kept.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`store_tests!`: `<name>::sqlite`,
+//! `<name>::postgres`; the PostgreSQL one skips when it is unreachable). On PostgreSQL the
+//! `files` table is read from the test's own database; each server here is alone on its data,
+//! so a restart's startup sweep has the same work to do on both stores.
 
 mod common;
 
@@ -342,22 +347,44 @@ struct FileRow {
     resumable: bool,
 }
 
-/// The `files` table, read through a read-only connection of its own.
-async fn file_rows(dir: &Path) -> Vec<FileRow> {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("streamhub.db"))
-        .read_only(true)
-        .connect()
-        .await
-        .expect("open the database read-only");
-    let rows: Vec<(String, i64, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT file_id, total_size, checksum, bytes_received, complete, resumable FROM files \
-         ORDER BY file_id",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("read the files table");
-    let _ = conn.close().await;
+/// The `files` table of a server home, read through a connection of its own (read-only on
+/// SQLite; on PostgreSQL it only SELECTs).
+async fn file_rows(home: &Home) -> Vec<FileRow> {
+    let rows: Vec<(String, i64, String, i64, bool, bool)> = match &home.db {
+        Some(db) => {
+            let mut conn = db.connect().await;
+            let rows = sqlx::query_as(
+                "SELECT file_id, total_size, checksum, bytes_received, complete, resumable \
+                 FROM files ORDER BY file_id COLLATE \"C\"",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("read the files table");
+            let _ = conn.close().await;
+            rows
+        }
+        None => {
+            let mut conn = SqliteConnectOptions::new()
+                .filename(home.dir.path().join("streamhub.db"))
+                .read_only(true)
+                .connect()
+                .await
+                .expect("open the database read-only");
+            let rows: Vec<(String, i64, String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT file_id, total_size, checksum, bytes_received, complete, resumable \
+                 FROM files ORDER BY file_id",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("read the files table");
+            let _ = conn.close().await;
+            rows.into_iter()
+                .map(|(id, total, sum, received, complete, resumable)| {
+                    (id, total, sum, received, complete != 0, resumable != 0)
+                })
+                .collect()
+        }
+    };
     rows.into_iter()
         .map(
             |(file_id, total_size, checksum, bytes_received, complete, resumable)| FileRow {
@@ -365,8 +392,8 @@ async fn file_rows(dir: &Path) -> Vec<FileRow> {
                 total_size,
                 checksum,
                 bytes_received,
-                complete: complete != 0,
-                resumable: resumable != 0,
+                complete,
+                resumable,
             },
         )
         .collect()
@@ -375,14 +402,14 @@ async fn file_rows(dir: &Path) -> Vec<FileRow> {
 /// The storage directory holds no regular file (recursively, temp files included) and the
 /// `files` table has no row. The server gets a few seconds, for clean-up that runs as the call
 /// is torn down.
-async fn assert_nothing_kept(dir: &Path, what: &str) {
-    let storage = dir.join("files");
+async fn assert_nothing_kept(home: &Home, what: &str) {
+    let storage = home.storage_dir();
     eventually(
         &format!("{what}: nothing kept"),
         Duration::from_secs(5),
         async || {
             let files = regular_files(&storage);
-            let rows = file_rows(dir).await;
+            let rows = file_rows(home).await;
             if files.is_empty() && rows.is_empty() {
                 Ok(())
             } else {
@@ -584,11 +611,11 @@ async fn assert_range(addr: SocketAddr, file_id: &str, bytes: &[u8], range: &str
 // 1. Round trips
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(round_trip_every_edge_size_over_grpc_and_http);
 /// Every edge size uploads in 64 KiB chunks and comes back identical over gRPC and HTTP, with
 /// the response, GetFileInfo, GetUploadStatus and the download metadata all agreeing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_trip_every_edge_size_over_grpc_and_http() {
-    let server = TestServer::start().await;
+async fn round_trip_every_edge_size_over_grpc_and_http(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(120, "round trips", async {
         let mut client = server.client().await;
         let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 10 * MIB];
@@ -679,7 +706,7 @@ async fn round_trip_every_edge_size_over_grpc_and_http() {
             eprintln!("size {size}: upload {upload_time:?}, download {download_time:?}");
         }
         // Nothing but the finished files is left in the storage directory.
-        let files = regular_files(&server.dir.path().join("files"));
+        let files = regular_files(&server.home().storage_dir());
         let mut names: Vec<String> = files.iter().map(|(p, _)| file_name(p)).collect();
         names.sort();
         let mut expected: Vec<String> = ids.into_iter().collect();
@@ -693,11 +720,11 @@ async fn round_trip_every_edge_size_over_grpc_and_http() {
     server.stop().await;
 }
 
+store_tests!(odd_chunk_sizes_offsets_and_metadata_round_trip);
 /// Uploads in odd chunk sizes, with and without chunk offsets, and a content type and a
 /// non-ASCII filename that come back as given.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn odd_chunk_sizes_offsets_and_metadata_round_trip() {
-    let server = TestServer::start().await;
+async fn odd_chunk_sizes_offsets_and_metadata_round_trip(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "odd chunks", async {
         let mut client = server.client().await;
 
@@ -741,10 +768,10 @@ async fn odd_chunk_sizes_offsets_and_metadata_round_trip() {
     server.stop().await;
 }
 
+store_tests!(download_url_uses_the_configured_public_base);
 /// `download_url` is built on the configured public base URL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn download_url_uses_the_configured_public_base() {
-    let server = TestServer::start_with(|config| {
+async fn download_url_uses_the_configured_public_base(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |config| {
         config.public_url = Some("https://files.example.com".into());
     })
     .await;
@@ -764,9 +791,9 @@ async fn download_url_uses_the_configured_public_base() {
 // 2. Download resume
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn download_from_an_offset_returns_exactly_the_tail() {
-    let server = TestServer::start().await;
+store_tests!(download_from_an_offset_returns_exactly_the_tail);
+async fn download_from_an_offset_returns_exactly_the_tail(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "download offsets", async {
         let mut client = server.client().await;
         let size = 3 * CHUNK + 1234;
@@ -823,10 +850,10 @@ async fn download_from_an_offset_returns_exactly_the_tail() {
 // 3. HTTP
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(http_get_head_and_byte_ranges_on_the_grpc_port);
 /// GET and HEAD on the gRPC port: headers, body, single ranges of every form, 416, 404, 400.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_get_head_and_byte_ranges_on_the_grpc_port() {
-    let server = TestServer::start().await;
+async fn http_get_head_and_byte_ranges_on_the_grpc_port(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "http", async {
         let mut client = server.client().await;
         let size = 200_000;
@@ -934,15 +961,15 @@ async fn http_get_head_and_byte_ranges_on_the_grpc_port() {
 // 4. Failures: the exact status, and nothing kept
 // ---------------------------------------------------------------------------------------------
 
+store_tests!(bad_uploads_get_their_exact_status_and_keep_nothing);
 /// Every bad upload gets its exact status, and afterwards the storage directory (temp files
 /// included) and the `files` table hold nothing. Cases marked "held open" keep the request
 /// stream open, so the server must answer on what it has seen, before any half-close.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_uploads_get_their_exact_status_and_keep_nothing() {
+async fn bad_uploads_get_their_exact_status_and_keep_nothing(kind: StoreKind) {
     const MAX: usize = MIB;
-    let server = TestServer::start_with(|config| config.max_upload_bytes = MAX as u64).await;
-    let dir = server.dir.path().to_path_buf();
-    let dir_text = dir.display().to_string();
+    let server = TestServer::start_on(kind, |config| config.max_upload_bytes = MAX as u64).await;
+    let home = server.home();
+    let dir_text = home.dir.path().display().to_string();
     within(120, "bad uploads", async {
         let mut client = server.client().await;
         let ten = data(41, 10);
@@ -1165,7 +1192,7 @@ async fn bad_uploads_get_their_exact_status_and_keep_nothing() {
                 !status.message().contains(&dir_text),
                 "{what}: the message leaks a path: {status:?}"
             );
-            assert_nothing_kept(&dir, &what).await;
+            assert_nothing_kept(&home, &what).await;
         }
 
         // Resumable uploads (a client file_id) that fail this way keep nothing either.
@@ -1229,7 +1256,7 @@ async fn bad_uploads_get_their_exact_status_and_keep_nothing() {
                 status(&mut client, &id).await,
                 Code::NotFound,
             );
-            assert_nothing_kept(&dir, what).await;
+            assert_nothing_kept(&home, what).await;
         }
 
         // The edges that are allowed: exactly the maximum size, a 255-byte filename, an empty
@@ -1246,17 +1273,17 @@ async fn bad_uploads_get_their_exact_status_and_keep_nothing() {
         );
         let response = upload_ok(&mut client, meta("", 10, "", ""), &ten).await;
         assert_downloads(&mut client, &response.file_id, &ten).await;
-        assert_eq!(file_rows(&dir).await.len(), 3);
+        assert_eq!(file_rows(&home).await.len(), 3);
     })
     .await;
     server.stop().await;
 }
 
+store_tests!(lookups_of_malformed_and_unknown_ids);
 /// GetUploadStatus, GetFileInfo, DownloadFile and HTTP GET with ids that are not UUIDs or that
 /// nobody uploaded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookups_of_malformed_and_unknown_ids() {
-    let server = TestServer::start().await;
+async fn lookups_of_malformed_and_unknown_ids(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "lookups", async {
         let mut client = server.client().await;
         // Something is stored, so "unknown" is not merely "empty".
@@ -1304,26 +1331,26 @@ async fn lookups_of_malformed_and_unknown_ids() {
 /// Starts a resumable upload on its own connection, sends the metadata and `bytes[..cut]` (with
 /// offsets), waits until the server has taken those bytes in, then cuts the call off the way a
 /// client that goes away does (the call is dropped: RST_STREAM, no half-close). Returns once
-/// GetUploadStatus reports exactly `cut` bytes of an incomplete file.
+/// GetUploadStatus reports exactly `cut` bytes of an incomplete file, and the server's `files`
+/// table (on `home`) records them.
 async fn cut_off(
     url: &str,
     probe: &mut Client,
-    storage: &Path,
+    home: &Home,
     m: &FileMetadata,
     bytes: &[u8],
     cut: usize,
 ) {
-    cut_off_unsettled(url, probe, storage, m, bytes, cut).await;
+    cut_off_unsettled(url, probe, &home.storage_dir(), m, bytes, cut).await;
     // GetUploadStatus may answer from the live call before the server has recorded the
     // interruption; wait until the table holds it too, so what follows starts from a settled
     // server (the recording is the server's last step before it lets go of the call).
-    let db_dir = storage.parent().expect("storage is <dir>/files");
     let id = m.file_id.as_str();
     eventually(
         &format!("the table to record {cut} bytes of {id}"),
         Duration::from_secs(10),
         async || {
-            let rows = file_rows(db_dir).await;
+            let rows = file_rows(home).await;
             match rows.iter().find(|r| r.file_id == id) {
                 Some(r) if r.bytes_received == cut as i64 && !r.complete => Ok(()),
                 other => Err(format!("{other:?}")),
@@ -1392,12 +1419,13 @@ async fn cut_off_unsettled(
     drop(tx);
 }
 
+store_tests!(resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest);
 /// An upload cut off at 60 % keeps its bytes; GetUploadStatus reports them; the file is not
 /// visible until complete; a new call with only the rest completes it and it verifies.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest() {
-    let server = TestServer::start().await;
-    let storage = server.dir.path().join("files");
+async fn resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
+    let storage = home.storage_dir();
     within(60, "resume", async {
         let mut client = server.client().await;
         let size = MIB + 54_321;
@@ -1406,7 +1434,7 @@ async fn resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest() {
         let id = new_id();
         let m = meta("resume.bin", size as i64, &sum, &id);
         let cut = size * 6 / 10;
-        cut_off(&server.url(), &mut client, &storage, &m, &bytes, cut).await;
+        cut_off(&server.url(), &mut client, &home, &m, &bytes, cut).await;
 
         // Incomplete: not a file yet.
         expect_code(
@@ -1421,7 +1449,7 @@ async fn resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest() {
         );
         let r = http(server.addr, "GET", &file_path(&id), &[]).await;
         assert_eq!(r.status, 404, "HTTP GET of an incomplete file: {r:?}");
-        let rows = file_rows(server.dir.path()).await;
+        let rows = file_rows(&home).await;
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert!(rows[0].resumable && !rows[0].complete, "{rows:?}");
 
@@ -1487,12 +1515,12 @@ async fn resumable_upload_cut_off_at_60_percent_resumes_with_only_the_rest() {
     server.stop().await;
 }
 
+store_tests!(resumable_upload_with_a_wrong_offset_gets_failed_precondition);
 /// A chunk offset that is set and differs from the bytes received so far gets
 /// FAILED_PRECONDITION, and the bytes already kept stay; the right offset then completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition() {
-    let server = TestServer::start().await;
-    let storage = server.dir.path().join("files");
+async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
     within(60, "wrong offset", async {
         let mut client = server.client().await;
         let size = 300_000;
@@ -1517,7 +1545,7 @@ async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition() {
         let id = new_id();
         let m = meta("wrong-offset.bin", size as i64, &sum, &id);
         let cut = 100_000;
-        cut_off(&server.url(), &mut client, &storage, &m, &bytes, cut).await;
+        cut_off(&server.url(), &mut client, &home, &m, &bytes, cut).await;
 
         // Offset 0 on the first chunk of a continuing call is a restart from byte 0, not
         // "offset not set": appending it would corrupt the kept bytes.
@@ -1582,10 +1610,10 @@ async fn resumable_upload_with_a_wrong_offset_gets_failed_precondition() {
     server.stop().await;
 }
 
+store_tests!(concurrent_uploads_to_one_id_the_second_gets_aborted);
 /// While one upload to a file_id is open, a second one gets ABORTED, and the first is unharmed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_uploads_to_one_id_the_second_gets_aborted() {
-    let server = TestServer::start().await;
+async fn concurrent_uploads_to_one_id_the_second_gets_aborted(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(60, "concurrent", async {
         let mut client = server.client().await;
         let size = 500_000;
@@ -1645,10 +1673,10 @@ async fn concurrent_uploads_to_one_id_the_second_gets_aborted() {
     server.stop().await;
 }
 
+store_tests!(reusing_the_id_of_a_complete_file_gets_already_exists);
 /// The file_id of a complete file cannot be uploaded again, with any content; the file stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reusing_the_id_of_a_complete_file_gets_already_exists() {
-    let server = TestServer::start().await;
+async fn reusing_the_id_of_a_complete_file_gets_already_exists(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
     within(30, "reuse", async {
         let mut client = server.client().await;
         let bytes = data(81, 70_000);
@@ -1673,39 +1701,39 @@ async fn reusing_the_id_of_a_complete_file_gets_already_exists() {
             Code::AlreadyExists,
         );
         assert_downloads(&mut client, &id, &bytes).await;
-        let rows = file_rows(server.dir.path()).await;
+        let rows = file_rows(&server.home()).await;
         assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!(regular_files(&server.dir.path().join("files")).len(), 1);
+        assert_eq!(regular_files(&server.home().storage_dir()).len(), 1);
     })
     .await;
     server.stop().await;
 }
 
+store_tests!(resumable_uploads_survive_a_restart_and_expire_by_sweep);
 /// An interrupted resumable upload survives a restart and resumes there; an expired one is
 /// removed by the startup sweep, and one interrupted later by the periodic sweep. Complete files
 /// never expire.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumable_uploads_survive_a_restart_and_expire_by_sweep() {
+async fn resumable_uploads_survive_a_restart_and_expire_by_sweep(kind: StoreKind) {
     let size = 400_000;
     let bytes = data(91, size);
     let sum = sha256_hex(&bytes);
     let (kept, expiring, swept) = (new_id(), new_id(), new_id());
 
-    let server = TestServer::start().await;
-    let storage = server.dir.path().join("files");
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
     let cut_at = within(60, "before the restart", async {
         let mut client = server.client().await;
         for (id, cut) in [(&kept, 150_000), (&expiring, 250_000)] {
             let m = meta("r", size as i64, &sum, id);
-            cut_off(&server.url(), &mut client, &storage, &m, &bytes, cut).await;
+            cut_off(&server.url(), &mut client, &home, &m, &bytes, cut).await;
         }
         Instant::now()
     })
     .await;
-    let dir = server.stop().await;
+    server.stop().await;
 
     // Restart with the default expiry: both are still there; one resumes.
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home.clone(), |_| {}).await;
     within(60, "after the restart", async {
         let mut client = server.client().await;
         for (id, cut) in [(&kept, 150_000), (&expiring, 250_000)] {
@@ -1728,23 +1756,22 @@ async fn resumable_uploads_survive_a_restart_and_expire_by_sweep() {
         assert_downloads(&mut client, &kept, &bytes).await;
     })
     .await;
-    let dir = server.stop().await;
+    server.stop().await;
 
     // Restart with a 1 s expiry once the interrupted upload is older than that: the startup
     // sweep removes its bytes and its row; the complete file stays.
     tokio::time::sleep_until((cut_at + Duration::from_millis(1500)).into()).await;
-    let server = TestServer::start_in(dir, |config| {
+    let server = TestServer::start_at(home.clone(), |config| {
         config.upload_expiry_secs = 1;
         config.upload_sweep_secs = 1;
     })
     .await;
-    let storage = server.dir.path().join("files");
     within(60, "sweeps", async {
         let mut client = server.client().await;
         eventually(
             "the startup sweep to remove the expired upload",
             Duration::from_secs(10),
-            async || only_file(server.dir.path(), &kept).await,
+            async || only_file(&home, &kept).await,
         )
         .await;
         expect_code(
@@ -1755,7 +1782,7 @@ async fn resumable_uploads_survive_a_restart_and_expire_by_sweep() {
 
         // A new interrupted upload expires through the periodic sweep.
         let m = meta("s", size as i64, &sum, &swept);
-        cut_off(&server.url(), &mut client, &storage, &m, &bytes, 100_000).await;
+        cut_off(&server.url(), &mut client, &home, &m, &bytes, 100_000).await;
         eventually(
             "the periodic sweep to remove an expired upload",
             Duration::from_secs(15),
@@ -1768,7 +1795,7 @@ async fn resumable_uploads_survive_a_restart_and_expire_by_sweep() {
         eventually(
             "the periodic sweep to remove its bytes",
             Duration::from_secs(5),
-            async || only_file(server.dir.path(), &kept).await,
+            async || only_file(&home, &kept).await,
         )
         .await;
         assert_downloads(&mut client, &kept, &bytes).await;
@@ -1781,10 +1808,10 @@ async fn resumable_uploads_survive_a_restart_and_expire_by_sweep() {
 }
 
 /// The storage directory holds exactly one file, `<storage>/<id>`, and the table one row, its.
-async fn only_file(dir: &Path, id: &str) -> Result<(), String> {
-    let files = regular_files(&dir.join("files"));
-    let rows = file_rows(dir).await;
-    let expected = dir.join("files").join(id);
+async fn only_file(home: &Home, id: &str) -> Result<(), String> {
+    let files = regular_files(&home.storage_dir());
+    let rows = file_rows(home).await;
+    let expected = home.storage_dir().join(id);
     if files.len() == 1 && files[0].0 == expected && rows.len() == 1 && rows[0].file_id == id {
         Ok(())
     } else {
@@ -1792,15 +1819,15 @@ async fn only_file(dir: &Path, id: &str) -> Result<(), String> {
     }
 }
 
+store_tests!(cancelled_one_shot_uploads_keep_nothing_even_with_every_byte_sent);
 /// A client that goes away in the middle of a one-shot upload (no file_id), or after sending
 /// every byte but before half-closing, leaves nothing: without a half-close the upload is not
 /// finished, and nobody could ever learn a server-assigned id. Repeated, because the server sees
 /// the cancel and the end of the call on different tasks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_one_shot_uploads_keep_nothing_even_with_every_byte_sent() {
-    let server = TestServer::start().await;
-    let dir = server.dir.path().to_path_buf();
-    let storage = dir.join("files");
+async fn cancelled_one_shot_uploads_keep_nothing_even_with_every_byte_sent(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
+    let storage = home.storage_dir();
     within(120, "cancelled uploads", async {
         let client = server.client().await;
         let size = 100_000;
@@ -1828,7 +1855,7 @@ async fn cancelled_one_shot_uploads_keep_nothing_even_with_every_byte_sent() {
             call.abort();
             assert!(call.await.expect_err("aborted").is_cancelled());
             assert_nothing_kept(
-                &dir,
+                &home,
                 &format!("#{i}: a one-shot upload cancelled after {upto} of {size} bytes"),
             )
             .await;
@@ -1841,42 +1868,64 @@ async fn cancelled_one_shot_uploads_keep_nothing_even_with_every_byte_sent() {
 
 /// Adds `n` interrupted resumable uploads (fresh, so no sweep expires them, and holding no
 /// bytes) straight to the `files` table of a stopped server: a store with many pending uploads,
-/// which makes each sweep's pass over the table take a while.
-async fn seed_pending_uploads(dir: &Path, n: u64) {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("streamhub.db"))
-        .connect()
-        .await
-        .expect("open the database");
+/// which makes each sweep's pass over the table take a while. The same rows on either store.
+async fn seed_pending_uploads(home: &Home, n: u64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-         INSERT INTO files (file_id, filename, content_type, total_size, checksum, resumable, \
-         bytes_received, complete, created_at_micros, updated_at_micros) \
-         SELECT printf('00000000-0000-4000-8000-%012x', i), 'pending', \
-         'application/octet-stream', 1000, '', 1, 0, 0, ?2, ?2 FROM n",
-    )
-    .bind(n as i64)
-    .bind(now)
-    .execute(&mut conn)
-    .await
-    .expect("seed pending uploads");
-    let _ = conn.close().await;
+    match &home.db {
+        Some(db) => {
+            let mut conn = db.connect().await;
+            sqlx::query(
+                "INSERT INTO files (file_id, filename, content_type, total_size, checksum, \
+                 resumable, bytes_received, complete, created_at_micros, updated_at_micros) \
+                 SELECT '00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'), 'pending', \
+                 'application/octet-stream', 1000, '', TRUE, 0, FALSE, $2, $2 \
+                 FROM generate_series(1::bigint, $1) AS i",
+            )
+            .bind(n as i64)
+            .bind(now)
+            .execute(&mut conn)
+            .await
+            .expect("seed pending uploads");
+            let _ = conn.close().await;
+        }
+        None => {
+            let mut conn = SqliteConnectOptions::new()
+                .filename(home.dir.path().join("streamhub.db"))
+                .connect()
+                .await
+                .expect("open the database");
+            sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+                 INSERT INTO files (file_id, filename, content_type, total_size, checksum, \
+                 resumable, bytes_received, complete, created_at_micros, updated_at_micros) \
+                 SELECT printf('00000000-0000-4000-8000-%012x', i), 'pending', \
+                 'application/octet-stream', 1000, '', 1, 0, 0, ?2, ?2 FROM n",
+            )
+            .bind(n as i64)
+            .bind(now)
+            .execute(&mut conn)
+            .await
+            .expect("seed pending uploads");
+            let _ = conn.close().await;
+        }
+    }
 }
 
+store_tests!(uploads_during_periodic_sweeps_are_never_lost);
 /// The periodic sweep runs (every second here, over a table with 20 000 pending uploads) while
 /// many small uploads start and finish: it must never take the part of an upload in progress or
 /// the file of one being committed. Every upload succeeds, and every acknowledged file downloads
 /// afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_during_periodic_sweeps_are_never_lost() {
-    let dir = TestServer::start().await.stop().await;
-    seed_pending_uploads(dir.path(), 20_000).await;
-    let server = TestServer::start_in(dir, |config| config.upload_sweep_secs = 1).await;
-    let storage = server.dir.path().join("files");
+async fn uploads_during_periodic_sweeps_are_never_lost(kind: StoreKind) {
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
+    server.stop().await;
+    seed_pending_uploads(&home, 20_000).await;
+    let server = TestServer::start_at(home.clone(), |config| config.upload_sweep_secs = 1).await;
+    let storage = home.storage_dir();
     // The server answers once its startup sweep has examined all 20 000 rows (it sweeps before
     // it serves), which takes long on a loaded machine. Wait for that first, so that the
     // uploads below run during the periodic sweeps this test is about, and so that the time it
@@ -1955,26 +2004,27 @@ async fn uploads_during_periodic_sweeps_are_never_lost() {
     server.stop().await;
 }
 
+store_tests!(graceful_stop_right_after_an_interruption_keeps_its_bytes);
 /// A graceful stop that comes right after a client went away from a resumable upload keeps
 /// what the interrupted upload received: after the restart GetUploadStatus reports the same bytes
 /// as just before the stop, and resuming from there completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_right_after_an_interruption_keeps_its_bytes() {
+async fn graceful_stop_right_after_an_interruption_keeps_its_bytes(kind: StoreKind) {
     let size = 400_000;
     let cut = 250_000;
     let bytes = data(97, size);
     let sum = sha256_hex(&bytes);
     let id = new_id();
     let m = meta("stop", size as i64, &sum, &id);
-    let server = TestServer::start().await;
-    let storage = server.dir.path().join("files");
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
+    let storage = home.storage_dir();
     within(30, "cut off", async {
         let mut client = server.client().await;
         cut_off_unsettled(&server.url(), &mut client, &storage, &m, &bytes, cut).await;
     })
     .await;
-    let dir = within(30, "stop", server.stop()).await;
-    let server = TestServer::start_in(dir, |_| {}).await;
+    within(30, "stop", server.stop()).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(30, "after the restart", async {
         let mut client = server.client().await;
         let s = status(&mut client, &id)
@@ -2026,17 +2076,17 @@ impl Attempt {
     }
 }
 
+store_tests!(crash_kill9_during_uploads_keeps_every_acknowledged_file);
 /// Concurrent uploads (whole ones, resumable ones, and two held open half-way) to a built
 /// server binary killed with SIGKILL. After a restart on the same directory: every upload that
 /// was answered OK downloads and verifies; every complete row has its file and every stored file
 /// its complete row; no temp file of a one-shot upload is left; and every interrupted resumable
 /// upload resumes from the bytes the server reports and verifies.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_kill9_during_uploads_keeps_every_acknowledged_file() {
+async fn crash_kill9_during_uploads_keeps_every_acknowledged_file(kind: StoreKind) {
     const SIZES: [usize; 7] = [0, 1, 10_000, 65_537, 300_000, 1_000_000, 2_500_000];
-    let dir = tempfile::tempdir().expect("temp dir");
-    let storage = dir.path().join("files");
-    let child = ChildServer::spawn(dir.path(), &[]);
+    let home = kind.home().await;
+    let storage = home.storage_dir();
+    let child = ChildServer::spawn_at(&home, &[]);
     let url = child.url();
 
     let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
@@ -2155,7 +2205,8 @@ async fn crash_kill9_during_uploads_keeps_every_acknowledged_file() {
     let acked = acked.lock().unwrap().clone();
     let attempts = attempts.lock().unwrap().clone();
 
-    let child = ChildServer::spawn(dir.path(), &[]);
+    killed_sessions_ended(&home).await;
+    let child = ChildServer::spawn_at(&home, &[]);
     let mut client = connect(&child.url()).await;
     within(180, "verify after the restart", async {
         // 1. Every upload answered OK is there and verifies.
@@ -2182,7 +2233,7 @@ async fn crash_kill9_during_uploads_keeps_every_acknowledged_file() {
             "the startup sweep to leave only whole files and resumable parts",
             Duration::from_secs(10),
             async || {
-                let rows = file_rows(dir.path()).await;
+                let rows = file_rows(&home).await;
                 let complete: HashMap<&str, &FileRow> = rows
                     .iter()
                     .filter(|r| r.complete)
@@ -2291,6 +2342,37 @@ async fn crash_kill9_during_uploads_keeps_every_acknowledged_file() {
     drop(child);
 }
 
+/// On PostgreSQL, waits until the database has no session left but the caller's: those of a
+/// server killed with SIGKILL end once PostgreSQL sees their sockets close, and with them the
+/// upload claims they held (session advisory locks). Until then the next server's startup sweep
+/// rightly leaves those uploads alone, as another replica's. Nothing to wait for on SQLite,
+/// whose single-server lock the OS drops with the process.
+async fn killed_sessions_ended(home: &Home) {
+    let Some(db) = &home.db else {
+        return;
+    };
+    let mut conn = db.connect().await;
+    eventually(
+        "the killed server's PostgreSQL sessions to end",
+        Duration::from_secs(30),
+        async || {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("read pg_stat_activity");
+            match left {
+                0 => Ok(()),
+                n => Err(format!("{n} sessions")),
+            }
+        },
+    )
+    .await;
+    let _ = conn.close().await;
+}
+
 async fn wait_until_acked(acked: &Mutex<Vec<(String, Attempt)>>, started: Instant) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -2306,6 +2388,7 @@ async fn wait_until_acked(acked: &Mutex<Vec<(String, Attempt)>>, started: Instan
     }
 }
 
+store_tests!(crash_between_rename_and_row_update_leaves_a_whole_file_or_a_truthful_status);
 /// The state a crash leaves between the commit's rename and the row update: the whole file is
 /// in place under its id while its row is still incomplete. The test builds that state on a
 /// stopped server (the part moved into place as `<storage>/<id>`), once for an upload that was
@@ -2313,23 +2396,25 @@ async fn wait_until_acked(acked: &Mutex<Vec<(String, Attempt)>>, started: Instan
 /// must tell the truth: either a complete, verified file with its row, or no file, and then
 /// GetUploadStatus reports bytes the server really holds, so that a client resuming from there
 /// (offsets set) finishes with a verified file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_between_rename_and_row_update_leaves_a_whole_file_or_a_truthful_status() {
+async fn crash_between_rename_and_row_update_leaves_a_whole_file_or_a_truthful_status(
+    kind: StoreKind,
+) {
     let size = 300_000;
     let bytes = data(95, size);
     let sum = sha256_hex(&bytes);
     let (resumed, first_try) = (new_id(), new_id());
-    let server = TestServer::start().await;
-    let storage = server.dir.path().join("files");
+    let server = TestServer::start_on(kind, |_| {}).await;
+    let home = server.home();
+    let storage = home.storage_dir();
     within(60, "before the crash", async {
         let mut client = server.client().await;
         for (id, cut) in [(&resumed, 120_000), (&first_try, 0)] {
             let m = meta("torn", size as i64, &sum, id);
-            cut_off(&server.url(), &mut client, &storage, &m, &bytes, cut).await;
+            cut_off(&server.url(), &mut client, &home, &m, &bytes, cut).await;
         }
     })
     .await;
-    let dir = server.stop().await;
+    server.stop().await;
     for id in [&resumed, &first_try] {
         for (path, _) in regular_files(&storage.join("tmp")) {
             if file_name(&path).contains(id.as_str()) {
@@ -2339,7 +2424,7 @@ async fn crash_between_rename_and_row_update_leaves_a_whole_file_or_a_truthful_s
         std::fs::write(storage.join(id), &bytes).expect("the renamed, whole file");
     }
 
-    let server = TestServer::start_in(dir, |_| {}).await;
+    let server = TestServer::start_at(home, |_| {}).await;
     within(60, "after the crash", async {
         let mut client = server.client().await;
         for id in [&resumed, &first_try] {
@@ -2449,20 +2534,20 @@ impl Drop for RssSampler {
     }
 }
 
+store_tests!(slow_1gib_upload_and_download_keep_server_rss_under_128mib);
 /// The slow test: 1 GiB up and down through a built server binary, generated and hashed on the
 /// fly on the client side, with the server's resident memory sampled from /proc throughout.
 /// The bound: peak RSS (sampled, and the kernel's VmHWM high-water mark) stays under 128 MiB
 /// above the RSS measured just before the upload.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_1gib_upload_and_download_keep_server_rss_under_128mib() {
+async fn slow_1gib_upload_and_download_keep_server_rss_under_128mib(kind: StoreKind) {
     const SIZE: u64 = 1 << 30;
     // Memory bound. Expected: the server streams through bounded buffers and grows by about
     // 4 MiB over its baseline while 1 GiB goes up and down (measured: 58.5 MiB before, 62.5 MiB
     // peak; debug build, under load). The bound is 128 MiB, over 4x (32x) that, so allocator
     // noise never fails it, while a server holding any large part of the file in memory does.
     const BOUND: u64 = 128 * MIB as u64;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let child = ChildServer::spawn(dir.path(), &[]);
+    let home = kind.home().await;
+    let child = ChildServer::spawn_at(&home, &[]);
     let pid = child.child.id();
     let mut client = connect(&child.url()).await;
 

@@ -259,8 +259,8 @@ async fn abandon_a_round(server: &ChildServer, round: usize) -> u64 {
 /// abandoned, twice. Each time the server releases every one: open calls, hub receivers and hub
 /// streams return to 0 and every member's leave notice is stored. The server runs as its own
 /// process so that its resident memory is measured alone: after a warm-up round (allocator
-/// pools and SQLite caches exist), the second round leaves it within 10 % of where it stood
-/// before that round.
+/// pools and SQLite caches exist), the second round leaves it within 40 MiB of where it stood
+/// before that round (well under the 74 MiB a round costs when nothing of it is released).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_abandoned_streams_release_their_work_and_memory() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -277,13 +277,16 @@ async fn thousands_of_abandoned_streams_release_their_work_and_memory() {
         assert!(before > 0, "cannot read the server's RSS");
 
         let loaded = abandon_a_round(&server, 1).await;
-        // Memory bound. Expected: no growth. After round 2 the server is back at or below
-        // where it was before it (three runs, debug build under load: -3, -7 and -10 MiB of
-        // about 145 MiB; round 2 reuses the pools round 0 left). The bound, +10 % (about
-        // 14 MiB), leaves over 4x a 3.5 MiB allowance for allocator noise above the expected
-        // figure, and still fails a server that keeps part of each round (the work of 2,000
-        // streams) instead of releasing it.
-        let limit = before + before / 10;
+        // Memory bound. What is measured: the server's RSS once round 2 is released, against
+        // its RSS just before round 2. Expected: no growth, give or take allocator drift; round 2
+        // reuses the pools round 0 left. Seven runs (debug build, 2 cores) moved by -10, -7, -5,
+        // -3, -0.8, -0.5 and +2.6 MiB of 145 to 159 MiB, so the expected figure is drift of at most
+        // DRIFT_KIB (10 MiB) either way. The bound, 4x that (40 MiB), keeps the required 4x
+        // margin. It is still meaningful: a round the server cannot reuse costs about 74 MiB (2,000
+        // more streams opened while 2,000 were held: +75.6 MiB in two runs, about 38 KiB a
+        // stream), so a server that keeps more than about half of each round's work still fails.
+        const DRIFT_KIB: u64 = 10 * 1024;
+        let limit = before + 4 * DRIFT_KIB;
         let deadline = Instant::now() + Duration::from_secs(10);
         let after = loop {
             let rss = rss_kib_of(pid);
@@ -300,7 +303,7 @@ async fn thousands_of_abandoned_streams_release_their_work_and_memory() {
         assert!(
             after <= limit,
             "server RSS {after} KiB after abandoning {STREAMS} streams; it was {before} KiB \
-             before (limit +10 %: {limit} KiB)"
+             before (limit 4x {DRIFT_KIB} KiB of drift above it: {limit} KiB)"
         );
         // The server still serves.
         let mut client = connect(&server.url()).await;

@@ -1,17 +1,19 @@
 //! Data that an operator mistake cannot destroy: one server per database and storage
-//! directory, unsupported database URLs refused without a trace of their password, a WAL that
-//! stays bounded under sustained writes and is truncated by a clean shutdown, and a startup
-//! sweep that keeps what it cannot prove is its own (a missing file stays a broken record that
-//! answers DATA_LOSS; a file with no row moves to `orphans/`).
-
+//! directory, unsupported database URLs refused and a PostgreSQL URL served without a trace of
+//! their password, a WAL that stays bounded under sustained writes and is truncated by a clean
+//! shutdown, and a startup sweep that keeps what it cannot prove is its own (a missing file
+//! stays a broken record that answers DATA_LOSS; a file with no row moves to `orphans/`, and
+//! the startup log lists it).
 mod common;
 
 use common::*;
 use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use streamhub::proto::file_chunk::Data;
 use streamhub::proto::*;
@@ -52,6 +54,115 @@ fn run_refused_server(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Outpu
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The built binary as a server that starts, with its whole log (stderr) kept for the test:
+/// every line from the first to the last one it writes before it exits.
+struct LoggedServer {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoggedServer {
+    /// Starts on `database_url` (in its environment, as an operator would give a password),
+    /// files in `<dir>/files`, logging at `rust_log`; returns once it announces `streamhub
+    /// serving` (30 s at most).
+    fn spawn(dir: &Path, database_url: &str, rust_log: &str) -> LoggedServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamhub"));
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        if streamhub::store::is_postgres_url(database_url) {
+            command.args(["--pg-pool-size", "8"]);
+        }
+        let mut child = command
+            .arg("--storage-dir")
+            .arg(dir.join("files"))
+            .current_dir(dir)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", rust_log)
+            .env_remove("STREAMHUB_LISTEN")
+            .env_remove("STREAMHUB_STORAGE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn streamhub");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (found, announced) = std::sync::mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("streamhub serving")
+                        && let Some(rest) = line.split("addr=").nth(1)
+                        && let Some(addr) = rest.split_whitespace().next()
+                        && let Ok(addr) = addr.parse::<SocketAddr>()
+                    {
+                        let _ = found.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
+        let mut server = LoggedServer {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            reader: Some(reader),
+        };
+        match announced.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => server.addr = addr,
+            Err(_) => panic!(
+                "the server did not announce its address within 30 s; its log:\n{}",
+                server.log_so_far()
+            ),
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log_so_far(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, a clean exit (30 s at most), and then its whole log.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within 30 s of SIGTERM; its log:\n{}",
+                self.log_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Its stderr is closed now: the reader has every line.
+        self.reader.take().unwrap().join().expect("log reader");
+        let log = self.log_so_far();
+        assert!(status.success(), "the server exited with {status}:\n{log}");
+        log
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -225,8 +336,8 @@ async fn an_unsupported_database_url_is_refused_without_its_password_and_creates
 
 #[tokio::test]
 async fn a_passworded_url_in_the_serving_log_is_redacted() {
-    // A URL with credentials reaches the log only in its refusal (a `sqlite:` URL has none);
-    // the password in it must not.
+    // A PostgreSQL server that cannot be reached: the refusal names the URL, never its
+    // password. (A server that starts on a passworded URL: the test after this one.)
     let dir = tempfile::tempdir().unwrap();
     let output = run_refused_server(
         dir.path(),
@@ -241,6 +352,71 @@ async fn a_passworded_url_in_the_serving_log_is_redacted() {
     );
     assert!(
         !log.contains("hunter2"),
+        "the password reached the log:\n{log}"
+    );
+}
+
+/// `url` with `password` in its `user:password@`, and the password it now carries. A URL that
+/// has one already (from STREAMHUB_TEST_POSTGRES_URL) keeps it, so that the server still gets
+/// in; PostgreSQL here trusts local connections and takes any password.
+fn with_password(url: &str, password: &str) -> (String, String) {
+    let start = url.find("://").expect("a URL") + 3;
+    let authority_end = start
+        + url[start..]
+            .find(['/', '?', '#'])
+            .unwrap_or(url.len() - start);
+    let at = start
+        + url[start..authority_end]
+            .rfind('@')
+            .expect("the PostgreSQL test URL names a user");
+    match url[start..at].split_once(':') {
+        Some((_, existing)) => (url.to_string(), existing.to_string()),
+        None => (
+            format!("{}:{password}{}", &url[..at], &url[at..]),
+            password.to_string(),
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passworded_postgres_url_never_reaches_the_log_of_a_server_that_starts() {
+    let Some(db) = TestDb::for_test().await else {
+        return;
+    };
+    let (url, password) = with_password(db.url(), "s3cret-pw");
+    let user_start = url.find("://").unwrap() + 3;
+    let user = url[user_start..].split([':', '@']).next().unwrap();
+    let redacted = streamhub::secret::redact_url(&url);
+    assert!(redacted.contains(&format!("{user}:***@")), "{redacted}");
+    let dir = tempfile::tempdir().unwrap();
+    // Debug, not only info: no line at any level an operator may turn on shows the password.
+    let server = LoggedServer::spawn(dir.path(), &url, "debug,h2=info,hyper=info,tower=info");
+
+    // It serves on that database: a file goes in and comes back.
+    let mut client = connect(&server.url()).await;
+    let bytes = b"stored through a passworded URL".to_vec();
+    let uploaded = within(60, "upload", upload(&mut client, "pw.txt", &bytes)).await;
+    let back = within(60, "download", download(&mut client, &uploaded.file_id)).await;
+    assert_eq!(back.unwrap(), bytes);
+    drop(client);
+
+    let log = server.stop();
+    let serving: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("streamhub serving"))
+        .collect();
+    assert_eq!(serving.len(), 1, "one serving line:\n{log}");
+    assert!(
+        serving[0].contains(&format!("database={redacted}")),
+        "the serving line names the database, redacted ({redacted}): {}",
+        serving[0]
+    );
+    assert!(
+        log.contains(&format!("{user}:***@")),
+        "the redacted form is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(&password),
         "the password reached the log:\n{log}"
     );
 }
@@ -447,10 +623,12 @@ async fn a_stored_file_whose_bytes_are_missing_is_kept_and_answers_data_loss() {
     );
 }
 
-#[tokio::test]
-async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let files = dir.path().join("files");
+store_tests!(a_stored_file_with_no_row_is_moved_to_orphans_not_deleted);
+
+/// The servers run as child processes, so that the test reads their whole startup log.
+async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted(kind: StoreKind) {
+    let home = kind.home().await;
+    let files = home.storage_dir();
     std::fs::create_dir_all(&files).unwrap();
     let orphan = Uuid::new_v4().to_string();
     let bytes = b"a file some other database knows about".to_vec();
@@ -458,9 +636,9 @@ async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted() {
     // A name the server never writes is left where it is.
     std::fs::write(files.join("README.operator"), b"notes").unwrap();
 
-    let server = TestServer::start_in(dir.clone(), |_| {}).await;
+    let server = LoggedServer::spawn(home.dir.path(), &home.database_url(), "info");
     // The startup sweep runs before the first call is answered.
-    let mut client = server.client().await;
+    let mut client = connect(&server.url()).await;
     let status = client
         .get_file_info(GetFileInfoRequest {
             file_id: orphan.clone(),
@@ -478,17 +656,32 @@ async fn a_stored_file_with_no_row_is_moved_to_orphans_not_deleted() {
         std::fs::read(files.join("README.operator")).unwrap(),
         b"notes"
     );
+    drop(client);
+    // The startup log lists it, at its new place.
+    const MOVED: &str = "stored files with no row moved to the orphans directory (not deleted)";
+    let log = server.stop();
+    let listed: Vec<&str> = log.lines().filter(|l| l.contains(MOVED)).collect();
+    assert_eq!(listed.len(), 1, "one line lists the orphans:\n{log}");
+    assert!(listed[0].contains("count=1"), "{}", listed[0]);
+    assert!(
+        listed[0].contains(&format!("{:?}", moved.display().to_string())),
+        "the line names {}: {}",
+        moved.display(),
+        listed[0]
+    );
 
     // A restart leaves the orphans directory alone.
-    let dir = server.stop().await;
-    let server = TestServer::start_in(dir, |_| {}).await;
-    let mut client = server.client().await;
+    let server = LoggedServer::spawn(home.dir.path(), &home.database_url(), "info");
+    let mut client = connect(&server.url()).await;
     let status = client
         .get_file_info(GetFileInfoRequest { file_id: orphan })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(std::fs::read(&moved).unwrap(), bytes);
+    drop(client);
+    let log = server.stop();
+    assert!(!log.contains(MOVED), "nothing more is moved:\n{log}");
 }
 
 #[tokio::test]

@@ -1,13 +1,13 @@
 //! Files between tenants, against the real server with auth on: a file belongs to the user who
 //! uploaded it (others get NOT_FOUND, or ALREADY_EXISTS for its id, whatever its state), service
-//! tokens reach everything, GetFileInfo hands out a fresh signed download URL, storage quotas hold
-//! per user at N and N+1 bytes, an idle upload ends with DEADLINE_EXCEEDED keeping only its durable
-//! bytes reserved, a checksum mismatch keeps nothing, and stalled transfers (600 uploads that send
-//! nothing, 300 downloads nobody reads) do not slow another client's round trip.
-
+//! tokens reach everything, GetFileInfo hands out a fresh signed download URL (renewing one that
+//! expired, which answers 403), storage quotas hold per user at N and N+1 bytes, an idle upload
+//! ends with DEADLINE_EXCEEDED keeping only its durable bytes reserved, a checksum mismatch keeps
+//! nothing, and stalled transfers (600 uploads that send nothing, 300 downloads nobody reads) do
+//! not slow another client's round trip.
 mod common;
 
-use common::{TestServer, http_get, poll_until, wait_for_metrics, within};
+use common::{StoreKind, TestServer, http_get, poll_until, store_tests, wait_for_metrics, within};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -454,6 +454,85 @@ async fn file_info_carries_a_working_download_url() {
             .download_url;
         assert_eq!(url, stored.download_url);
         assert!(!url.contains('?'), "{url}");
+    })
+    .await;
+}
+
+store_tests!(an_expired_download_link_is_refused_and_file_info_renews_it);
+
+/// The `expires` of a signed download URL (unix seconds).
+fn expires_of(url: &str) -> u64 {
+    url.split(['?', '&'])
+        .find_map(|pair| pair.strip_prefix("expires="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no expires in {url}"))
+}
+
+/// A signed download URL stops working once --download-url-ttl-secs have passed: 403, saying
+/// it expired. GetFileInfo then gives the owner a fresh URL that works, and the old one stays
+/// refused.
+async fn an_expired_download_link_is_refused_and_file_info_renews_it(kind: StoreKind) {
+    // Small, so that the link expires within a few seconds, yet enough for a fresh link to be
+    // used well before it does (a link is good for at least the TTL: whole seconds, refused
+    // only once the clock is past `expires`).
+    const TTL_SECS: u64 = 3;
+    let server = TestServer::start_on(kind, |c| {
+        c.auth = true;
+        c.auth_hs256_secret = Some(SECRET.to_string().into());
+        c.download_url_ttl_secs = TTL_SECS;
+    })
+    .await;
+    let addr = server.addr;
+    within(60, "expired download url", async {
+        let mut alice = user(addr, "alice").await;
+        let bytes = b"shared by a link that expires".to_vec();
+        let stored = upload(&mut alice, &bytes).await;
+        let old = stored.download_url.clone();
+        assert!(old.contains("sig="), "a signed URL: {old}");
+        let old_path = old
+            .strip_prefix(&format!("http://{addr}"))
+            .expect("on this server")
+            .to_string();
+
+        // Until it expires it serves the file; then it answers 403. Any other answer fails.
+        let refusal = poll_until(
+            "the upload's link expires",
+            Duration::from_secs(TTL_SECS + 30),
+            || {
+                let (path, bytes) = (old_path.clone(), bytes.clone());
+                async move {
+                    match http_get(addr, &path).await {
+                        (403, body) => Ok(body),
+                        (200, body) => {
+                            assert_eq!(body.as_bytes(), bytes.as_slice(), "{path}");
+                            Err("200: still valid".to_string())
+                        }
+                        (code, body) => panic!("{path}: {code} {body}"),
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(refusal, "the download URL has expired; ask for a new one\n");
+
+        // The owner asks again and gets a fresh link, valid past the old one's expiry.
+        let fresh = info(&mut alice, &stored.file_id)
+            .await
+            .expect("owner's info")
+            .download_url;
+        assert!(fresh.contains("sig="), "a signed URL: {fresh}");
+        assert!(
+            expires_of(&fresh) > expires_of(&old),
+            "renewed: {fresh} after {old}"
+        );
+        let fresh_path = fresh
+            .strip_prefix(&format!("http://{addr}"))
+            .expect("on this server");
+        let (code, body) = http_get(addr, fresh_path).await;
+        assert_eq!((code, body.as_bytes()), (200, bytes.as_slice()), "{fresh}");
+
+        // The expired link stays refused.
+        assert_eq!(http_get(addr, &old_path).await.0, 403, "{old}");
     })
     .await;
 }

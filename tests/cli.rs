@@ -105,6 +105,14 @@ fn assert_ok(output: &Output) {
     );
 }
 
+/// The command failed with exit status 1, and its stderr says `needle`.
+#[track_caller]
+fn assert_fails_with(output: &Output, needle: &str) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
 /// Every stdout line, each parsed as one JSON value.
 #[track_caller]
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {
@@ -760,12 +768,7 @@ async fn the_token_goes_before_or_after_the_command() {
         "events", "publish", "ann", "--type", "login", "--server", &url,
     ])
     .await;
-    assert_eq!(bare.status.code(), Some(1), "{}", stderr(&bare));
-    assert!(
-        stderr(&bare).contains("Unauthenticated"),
-        "{}",
-        stderr(&bare)
-    );
+    assert_fails_with(&bare, "Unauthenticated");
 
     let positions: [Vec<&str>; 3] = [
         vec![
@@ -998,19 +1001,9 @@ async fn tls_flags_go_before_or_after_the_command() {
         stderr(&no_identity)
     );
     let untrusted = run(&[&["events"], &tls[2..], &publish("x")[..]].concat()).await;
-    assert_eq!(untrusted.status.code(), Some(1), "{}", stderr(&untrusted));
-    assert!(
-        stderr(&untrusted).contains("invalid peer certificate"),
-        "{}",
-        stderr(&untrusted)
-    );
+    assert_fails_with(&untrusted, "invalid peer certificate");
     let plaintext = run(&[&["events"], &publish("x")[..]].concat()).await;
-    assert_eq!(plaintext.status.code(), Some(1), "{}", stderr(&plaintext));
-    assert!(
-        stderr(&plaintext).contains("hint: if the server speaks TLS"),
-        "{}",
-        stderr(&plaintext)
-    );
+    assert_fails_with(&plaintext, "hint: if the server speaks TLS");
 
     let positions: [Vec<&str>; 4] = [
         [&tls[..], &["events"], &publish("s1")[..]].concat(),

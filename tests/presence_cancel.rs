@@ -33,23 +33,6 @@ const LIMIT: Duration = Duration::from_secs(15);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Checks `probe` every 20 ms until it answers `Ok`; fails after [`LIMIT`] with its last
-/// answer. For probes that need the test's own connection (which `poll_until` cannot lend).
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {LIMIT:?} waiting for {what}; last seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn execute(conn: &mut PgConnection, statement: &'static str) {
     sqlx::query(statement)
         .execute(&mut *conn)
@@ -71,7 +54,7 @@ async fn leases(conn: &mut PgConnection, space: i16, room: &str) -> Vec<String> 
 
 /// Waits until `room` of `space` has exactly these leases.
 async fn leases_become(conn: &mut PgConnection, space: i16, room: &str, users: &[&str]) {
-    eventually(&format!("leases {users:?} in {room}"), async || {
+    poll_until(&format!("leases {users:?} in {room}"), LIMIT, async || {
         let now = leases(conn, space, room).await;
         if now == users {
             Ok(())
@@ -85,8 +68,9 @@ async fn leases_become(conn: &mut PgConnection, space: i16, room: &str, users: &
 /// Waits until a session of database `db` waits on a lock (of `event`: `advisory`,
 /// `relation`, `transactionid`, …) in a statement that starts with `statement`.
 async fn lock_wait(conn: &mut PgConnection, db: &str, event: &str, statement: &str) {
-    eventually(
+    poll_until(
         &format!("a {event} lock wait in {statement:?}"),
+        LIMIT,
         async || {
             let waiting: Vec<String> = sqlx::query_scalar(
             "SELECT query FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \

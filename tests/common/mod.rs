@@ -640,11 +640,12 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 /// Re-checks `probe` every 20 ms until it answers `Ok`, and returns that value. After `limit` it
 /// fails the test, naming `what` and the probe's last `Err` (what it saw instead). For
 /// conditions that take an await to check (a history read, a query), where [`wait_for`] cannot.
-pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
+/// The probe is an async closure, so it may borrow the test's own connection between checks.
+pub async fn poll_until<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
     let deadline = std::time::Instant::now() + limit;
     loop {
         let last = match probe().await {
